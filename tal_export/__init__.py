@@ -1,0 +1,1 @@
+"""tal_export: folds a trained TAL checkpoint into a deployable bundle (ONNX, TensorRT, Triton)."""

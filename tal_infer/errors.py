@@ -1,0 +1,18 @@
+"""User-facing errors shared by every tal-reid command.
+
+A `TalError` carries one readable line (what went wrong and which file); the CLIs print it and
+exit non-zero without a traceback. Anything else is a bug and keeps its traceback.
+"""
+from __future__ import annotations
+
+
+class TalError(Exception):
+    """An error caused by the user's input (bad file, wrong option, missing data)."""
+
+
+class BundleError(TalError):
+    """A missing, corrupt or incompatible export bundle."""
+
+
+class DataError(TalError):
+    """A missing dataset folder, malformed file name or unreadable image."""

@@ -1,0 +1,99 @@
+"""Training checkpoints: one file, plain containers only, written atomically.
+
+Layout (format_version 1), a dict loadable with ``torch.load(path, weights_only=True)``:
+
+=================  ============================================================================
+key                value
+=================  ============================================================================
+format             ``"tal-reid-checkpoint"``
+format_version     ``1``
+toolkit_version    version of tal-reid that wrote it
+run_name           name of the run (default export folder name)
+config             ``TALConfig.to_dict()``: preset, backbone, domains (names, count), image size,
+                   mean/std, scales, streams, ablation switches; plain Python types
+model              the model ``state_dict``
+epoch              last completed epoch (1-based; 0 = before training)
+optimizer          ``optimizer.state_dict()`` or None
+scheduler          ``scheduler.state_dict()`` or None
+rng                RNG states as tensors/ints (python, numpy, torch, cuda) or None
+train_args         the tal-train options of the run (for --resume) or None
+metrics            list of per-epoch metric dicts (each with an ``epoch`` key)
+=================  ============================================================================
+
+Writes go to a temporary file in the same folder followed by ``os.replace``, so a kill at any
+moment leaves either the old checkpoint or the new one, never a torn file.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tal_infer import __version__
+from tal_infer.errors import TalError
+
+CKPT_FORMAT = "tal-reid-checkpoint"
+CKPT_VERSION = 1
+REQUIRED_KEYS = ("format", "format_version", "config", "model", "epoch")
+
+
+class CheckpointError(TalError):
+    """A missing, corrupt or foreign checkpoint file."""
+
+
+def save_checkpoint(path: str | os.PathLike, *, model_state: dict, config: dict, epoch: int,
+                    run_name: str, optimizer: dict | None = None, scheduler: dict | None = None,
+                    rng: dict | None = None, train_args: dict | None = None,
+                    metrics: list[dict] | None = None) -> Path:
+    """Write a checkpoint atomically (temp file + rename) and return its path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": CKPT_FORMAT,
+        "format_version": CKPT_VERSION,
+        "toolkit_version": __version__,
+        "run_name": run_name,
+        "config": config,
+        "model": model_state,
+        "epoch": int(epoch),
+        "optimizer": optimizer,
+        "scheduler": scheduler,
+        "rng": rng,
+        "train_args": train_args,
+        "metrics": metrics or [],
+    }
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load and validate a checkpoint; raise CheckpointError with one clear line otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # torch raises many types for truncated/foreign files
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"{path}: not a readable tal-reid checkpoint ({first})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CKPT_FORMAT:
+        raise CheckpointError(f"{path}: not a tal-reid checkpoint (no '{CKPT_FORMAT}' marker)")
+    if ckpt.get("format_version") != CKPT_VERSION:
+        raise CheckpointError(f"{path}: checkpoint format version {ckpt.get('format_version')} "
+                              f"is not supported (this tal-reid reads version {CKPT_VERSION})")
+    missing = [k for k in REQUIRED_KEYS if k not in ckpt]
+    if missing:
+        raise CheckpointError(f"{path}: checkpoint lacks {', '.join(missing)}")
+    return ckpt
