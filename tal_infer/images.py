@@ -1,0 +1,148 @@
+"""Reading and normalizing person crops for the extractor (bundle contract, docs/bundle.md).
+
+The extractor takes uint8 BGR ``[N, H, W, 3]`` at the manifest's size; everything users hand
+us is brought to that form here, one way for files and arrays alike:
+
+- grayscale (HxW, HxWx1) -> BGR by replication; BGRA -> BGR by dropping alpha (what
+  ``cv2.imread`` does by default, so crops cut from RGBA files look as OpenCV users expect);
+- 16-bit -> 8-bit by ``round(x / 257)``, which maps 0..65535 onto 0..255 and inverts the
+  usual 8 -> 16-bit widening (``x * 257``) exactly;
+- crops with a side below ``MIN_SIDE`` pixels are refused: upscaled to 384x128 they carry no
+  identity and only pollute rank lists;
+- files are decoded from their bytes (``cv2.imdecode``, any path encoding) with
+  ``IMREAD_UNCHANGED``, so depth and alpha are seen before conversion; EXIF orientation is
+  therefore not applied (detector crops carry none).
+
+Every problem is an `ImageError` (a `DataError`) whose one-line message names the file.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import cv2
+import numpy as np
+
+from .errors import DataError
+
+MIN_SIDE = 8
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
+
+
+class ImageError(DataError):
+    """An image (file or array) that cannot be used, with the file or crop it came from."""
+
+    def __init__(self, source: str | os.PathLike, problem: str):
+        super().__init__(f"{source}: {problem}")
+        self.source, self.problem = str(source), problem
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Read an image file as BGR uint8 HxWx3 (conversions and checks as in the module doc)."""
+    path = Path(path)
+    try:
+        data = np.fromfile(path, dtype=np.uint8)
+    except FileNotFoundError:
+        raise ImageError(path, "file not found") from None
+    except IsADirectoryError:
+        raise ImageError(path, "is a folder, not an image file") from None
+    except OSError as err:
+        raise ImageError(path, f"cannot be read ({err.strerror or err})") from None
+    if data.size == 0:
+        raise ImageError(path, "empty file (0 bytes)")
+    with _quiet_opencv():
+        image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    if image is None:
+        raise ImageError(path, "not a readable image (corrupt, truncated or not an image file)")
+    return to_bgr_uint8(image, name=str(path))
+
+
+def to_bgr_uint8(array: np.ndarray, name: str = "crop") -> np.ndarray:
+    """A crop as OpenCV gives it (HxW, HxWx1/3/4; uint8/uint16) as BGR uint8 HxWx3.
+
+    Returns the input itself when it already is BGR uint8 (no copy).
+    """
+    if not isinstance(array, np.ndarray):
+        raise ImageError(name, f"expected a numpy array, got {type(array).__name__}")
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[:, :, 0]
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (3, 4)):
+        raise ImageError(name, f"unsupported image shape {array.shape} (expected HxW, HxWx1, "
+                               "HxWx3 BGR or HxWx4 BGRA)")
+    if array.dtype not in (np.uint8, np.uint16):
+        raise ImageError(name, f"unsupported pixel type {array.dtype} (expected uint8 or "
+                               "uint16)")
+    height, width = array.shape[:2]
+    if min(height, width) < MIN_SIDE:
+        raise ImageError(name, f"image too small ({width}x{height} pixels; the minimum is "
+                               f"{MIN_SIDE} on each side)")
+    if array.dtype == np.uint16:
+        array = ((array.astype(np.uint32) + 128) // 257).astype(np.uint8)
+    if array.ndim == 2:
+        return cv2.cvtColor(array, cv2.COLOR_GRAY2BGR)
+    if array.shape[2] == 4:
+        return cv2.cvtColor(array, cv2.COLOR_BGRA2BGR)
+    return array
+
+
+def list_images(folder: str | os.PathLike, recursive: bool = True) -> list[Path]:
+    """Image files (known extensions, any case) under a folder, sorted; hidden entries skipped.
+
+    Raises `DataError` for a missing folder, a file given as folder, or no images at all.
+    """
+    folder = Path(folder)
+    if not folder.exists():
+        raise DataError(f"{folder}: folder not found")
+    if not folder.is_dir():
+        raise DataError(f"{folder}: not a folder")
+    found = sorted(p for p in _walk(folder, recursive) if p.suffix.lower() in IMAGE_EXTENSIONS)
+    if not found:
+        kinds = ", ".join(sorted(IMAGE_EXTENSIONS))
+        raise DataError(f"{folder}: no images found ({kinds})"
+                        + ("" if recursive else " at its top level"))
+    return found
+
+
+def resize_batch(images: Sequence[np.ndarray], height: int, width: int) -> np.ndarray:
+    """Crops (any size, any accepted format) -> uint8 ``[N, height, width, 3]`` BGR, bilinear."""
+    out = np.empty((len(images), height, width, 3), dtype=np.uint8)
+    for i, image in enumerate(images):
+        image = to_bgr_uint8(image, name=f"crop {i}")
+        if image.shape[:2] == (height, width):
+            out[i] = image
+        else:
+            cv2.resize(image, (width, height), dst=out[i], interpolation=cv2.INTER_LINEAR)
+    return out
+
+
+def _walk(folder: Path, recursive: bool) -> Iterator[Path]:
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = [d for d in dirs if not d.startswith(".")] if recursive else []
+        yield from (Path(root) / f for f in files if not f.startswith("."))
+
+
+_quiet_lock = threading.Lock()
+_quiet_depth = 0
+_saved_level = 0
+
+
+@contextlib.contextmanager
+def _quiet_opencv() -> Iterator[None]:
+    """Silence OpenCV's own log lines ("PNG input buffer is incomplete") while decoding: the
+    caller reports the problem in one line. Reference-counted so concurrent decodes nest."""
+    global _quiet_depth, _saved_level
+    with _quiet_lock:
+        if _quiet_depth == 0:
+            _saved_level = cv2.utils.logging.getLogLevel()
+            cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+        _quiet_depth += 1
+    try:
+        yield
+    finally:
+        with _quiet_lock:
+            _quiet_depth -= 1
+            if _quiet_depth == 0:
+                cv2.utils.logging.setLogLevel(_saved_level)

@@ -1,0 +1,406 @@
+"""`GalleryIndex`: the persistent, incremental, crash-safe gallery (DESIGN.md Sec. 5).
+
+An index folder holds ``index.sqlite`` (the catalog, `catalog.py`) and fp16 feature files
+(`store.py`). It is tied to one model by a fingerprint string (any string that changes
+whenever the features would, e.g. a hash of the bundle's extractor and input size).
+
+Crash safety (a SIGKILL at any point resumes to the result of a clean build):
+
+- appending: feature rows are written past the committed row count and fsynced, then one
+  SQLite transaction inserts their catalog rows and raises the count; a crash before the
+  commit leaves bytes nobody references, cut off by the next append;
+- removing and metadata updates are single transactions; replaced rows become dead space;
+- compaction (when dead rows exceed half the live ones, or on request) writes a new feature
+  generation in path order, commits the switch, then deletes the old one; leftovers of an
+  interrupted compaction are deleted by the next writer;
+- readers see one committed catalog snapshot and map exactly its rows; a writer never
+  modifies committed bytes, so readers need no lock. One writer at a time (a lock file).
+
+"Exactly a clean build" assumes ``extract_fn`` is deterministic per file (batch composition
+differs after a resume; real backends can differ in the last bits between batch sizes).
+Change detection: size and mtime first (as rsync and git do), the SHA-256 of the content
+when they differ; a file rewritten with the same size within the same mtime tick is missed.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import sqlite3
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+
+import numpy as np
+from tqdm import tqdm
+
+from ..errors import DataError, TalError
+from ..naming import parse_market_name
+from . import catalog
+from .catalog import IndexRecord
+from .store import FeatureStore
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: single-writer use is then the caller's responsibility
+    fcntl = None
+
+ExtractFn = Callable[[list[str]], Mapping[str, np.ndarray]]
+MetadataFn = Callable[[str], Mapping[str, Any]]
+CATALOG = "index.sqlite"
+_OWN_FILES = ("lock", CATALOG, CATALOG + "-journal")
+
+
+class GalleryIndexError(TalError):
+    """An index folder that cannot be used (not an index, busy, damaged)."""
+
+
+class IndexMismatchError(GalleryIndexError):
+    """The index was built for another model or other feature shapes."""
+
+
+@dataclass
+class SyncReport:
+    """What `GalleryIndex.sync` did: counts of files, and the (path, reason) it skipped."""
+    added: int = 0
+    updated: int = 0
+    removed: int = 0
+    unchanged: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class IndexContents:
+    """A committed snapshot: records sorted by path, and their features without a copy.
+
+    ``features[key]`` are read-only memory maps ``[stored rows, *shape]`` fp16 in storage
+    order; ``rows[i]`` is the row of ``records[i]``. Use `chunk` to stream the gallery.
+    """
+    records: list[IndexRecord]
+    rows: np.ndarray
+    features: dict[str, np.ndarray]
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    @property
+    def paths(self) -> list[str]:
+        return [r.path for r in self.records]
+
+    def chunk(self, start: int, stop: int) -> dict[str, np.ndarray]:
+        """Features of ``records[start:stop]`` (a view when their rows are consecutive)."""
+        rows = self.rows[start:stop]
+        if len(rows) and rows[-1] - rows[0] == len(rows) - 1 and np.all(np.diff(rows) == 1):
+            return {k: v[rows[0]:rows[-1] + 1] for k, v in self.features.items()}
+        return {k: v[rows] for k, v in self.features.items()}
+
+    def iter_chunks(self, size: int) -> Iterator[tuple[int, int, dict[str, np.ndarray]]]:
+        """(start, stop, features) over all records in chunks of ``size``."""
+        for start in range(0, len(self), size):
+            stop = min(start + size, len(self))
+            yield start, stop, self.chunk(start, stop)
+
+
+def market_metadata(path: str) -> dict[str, Any]:
+    """Camera and identity label from a Market-1501-style file name; empty when it has none."""
+    parsed = parse_market_name(Path(path).name)
+    return {} if parsed is None else {"camera": parsed.camid, "label": parsed.pid}
+
+
+class GalleryIndex:
+    """A gallery index folder for one model fingerprint and fixed feature item shapes.
+
+    ``feature_shapes`` maps each feature key to the shape of one item, e.g.
+    ``{"ds_res4": (K, HW, C), "di_res4": (HW, C)}``. A new folder is created; an existing
+    index built for another fingerprint (or shapes) raises `IndexMismatchError`, or is
+    emptied at once when ``rebuild=True`` (the next `sync` fills it again).
+    """
+
+    def __init__(self, directory: str | os.PathLike, fingerprint: str,
+                 feature_shapes: Mapping[str, Sequence[int]], *, rebuild: bool = False):
+        self.directory = Path(directory)
+        self.fingerprint = str(fingerprint)
+        self.store = FeatureStore(self.directory, {k: tuple(v) for k, v in feature_shapes.items()})
+        self._db = self.directory / CATALOG
+        try:
+            ready = self._current_info() is not None
+        except GalleryIndexError:
+            if not rebuild:
+                raise
+            ready = False
+        if not ready:
+            with self._writer(), self._connect() as con:
+                self._open_for_writing(con, rebuild)
+
+    def sync(self, paths: Iterable[str | os.PathLike], extract_fn: ExtractFn,
+             metadata_fn: MetadataFn = market_metadata, batch_size: int = 64,
+             on_error: str = "fail", progress: bool = False) -> SyncReport:
+        """Make the index hold exactly ``paths``: extract new and changed files, drop the rest.
+
+        ``extract_fn(paths) -> {key: array [n, *shape]}`` sees only files to (re)extract, in
+        batches of ``batch_size``; each batch is committed on its own, so an interrupted sync
+        keeps its progress. ``metadata_fn(path)`` gives camera/timestamp/label (any other keys
+        are kept as extra metadata). ``on_error="skip"``: files that cannot be read or
+        extracted (a `TalError` or `OSError`) are left out and reported instead of failing.
+        """
+        if on_error not in ("fail", "skip"):
+            raise ValueError(f"on_error must be 'fail' or 'skip', got {on_error!r}")
+        wanted = sorted(dict.fromkeys(os.path.abspath(os.fspath(p)) for p in paths))
+        report = SyncReport()
+        with self._writer(), self._connect() as con:
+            info = self._open_for_writing(con, rebuild=False)
+            self.store.remove_other_generations(info.generation)
+            current = {rec.path: (rec, row) for rec, row in catalog.read_items(con)}
+            gone = sorted(set(current) - set(wanted))
+            with catalog.transaction(con):
+                catalog.delete_items(con, gone)
+            report.removed = len(gone)
+            todo = self._refresh_known(con, wanted, current, metadata_fn, report, on_error)
+            with tqdm(total=len(todo), desc="indexing gallery", unit="img",
+                      disable=not progress) as bar:
+                for start in range(0, len(todo), batch_size):
+                    batch = todo[start:start + batch_size]
+                    self._add_batch(con, batch, extract_fn, metadata_fn, report, on_error,
+                                    known=current)
+                    bar.update(len(batch))
+            info = catalog.parse_info(catalog.read_info(con))
+            live = con.execute("SELECT COUNT(*) FROM items").fetchone()[0]
+            if info.rows - live > live // 2:
+                self._compact(con)
+        report.skipped.sort()
+        return report
+
+    def load(self) -> IndexContents:
+        """The committed contents: records sorted by path, features memory-mapped."""
+        for _ in range(3):  # a compaction may retire the mapped generation meanwhile
+            with self._connect() as con:
+                con.execute("BEGIN")
+                info = self._checked(catalog.read_info(con))
+                items = catalog.read_items(con)
+                con.execute("COMMIT")
+            try:
+                features = self.store.open(info.generation, info.rows)
+            except FileNotFoundError:
+                continue
+            except ValueError as err:  # np.memmap: file shorter than the committed rows
+                raise GalleryIndexError(f"{self.directory}: feature files are damaged "
+                                        f"({err}); rebuild the index") from None
+            rows = np.array([row for _, row in items], dtype=np.int64)
+            return IndexContents([rec for rec, _ in items], rows, features)
+        raise GalleryIndexError(f"{self.directory}: the index kept changing while loading; "
+                                "try again")
+
+    def compact(self) -> None:
+        """Rewrite the features densely in path order (dead rows dropped, chunks contiguous)."""
+        with self._writer(), self._connect() as con:
+            self._compact(con)
+
+    # -- internals ---------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _connect(self) -> Iterator[Any]:
+        """A catalog connection; SQLite failures (damaged file, locked) become one line."""
+        try:
+            con = catalog.connect(self._db)
+            try:
+                yield con
+            finally:
+                con.close()
+        except sqlite3.DatabaseError as err:
+            raise GalleryIndexError(f"{self._db}: cannot use the index catalog ({err})") from None
+
+    @contextlib.contextmanager
+    def _writer(self) -> Iterator[None]:
+        """Exclusive writer lock; the folder is created (or vetted) first."""
+        self._prepare_folder()
+        with open(self.directory / "lock", "ab") as lock:
+            if fcntl is not None:
+                try:
+                    fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    raise GalleryIndexError(f"{self.directory}: the index is being updated by "
+                                            "another process") from None
+            yield
+
+    def _prepare_folder(self) -> None:
+        if self.directory.exists() and not self.directory.is_dir():
+            raise GalleryIndexError(f"{self.directory}: not a folder")
+        self.directory.mkdir(parents=True, exist_ok=True)
+        if not self._db.exists():
+            foreign = [p.name for p in self.directory.iterdir()
+                       if p.name not in _OWN_FILES and not p.name.startswith("features-")]
+            if foreign:
+                raise GalleryIndexError(f"{self.directory}: not a gallery index (no {CATALOG}) "
+                                        "and not empty; choose an empty or new folder")
+
+    def _current_info(self) -> catalog.Info | None:
+        """The catalog's info if it exists and fits this model (else None: writer must act)."""
+        if not self._db.exists():
+            return None
+        with self._connect() as con:
+            raw = catalog.read_info(con)
+        return self._checked(raw) if raw else None
+
+    def _checked(self, raw: dict[str, str]) -> catalog.Info:
+        """Parse the info table; raise unless it is this format, fingerprint and shapes."""
+        if not raw:
+            raise GalleryIndexError(f"{self.directory}: index is empty (never initialized)")
+        if raw.get("format_version") != str(catalog.FORMAT_VERSION):
+            raise GalleryIndexError(f"{self.directory}: index format version "
+                                    f"{raw.get('format_version')} is not supported (this "
+                                    f"toolkit reads version {catalog.FORMAT_VERSION}); rebuild it")
+        info = catalog.parse_info(raw)
+        if info.fingerprint != self.fingerprint:
+            raise IndexMismatchError(f"{self.directory}: index was built for model "
+                                     f"{info.fingerprint!r}, not {self.fingerprint!r}; rebuild "
+                                     "it or choose another index folder")
+        if info.shapes != self.store.shapes:
+            raise IndexMismatchError(f"{self.directory}: index holds features {info.shapes}, "
+                                     f"the model gives {self.store.shapes}; rebuild it")
+        return info
+
+    def _open_for_writing(self, con: Any, rebuild: bool) -> catalog.Info:
+        """Under the writer lock: initialize a new catalog, or reset a mismatched one."""
+        raw = catalog.read_info(con)
+        if raw:
+            try:
+                return self._checked(raw)
+            except GalleryIndexError:
+                if not rebuild:
+                    raise
+        generation = int(raw.get("generation", -1)) + 1
+        with catalog.transaction(con):
+            catalog.initialize(con, self.fingerprint, self.store.shapes, generation)
+        self.store.remove_other_generations(generation)
+        return catalog.Info(self.fingerprint, self.store.shapes, generation, 0)
+
+    def _refresh_known(self, con: Any, wanted: list[str], current: dict, metadata_fn,
+                       report: SyncReport, on_error: str) -> list[str]:
+        """Update metadata of unchanged files in one transaction; return files to extract."""
+        todo, refreshed, unreadable = [], [], []
+        for path in wanted:
+            if path not in current:
+                todo.append(path)
+                continue
+            old, row = current[path]
+            try:
+                st = os.stat(path)
+                same = (st.st_size, st.st_mtime_ns) == (old.size, old.mtime_ns)
+                digest = old.sha256 if same else _sha256(path)
+            except OSError as err:
+                _skip_or_raise(report, on_error, path, err)
+                unreadable.append(path)  # as in a clean build, it is not in the index
+                continue
+            if digest != old.sha256:
+                todo.append(path)
+                continue
+            new = _record(path, st, digest, metadata_fn)
+            if new != old:
+                refreshed.append((new, row))
+            report.unchanged += 1
+        with catalog.transaction(con):
+            catalog.delete_items(con, unreadable)
+            catalog.put_items(con, refreshed)
+        return todo
+
+    def _add_batch(self, con: Any, batch: list[str], extract_fn: ExtractFn, metadata_fn,
+                   report: SyncReport, on_error: str, known: Mapping[str, Any]) -> None:
+        """Extract one batch and commit it; known files that failed leave the index."""
+        records = []
+        for path in batch:
+            try:
+                records.append(_record(path, os.stat(path), _sha256(path), metadata_fn))
+            except OSError as err:
+                _skip_or_raise(report, on_error, path, err)
+        records, arrays = self._extract(records, extract_fn, report, on_error)
+        info = catalog.parse_info(catalog.read_info(con))
+        if records:
+            self.store.append(info.generation, info.rows, arrays)
+        done = {r.path for r in records}
+        with catalog.transaction(con):
+            catalog.delete_items(con, [p for p in batch if p in known and p not in done])
+            catalog.put_items(con, [(r, info.rows + i) for i, r in enumerate(records)])
+            catalog.write_info(con, rows=info.rows + len(records))
+        report.updated += sum(p in known for p in done)
+        report.added += sum(p not in known for p in done)
+
+    def _extract(self, records: list[IndexRecord], extract_fn: ExtractFn, report: SyncReport,
+                 on_error: str) -> tuple[list[IndexRecord], dict[str, np.ndarray]]:
+        """Features of a batch; with on_error="skip", a failing batch is retried per file."""
+        if not records:
+            return [], {}
+        try:
+            features = extract_fn([r.path for r in records])
+        except (TalError, OSError) as err:
+            if on_error == "fail":
+                raise
+            if len(records) == 1:
+                report.skipped.append((records[0].path, getattr(err, "problem", str(err))))
+                return [], {}
+        else:
+            return records, self._checked_features(features, len(records))
+        kept, parts = [], []
+        for rec in records:
+            one, arrays = self._extract([rec], extract_fn, report, on_error)
+            if one:
+                kept.append(rec)
+                parts.append(arrays)
+        if not kept:
+            return [], {}
+        return kept, {k: np.concatenate([p[k] for p in parts]) for k in self.store.shapes}
+
+    def _checked_features(self, arrays: Mapping[str, np.ndarray], n: int) -> dict:
+        if set(arrays) != set(self.store.shapes):
+            raise ValueError(f"extract_fn returned keys {sorted(arrays)}, the index expects "
+                             f"{sorted(self.store.shapes)}")
+        out = {}
+        for key, shape in self.store.shapes.items():
+            array = np.asarray(arrays[key], dtype=np.float16)
+            if array.shape != (n, *shape):
+                raise ValueError(f"extract_fn returned {key} of shape {array.shape}, expected "
+                                 f"{(n, *shape)}")
+            if not np.isfinite(array).all():
+                raise ValueError(f"extract_fn returned non-finite values in {key}")
+            out[key] = array
+        return out
+
+    def _compact(self, con: Any) -> None:
+        info = catalog.parse_info(catalog.read_info(con))
+        items = catalog.read_items(con)
+        generation = info.generation + 1
+        order = np.array([row for _, row in items], dtype=np.int64)
+        self.store.write_generation(generation, self.store.open(info.generation, info.rows),
+                                    order)
+        with catalog.transaction(con):
+            catalog.set_rows(con, [(rec.path, i) for i, (rec, _) in enumerate(items)])
+            catalog.write_info(con, generation=generation, rows=len(items))
+        self.store.remove_other_generations(generation)
+
+
+def _record(path: str, st: os.stat_result, digest: str, metadata_fn: MetadataFn) -> IndexRecord:
+    meta = dict(metadata_fn(path))
+    camera = meta.pop("camera", None)
+    timestamp = meta.pop("timestamp", None)
+    label = meta.pop("label", None)
+    return IndexRecord(
+        path=path, size=st.st_size, mtime_ns=st.st_mtime_ns, sha256=digest,
+        camera=None if camera is None else int(camera),
+        timestamp=None if timestamp is None else float(timestamp),
+        label=label.item() if hasattr(label, "item") else label,
+        extra=catalog.decode_extra(catalog.encode_extra(meta)))
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _skip_or_raise(report: SyncReport, on_error: str, path: str, err: OSError) -> None:
+    """An unreadable file: one-line `DataError` naming it, or a skipped entry."""
+    reason = f"cannot be read ({err.strerror or err})"
+    if on_error == "fail":
+        raise DataError(f"{path}: {reason}") from None
+    report.skipped.append((path, reason))

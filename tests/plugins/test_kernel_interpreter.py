@@ -1,0 +1,83 @@
+"""The Triton kernel against the reference, run by Triton's CPU interpreter (how CI tests it),
+and its ahead-of-time compilation by the real Triton compiler (catches what the interpreter
+accepts but the compiler would not; Triton ships ptxas, so no GPU is needed)."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("triton")
+
+from interpreter_cases import CASES  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+
+
+@pytest.fixture(scope="module")
+def interpreter_results() -> dict:
+    """Run every case once, in one fresh interpreter with TRITON_INTERPRET=1."""
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    res = subprocess.run([sys.executable, str(HERE / "interpreter_cases.py")], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    results = {}
+    for line in res.stdout.splitlines():
+        results.update(json.loads(line))
+    return results
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_kernel_matches_reference_in_interpreter(case, interpreter_results):
+    result = interpreter_results[case]
+    assert result["err"] <= result["tol"], f"{case}: {result}"
+
+
+def test_kernel_aot_compiles_to_ptx_for_tensorrt():
+    from tal_plugins import kernel
+
+    compiled, config = kernel.compile_ptx("fp16", 48, 48, 64, 3, arch=80)
+    ptx = compiled.asm["ptx"]
+    entry = re.search(r"\.entry (\w+)\(([^)]*)\)", ptx)
+    assert entry and entry.group(1) == compiled.metadata.name
+    params = entry.group(2)
+    # (q, g, wq, wg) pointers, then the (n_q, n_g) scalars, then the output pointer: the order
+    # TensorRT's AOT launcher passes (inputs, extra scalars, outputs).
+    kinds = re.findall(r"\.param \.(u64|u32)", params)
+    assert kinds[:7] == ["u64"] * 4 + ["u32"] * 2 + ["u64"]
+    assert compiled.metadata.shared <= kernel.PORTABLE_SHARED_BYTES
+    assert "mma.sync" in ptx  # tensor-core MMA for the S tiles on sm_80
+    assert config["BLOCK_I"] == config["BLOCK_J"] == 16  # 48 = 3 x 16: no padded tile rows
+
+
+def test_kernel_compiles_responses_variant():
+    from tal_plugins import kernel
+
+    compiled, _ = kernel.compile_ptx("bf16", 20, 33, 24, 1, arch=90, responses=True)
+    assert "wgmma" in compiled.asm["ptx"] or "mma" in compiled.asm["ptx"]
+
+
+@pytest.mark.parametrize("hw", [32, 48, 128, 192])
+def test_autotune_tiles_leave_no_padding_for_model_sizes(hw):
+    from tal_plugins import kernel
+
+    tiles = kernel.tile_candidates(hw, hw)
+    assert tiles
+    assert all(kernel.padding_waste(hw, hw, bi, bj) == 0 for bi, bj in tiles)
+    configs = [c for c in kernel.autotune_configs()]
+    kept = kernel.prune_configs(configs, {}, HWQ=hw, HWG=hw)
+    assert kept and {(c.kwargs["BLOCK_I"], c.kwargs["BLOCK_J"]) for c in kept} == set(tiles)
+
+
+def test_tile_candidates_for_sizes_without_exact_tiles():
+    from tal_plugins import kernel
+
+    # 20 and 35 have no power-of-two divisor >= 16: the least padded tiles are kept.
+    tiles = kernel.tile_candidates(20, 35)
+    assert tiles == [(16, 16)]
+    assert kernel.grid_size(5, 17, 8) == 5 * 3
