@@ -2,7 +2,23 @@
 
 Runs with numpy, opencv-python-headless and onnxruntime alone; torch is used only when present
 (GPU matching, torch extractor backend). Never imports the training package.
+
+    from tal_infer import ReIDEngine, Gallery      # docs/runtime.md
+
+The API names load on first access (PEP 562): `tal_plugins` imports `tal_infer.errors`, and the
+engine imports `tal_plugins`, so importing the engine eagerly here would be circular.
 """
 from __future__ import annotations
 
+from typing import Any
+
 __version__ = "0.1.0"
+__all__ = ["Gallery", "Match", "ReIDEngine", "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("Gallery", "Match", "ReIDEngine"):
+        from . import engine
+
+        return getattr(engine, name)
+    raise AttributeError(f"module 'tal_infer' has no attribute {name!r}")

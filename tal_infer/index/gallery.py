@@ -24,7 +24,6 @@ when they differ; a file rewritten with the same size within the same mtime tick
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import sqlite3
 from dataclasses import dataclass, field
@@ -35,6 +34,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..errors import DataError, TalError
+from ..hashing import file_sha256
 from ..naming import parse_market_name
 from . import catalog
 from .catalog import IndexRecord
@@ -286,7 +286,7 @@ class GalleryIndex:
             try:
                 st = os.stat(path)
                 same = (st.st_size, st.st_mtime_ns) == (old.size, old.mtime_ns)
-                digest = old.sha256 if same else _sha256(path)
+                digest = old.sha256 if same else file_sha256(path)
             except OSError as err:
                 _skip_or_raise(report, on_error, path, err)
                 unreadable.append(path)  # as in a clean build, it is not in the index
@@ -309,7 +309,7 @@ class GalleryIndex:
         records = []
         for path in batch:
             try:
-                records.append(_record(path, os.stat(path), _sha256(path), metadata_fn))
+                records.append(_record(path, os.stat(path), file_sha256(path), metadata_fn))
             except OSError as err:
                 _skip_or_raise(report, on_error, path, err)
         records, arrays = self._extract(records, extract_fn, report, on_error)
@@ -390,12 +390,6 @@ def _record(path: str, st: os.stat_result, digest: str, metadata_fn: MetadataFn)
         extra=catalog.decode_extra(catalog.encode_extra(meta)))
 
 
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _skip_or_raise(report: SyncReport, on_error: str, path: str, err: OSError) -> None:

@@ -6,20 +6,12 @@ from pathlib import Path
 
 import click
 
-from tal_infer.cli_common import friendly_errors
+from tal_infer.cli_common import SizeType, friendly_errors
 from tal_infer.errors import DataError, TalError
 
 from .records import format_summaries
 from .registry import build_dataset, detect_loader, discover_datasets
 from .synthetic import SyntheticConfig, VideoConfig, synthesize, synthesize_video
-
-
-def _pair(value: str, option: str, what: str) -> tuple[int, int]:
-    m = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", value)
-    if m is None:
-        raise TalError(f"{option} {value!r}: expected {what}, e.g. {option} "
-                       f"{'128x64' if what == 'HxW' else '320x240'}")
-    return int(m.group(1)), int(m.group(2))
 
 
 def _images_per_id(value: str) -> tuple[int, int]:
@@ -61,7 +53,8 @@ Examples:
               help="Cameras per domain.")
 @click.option("--images-per-id", default="6-10", show_default=True,
               help="Images per identity: N or LO-HI (LO >= 3).")
-@click.option("--size", default="128x64", show_default=True, help="Image size HxW.")
+@click.option("--size", default="128x64", show_default=True, type=SizeType(),
+              help="Image size HxW.")
 @click.option("--distractors", default=SyntheticConfig.distractors, show_default=True, type=int,
               help="Distractor images (pid 0000) per domain gallery.")
 @click.option("--junk", default=SyntheticConfig.junk, show_default=True, type=int,
@@ -71,13 +64,13 @@ Examples:
 @quiet_option
 @friendly_errors
 def synthesize_cmd(out: Path, identities: int, domains: int, cameras: int, images_per_id: str,
-                   size: str, distractors: int, junk: int, seed: int, overwrite: bool,
+                   size: tuple[int, int], distractors: int, junk: int, seed: int, overwrite: bool,
                    quiet: bool) -> None:
     """Write a synthetic camera network to OUT: one Market-1501-format folder per domain
     (OUT/domain-a, OUT/domain-b, ...) with disjoint identities."""
     config = SyntheticConfig(identities=identities, domains=domains, cameras=cameras,
                              images_per_id=_images_per_id(images_per_id),
-                             size=_pair(size, "--size", "HxW"), seed=seed,
+                             size=size, seed=seed,
                              distractors=distractors, junk=junk)
     folders = synthesize(out, config, overwrite=overwrite, progress=not quiet)
     click.echo(format_summaries([build_dataset("custom", f) for f in folders]))
@@ -96,16 +89,16 @@ Examples:
 @click.option("--frames", default=VideoConfig.frames, show_default=True, type=int,
               help="Frames per camera.")
 @click.option("--frame-size", default="320x240", show_default=True,
-              help="Frame size WIDTHxHEIGHT.")
+              type=SizeType("WIDTHxHEIGHT", "320x240"), help="Frame size WIDTHxHEIGHT.")
 @seed_option
 @overwrite_option
 @quiet_option
 @friendly_errors
-def synthesize_video_cmd(out: Path, cameras: int, identities: int, frames: int, frame_size: str,
+def synthesize_video_cmd(out: Path, cameras: int, identities: int, frames: int, frame_size: tuple[int, int],
                          seed: int, overwrite: bool, quiet: bool) -> None:
     """Write synthetic multi-camera video to OUT: per camera a MOTChallenge-style sequence
     (OUT/cam1/img1/*.jpg, det/det.txt, gt/gt.txt) with the same people in every camera."""
-    w, h = _pair(frame_size, "--frame-size", "WIDTHxHEIGHT")
+    w, h = frame_size
     config = VideoConfig(cameras=cameras, identities=identities, frames=frames,
                          frame_size=(h, w), seed=seed)
     folders = synthesize_video(out, config, overwrite=overwrite, progress=not quiet)

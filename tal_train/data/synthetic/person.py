@@ -196,7 +196,6 @@ def draw_person(img: np.ndarray, spec: PersonSpec, view: str, phase: float, cx: 
     """Draw `spec` walking at `phase` (radians) seen from `view`, head top at `top`, centred on
     `cx`, `height` pixels tall; returns the drawn box (x0, y0, x1, y1) in pixels."""
     side = view in ("left", "right")
-    back = view == "back"
     swing = math.sin(phase)
     sy = spec.head + 0.035
     hy = sy + spec.torso

@@ -1,0 +1,211 @@
+"""`export_bundle`: checkpoint -> export bundle folder (docs/bundle.md, docs/export.md).
+
+Steps: load and check the checkpoint; fold the model (fold.py); torch.export the fp32 folded
+extractor (extractor.pt2) and convert it, or its fp16 twin, to extractor.onnx; build
+matcher.onnx / matcher_trt.onnx and heads.npz from the projection form; run the parity check in
+ONNX Runtime (parity.py); optionally build TensorRT engines; write manifest.json last.
+
+Atomicity: everything is written into a hidden temporary sibling folder
+(``.<name>.partial-*``) that is renamed to the bundle folder only after the parity check passed
+and the manifest was written; a failure at any step removes it. An existing bundle at the target
+is replaced (renamed aside, then deleted); an existing non-empty folder that is not a bundle is
+refused.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from tqdm import tqdm
+
+from tal_infer.errors import TalError
+from tal_infer.hashing import file_sha256
+from tal_train.checkpoint import CheckpointError, load_checkpoint
+from tal_train.models import TALConfig, TALModel, build_model
+
+from . import manifest as mf
+from .extractor_export import export_program, onnx_graph
+from .fold import fold_model, output_names
+from .matcher import build_matcher
+from .parity import folder_images, generated_images, judge, parity_report
+
+MIN_OPSET, MAX_OPSET = 17, 21
+TRT_MAX_GALLERY = 1024
+STEPS = ("load", "fold + torch.export", "extractor.onnx", "matchers", "parity", "tensorrt",
+         "manifest")
+
+
+def load_model(checkpoint: Path, image_size: tuple[int, int] | None = None) -> tuple[TALModel, dict]:
+    """The eval-mode model of a checkpoint (optionally at another input size) and the checkpoint."""
+    ckpt = load_checkpoint(checkpoint)
+    try:
+        config = TALConfig.from_dict(dict(ckpt["config"]))
+    except (TalError, TypeError) as err:
+        raise CheckpointError(f"{checkpoint}: its model config is not valid ({err})") from None
+    model = build_model(config)
+    try:
+        model.load_state_dict(ckpt["model"])
+    except (RuntimeError, TypeError, AttributeError) as err:
+        first = str(err).strip().splitlines()
+        detail = first[1].strip() if len(first) > 1 else (first[0] if first else "")
+        raise CheckpointError(f"{checkpoint}: the weights do not fit the model its config "
+                              f"describes ({detail})") from None
+    if image_size is not None and tuple(image_size) != config.image_size:
+        model = _resized(model, tuple(image_size))
+    return model.eval(), ckpt
+
+
+def _resized(model: TALModel, image_size: tuple[int, int]) -> TALModel:
+    """The same weights at another input size; only sizes that keep every feature map's h x w
+    are possible, because the QAConv heads' weights are tied to the map locations."""
+    config = dataclasses.replace(model.config, image_size=image_size)
+    if config.scale_sizes() != model.config.scale_sizes():
+        trained = "x".join(map(str, model.config.image_size))
+        raise TalError(f"--image-size {image_size[0]}x{image_size[1]} gives feature maps "
+                       f"{config.scale_sizes()} but the QAConv heads were trained for "
+                       f"{model.config.scale_sizes()} (input {trained}); choose a size with the "
+                       "same feature map sizes")
+    resized = build_model(config)
+    resized.load_state_dict(model.state_dict())
+    return resized
+
+
+def _check_options(opset: int, max_batch: int) -> None:
+    if not MIN_OPSET <= opset <= MAX_OPSET:
+        raise TalError(f"--opset {opset} is not supported; choose {MIN_OPSET}..{MAX_OPSET}")
+    if max_batch < 1:
+        raise TalError(f"--max-batch must be at least 1, got {max_batch}")
+
+
+def _check_target(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise TalError(f"{out}: exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not (out / mf.MANIFEST).is_file():
+        raise TalError(f"{out}: folder exists, is not empty and is not an export bundle; "
+                       "refusing to overwrite it (choose another --out)")
+
+
+def _move_into_place(tmp: Path, out: Path) -> None:
+    """Rename the finished temporary folder to `out`, replacing an earlier bundle there."""
+    if not out.exists():
+        os.replace(tmp, out)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+    os.replace(out, old / out.name)
+    os.replace(tmp, out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _save_onnx(model: onnx.ModelProto, path: Path) -> None:
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save_model(model, str(path))
+
+
+def _session(path: Path):
+    import onnxruntime as ort
+
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def _write_graphs(model: TALModel, folder: Path, fp16: bool, opset: int, max_batch: int,
+                  bar: tqdm) -> dict:
+    """extractor.pt2, extractor.onnx, matcher.onnx, matcher_trt.onnx, heads.npz; returns
+    the projection form (manifest ``matching`` + heads arrays)."""
+    size = model.config.image_size
+    bar.set_postfix_str(STEPS[1])
+    program = export_program(fold_model(model), size, max_batch)
+    torch.export.save(program, str(folder / "extractor.pt2"))
+    if fp16:
+        program = export_program(fold_model(model, fp16=True), size, max_batch)
+    bar.update()
+    bar.set_postfix_str(STEPS[2])
+    _save_onnx(onnx_graph(program, output_names(model), opset), folder / "extractor.onnx")
+    bar.update()
+    bar.set_postfix_str(STEPS[3])
+    form = model.projection_form()
+    features = mf.feature_specs(model)
+    dtype = "float16" if fp16 else "float32"
+    _save_onnx(build_matcher(form, features, dtype, opset), folder / "matcher.onnx")
+    # The custom domain has no schema in onnx, so the full (shape-inferring) check cannot run.
+    trt_graph = build_matcher(form, features, dtype, opset, custom_op=True)
+    onnx.checker.check_model(trt_graph)
+    onnx.save_model(trt_graph, str(folder / "matcher_trt.onnx"))
+    np.savez(folder / "heads.npz", **form["arrays"])
+    bar.update()
+    return form
+
+
+def _parity(model: TALModel, folder: Path, fp16: bool, verify: bool,
+            verify_images: str | os.PathLike | None, max_batch: int) -> dict:
+    if not verify:
+        return {"skipped": True, "passed": None}
+    size = model.config.image_size
+    images, source = (folder_images(verify_images, size) if verify_images is not None
+                      else generated_images(size))
+    report = parity_report(model, _session(folder / "extractor.onnx"),
+                           _session(folder / "matcher.onnx"), images, source, max_batch)
+    return judge(report, fp16)
+
+
+def export_bundle(checkpoint: str | os.PathLike, out_dir: str | os.PathLike | None = None, *,
+                  fp16: bool = False, opset: int = 18, image_size: tuple[int, int] | None = None,
+                  max_batch: int = 64, verify: bool = True,
+                  verify_images: str | os.PathLike | None = None, trt: bool = False,
+                  triton_repo: str | os.PathLike | None = None, progress: bool = True) -> Path:
+    """Export a training checkpoint to a bundle folder (default ``export/<run-name>``) and
+    return the folder. ``trt`` builds fp16 TensorRT engines and therefore implies ``fp16``.
+    Raises TalError (CheckpointError, ParityError, ...) with one readable line on bad input."""
+    checkpoint = Path(checkpoint)
+    _check_options(opset, max_batch)
+    if trt:
+        from .tensorrt_build import import_tensorrt
+
+        import_tensorrt()  # fail before any work where TensorRT is absent
+        fp16 = True
+    with tqdm(total=len(STEPS), desc="tal-export", unit="step", disable=not progress) as bar:
+        bar.set_postfix_str(STEPS[0])
+        model, ckpt = load_model(checkpoint, image_size)
+        run_name = str(ckpt.get("run_name") or checkpoint.stem)
+        out = Path(out_dir) if out_dir is not None else Path("export") / run_name
+        _check_target(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        bar.update()
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+        try:
+            form = _write_graphs(model, tmp, fp16, opset, max_batch, bar)
+            bar.set_postfix_str(STEPS[4])
+            parity = _parity(model, tmp, fp16, verify, verify_images, max_batch)
+            bar.update()
+            features = mf.feature_specs(model)
+            manifest = mf.build_manifest(
+                config=model.config, run_name=run_name, checkpoint=checkpoint,
+                checkpoint_sha256=file_sha256(checkpoint), epoch=int(ckpt["epoch"]),
+                features=features, matching=form["matching"], fp16=fp16, opset=opset,
+                parity=parity)
+            if trt:
+                bar.set_postfix_str(STEPS[5])
+                from .tensorrt_build import build_engines
+
+                manifest["tensorrt"] = build_engines(tmp, tmp / "extractor.onnx",
+                                                     tmp / "matcher_trt.onnx", manifest,
+                                                     max_batch, TRT_MAX_GALLERY)
+            bar.update()
+            bar.set_postfix_str(STEPS[6])
+            manifest["files"] = mf.file_entries(tmp)
+            mf.write_manifest(tmp, manifest)
+            _move_into_place(tmp, out)
+            bar.update()
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    if triton_repo is not None:
+        from .triton_repo import write_triton_repo
+
+        write_triton_repo(Path(triton_repo), out, manifest, max_batch)
+    return out

@@ -1,0 +1,187 @@
+"""The folded extractor: a TALModel's eval forward as one batched pass (DESIGN.md section 3).
+
+What folding does (all folding arithmetic in float64, rounded once to the compute dtype):
+
+* **Streams as one batch.** The S = K (+1 for DI) streams run as one pass over the input tiled S
+  times, chunk j normalized as stream j, exactly as ``TALModel.extract`` does, but every
+  `DomainNorm` becomes a `FoldedNorm`: a per-stream channel affine ``x * scale[j] + shift[j]``
+  from an [S, C] table (eval statistics folded into scale/shift). Convolutions are untouched and
+  shared, so the graph holds one Conv per convolution of the network.
+* **DABN** (eqs. 5-6) is ``x * (S a) + (T a)``: S, T in R^{C x K} are the experts' folded affines,
+  a = softmax(W2 relu(W1 GAP(x))) is computed in the graph for the DI chunk. The ``avg``
+  ablation (a = 1/K) and the ``bn`` ablation are static rows of the table.
+* **Preprocessing** (uint8 BGR NHWC -> RGB, /255, mean/std) is folded into the stem
+  convolution: its input channels are reversed and scaled by 1 / (255 std), and the graph only
+  subtracts 255 * mean (BGR order) from the pixels. Zero padding of the shifted pixels equals
+  zero padding of the normalized image, so this is exact.
+* **Shared stem.** Where the stem normalization is an instance norm (IBN-b), the stem does not
+  depend on the stream, so the batch is tiled after the stem's max-pool instead of before it.
+
+fp16 (``dtype=torch.float16``): convolution weights, the folded tables and activations are fp16;
+these stay fp32 (see `FP32_PARTS`): instance-norm statistics, the DABN attention (GAP, FCs,
+softmax) and its mixing of the expert statistics, and the neck's L2 normalization.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from tal_train.models import DomainNorm, TALModel, expert_affines
+from tal_train.models.norm import Stream
+
+FP32_PARTS = ["instance_norm", "dabn_attention", "dabn_mixing", "l2_normalize", "preprocess_shift"]
+
+
+def model_streams(model: TALModel) -> tuple[Stream, ...]:
+    """The tiled streams in order: experts 0..K-1 (DS stream), then "di"."""
+    cfg = model.config
+    experts = tuple(range(cfg.num_domains)) if "ds" in cfg.streams else ()
+    return experts + (("di",) if "di" in cfg.streams else ())
+
+
+def output_names(model: TALModel) -> list[str]:
+    """Extractor outputs in graph order: ``<stream>_<scale>``, streams then scales."""
+    return [f"{stream}_{s}" for stream in model.config.streams for s in model.config.scales]
+
+
+class FloatIsland(nn.Module):
+    """Runs `module` in fp32 whatever the activation dtype (statistics-sensitive layers)."""
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.module = module.float()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.module(x.float()).to(x.dtype)
+
+
+class FoldedNorm(nn.Module):
+    """A DomainNorm over the tiled batch [S * N, C, h, w]: chunk j gets stream j's affine.
+
+    ``scale``/``shift`` [S_static, 1, C] hold the static rows (experts, DI ``bn``/``avg``);
+    with DABN the last chunk's row is computed per sample from the attention.
+    """
+
+    def __init__(self, norm: DomainNorm, streams: tuple[Stream, ...], dtype: torch.dtype):
+        super().__init__()
+        self.num_streams = len(streams)
+        norm = copy.deepcopy(norm).double().eval()
+        expert_scale, expert_shift = expert_affines(norm.experts)  # [K, C]
+        dabn = "di" in streams and norm.di_norm == "dabn"
+        rows = []
+        for stream in streams[:-1] if dabn else streams:
+            if stream != "di":
+                rows.append((expert_scale[stream], expert_shift[stream]))
+            elif norm.di_norm == "bn":
+                scale, shift = expert_affines(nn.ModuleList([norm.di]))
+                rows.append((scale[0], shift[0]))
+            else:  # avg: a_i = 1/K for every sample
+                rows.append((expert_scale.mean(0), expert_shift.mean(0)))
+        channels = expert_scale.shape[1]
+        table = (torch.stack([torch.stack(r) for r in rows], dim=1) if rows
+                 else torch.zeros(2, 0, channels, dtype=torch.float64))
+        self.register_buffer("scale", table[0, :, None, :].to(dtype))
+        self.register_buffer("shift", table[1, :, None, :].to(dtype))
+        self.attention = None
+        if dabn:
+            self.attention = norm.di.attention.float()
+            self.register_buffer("expert_scale", expert_scale.float())
+            self.register_buffer("expert_shift", expert_shift.float())
+
+    def forward(self, x: Tensor) -> Tensor:
+        xs = x.unflatten(0, (self.num_streams, -1))  # [S, N, C, h, w]
+        scale, shift = self.scale, self.shift
+        if self.attention is not None:
+            a = torch.softmax(self.attention(xs[-1].float().mean(dim=(2, 3))), dim=1)  # [N, K]
+            s, t = (a @ self.expert_scale).to(x.dtype), (a @ self.expert_shift).to(x.dtype)
+            n = s.shape[0]
+            scale = torch.cat((scale.expand(-1, n, -1), s[None]))
+            shift = torch.cat((shift.expand(-1, n, -1), t[None]))
+        y = xs * scale[..., None, None] + shift[..., None, None]
+        return y.flatten(0, 1)
+
+
+class FoldedNeck(nn.Module):
+    """Neck conv + folded norm, L2 normalization over channels in fp32."""
+
+    def __init__(self, conv: nn.Conv2d, norm: nn.Module):
+        super().__init__()
+        self.conv, self.norm = conv, norm
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.norm(self.conv(x))
+        return F.normalize(y.float(), dim=1).to(y.dtype)
+
+
+def _fold_modules(root: nn.Module, streams: tuple[Stream, ...], dtype: torch.dtype) -> None:
+    """Replace (in place) DomainNorms by FoldedNorms and instance norms by fp32 islands."""
+    for name, child in list(root.named_children()):
+        if isinstance(child, DomainNorm):
+            setattr(root, name, FoldedNorm(child, streams, dtype))
+        elif isinstance(child, nn.InstanceNorm2d):
+            setattr(root, name, FloatIsland(child))
+        elif isinstance(child, nn.Conv2d):
+            child.to(dtype)
+        else:
+            _fold_modules(child, streams, dtype)
+
+
+def _preprocessing_stem(conv: nn.Conv2d, mean: tuple, std: tuple, dtype: torch.dtype) -> Tensor:
+    """Fold RGB order, /255 and /std into the stem conv (in place); returns 255 * mean in BGR."""
+    std64 = torch.tensor(std, dtype=torch.float64)
+    weight = conv.weight.detach().double() / (255.0 * std64)[None, :, None, None]
+    conv.weight = nn.Parameter(weight.flip(1).to(dtype), requires_grad=False)
+    return (255.0 * torch.tensor(mean, dtype=torch.float64)).flip(0).float()
+
+
+class FoldedExtractor(nn.Module):
+    """uint8 BGR images [N, H, W, 3] -> the extractor outputs of docs/bundle.md (a tuple in
+    `output_names` order). Built from a TALModel, which it does not change."""
+
+    def __init__(self, model: TALModel, dtype: torch.dtype = torch.float32):
+        super().__init__()
+        cfg = model.config
+        self.dtype = dtype
+        self.streams = model_streams(model)
+        self.num_experts = cfg.num_domains if "ds" in cfg.streams else 0
+        self.names = output_names(model)
+        self.scales = cfg.scales
+        backbone = copy.deepcopy(model.backbone).eval().requires_grad_(False)
+        necks = copy.deepcopy(model.necks).eval().requires_grad_(False)
+        self.register_buffer("pixel_shift", _preprocessing_stem(
+            backbone.conv1, cfg.mean, cfg.std, dtype)[None, :, None, None])
+        self.shared_stem = isinstance(backbone.bn1, nn.InstanceNorm2d)
+        _fold_modules(backbone, self.streams, dtype)
+        _fold_modules(necks, self.streams, dtype)
+        self.stem = nn.Sequential(backbone.conv1, backbone.bn1, backbone.relu, backbone.maxpool)
+        self.layers = nn.ModuleList(getattr(backbone, f"layer{i + 1}")
+                                    for i in range(len(backbone.channels)))
+        self.stage_names = list(backbone.channels)  # res2, res3, res4[, res5]
+        self.necks = nn.ModuleDict({s: FoldedNeck(necks[s].conv, necks[s].bn) for s in necks})
+
+    def _tile(self, x: Tensor) -> Tensor:
+        return x.repeat(len(self.streams), 1, 1, 1)
+
+    def forward(self, images: Tensor) -> tuple[Tensor, ...]:
+        x = (images.permute(0, 3, 1, 2).float() - self.pixel_shift).to(self.dtype)
+        x = self._tile(self.stem(x)) if self.shared_stem else self.stem(self._tile(x))
+        maps = {}
+        for stage, layer in zip(self.stage_names, self.layers):
+            x = layer(x)
+            if stage in self.necks:
+                m = self.necks[stage](x)
+                maps[stage] = m.unflatten(0, (len(self.streams), -1))  # [S, N, C, h, w]
+        out = []
+        for name in self.names:
+            stream, scale = name.split("_")
+            m = maps[scale]
+            out.append(m[:self.num_experts].transpose(0, 1) if stream == "ds" else m[-1])
+        return tuple(out)
+
+
+def fold_model(model: TALModel, fp16: bool = False) -> FoldedExtractor:
+    """The folded extractor of `model` in eval form (fp16: see the module docstring)."""
+    return FoldedExtractor(model, torch.float16 if fp16 else torch.float32).eval()

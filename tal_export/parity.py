@@ -1,0 +1,145 @@
+"""The export parity check: the exported graphs in ONNX Runtime vs the PyTorch model.
+
+On a set of person crops (a folder of real images, or a small generated set from
+tal_train.data.synthetic), features come from ``extractor.onnx`` and from ``TALModel.extract``
+(the unfolded model), scores from ``matcher.onnx`` on the ONNX features and from
+``TALModel.match`` on the PyTorch features, every crop against every other crop. Reported:
+
+* ``features`` / ``scores``: ``max_abs`` = max |onnx - torch|; ``max_rel`` = max_abs / max |torch|
+  (relative to the scale of the values: element-wise ratios are meaningless near zero);
+* ``top1_agreement``: fraction of crops whose best match (itself excluded) is the same;
+  ``top10_agreement``: mean overlap of the two top-10 lists (top min(10, N-1)), as a fraction.
+
+Tolerances (the export fails past them): fp32, scores ``max_rel < 1e-4``; fp16, top-1 agreement
+>= 0.99.
+"""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tal_infer.errors import TalError
+from tal_infer.images import list_images, read_image, resize_batch
+from tal_train.models import TALModel
+
+FP32_SCORE_REL = 1e-4
+FP16_TOP1 = 0.99
+GENERATED_IDENTITIES = 16   # x 3 images each
+MAX_FOLDER_IMAGES = 256
+MATCH_BUDGET_BYTES = 256 * 2 ** 20
+
+
+class ParityError(TalError):
+    """The exported graphs disagree with the PyTorch model beyond tolerance."""
+
+
+def generated_images(image_size: tuple[int, int]) -> tuple[np.ndarray, str]:
+    """A few identities (3 crops each, two cameras) from the synthetic generator, BGR uint8."""
+    from tal_train.data.synthetic import SyntheticConfig, synthesize
+
+    config = SyntheticConfig(identities=GENERATED_IDENTITIES, domains=1, cameras=2,
+                             images_per_id=(3, 3), size=tuple(image_size), distractors=0, junk=0)
+    with tempfile.TemporaryDirectory(prefix="tal-parity-") as folder:
+        synthesize(folder, config, progress=False)
+        images = [read_image(p) for p in list_images(folder)]
+    return resize_batch(images, *image_size), "generated"
+
+
+def folder_images(folder: str | Path, image_size: tuple[int, int]) -> tuple[np.ndarray, str]:
+    """Up to MAX_FOLDER_IMAGES crops of `folder` (sorted paths), resized as the runtime does."""
+    paths = list_images(folder)[:MAX_FOLDER_IMAGES]
+    if len(paths) < 2:
+        raise TalError(f"{folder}: the parity check needs at least 2 images, found {len(paths)}")
+    return resize_batch([read_image(p) for p in paths], *image_size), str(folder)
+
+
+def reference_input(images: np.ndarray, mean: tuple, std: tuple) -> torch.Tensor:
+    """uint8 BGR [N, H, W, 3] -> the model's input: float RGB [N, 3, H, W], mean/std normalized."""
+    x = torch.from_numpy(np.ascontiguousarray(images[..., ::-1])).permute(0, 3, 1, 2).float() / 255
+    return (x - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
+
+
+def run_extractor(session, images: np.ndarray, batch: int) -> dict[str, np.ndarray]:
+    """ONNX Runtime extractor outputs for `images`, in batches of `batch`."""
+    names = [o.name for o in session.get_outputs()]
+    parts = [session.run(names, {"images": images[i:i + batch]})
+             for i in range(0, len(images), batch)]
+    return {n: np.concatenate([p[j] for p in parts]) for j, n in enumerate(names)}
+
+
+def run_matcher(session, query: dict[str, np.ndarray], gallery: dict[str, np.ndarray],
+                budget_bytes: int = MATCH_BUDGET_BYTES) -> np.ndarray:
+    """matcher.onnx scores [Nq, Ng], over query chunks that keep its similarity maps
+    (sum over inputs of K * nq * Ng * HW^2 fp32 values) within `budget_bytes`."""
+    num_gallery = next(iter(gallery.values())).shape[0]
+    per_query = max(4 * num_gallery * (x.shape[1] if x.ndim == 5 else 1) * (x.shape[-2] * x.shape[-1]) ** 2
+                    for x in gallery.values())
+    chunk = max(1, budget_bytes // per_query)
+    num_query = next(iter(query.values())).shape[0]
+    rows = []
+    for start in range(0, num_query, chunk):
+        feed = {f"query_{k}": v[start:start + chunk] for k, v in query.items()}
+        feed.update({f"gallery_{k}": v for k, v in gallery.items()})
+        rows.append(session.run(["scores"], feed)[0])
+    return np.concatenate(rows)
+
+
+def _errors(pairs: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, float]:
+    max_abs = max(float(np.abs(a.astype(np.float64) - b).max()) for a, b in pairs)
+    scale = max(float(np.abs(b).max()) for _, b in pairs)
+    return {"max_abs": max_abs, "max_rel": max_abs / max(scale, 1e-12)}
+
+
+def ranking_agreement(scores: np.ndarray, reference: np.ndarray, k: int = 10) -> tuple[float, float]:
+    """(top-1, top-k) agreement of all-vs-all rankings with each crop's own entry excluded."""
+    n = scores.shape[0]
+    k = min(k, n - 1)
+    mask = np.eye(n, dtype=bool)
+    a = np.argsort(-np.where(mask, -np.inf, scores), axis=1, kind="stable")[:, :k]
+    b = np.argsort(-np.where(mask, -np.inf, reference), axis=1, kind="stable")[:, :k]
+    top1 = float(np.mean(a[:, 0] == b[:, 0]))
+    topk = float(np.mean([len(set(x) & set(y)) / k for x, y in zip(a, b)]))
+    return top1, topk
+
+
+def parity_report(model: TALModel, extractor, matcher, images: np.ndarray, source: str,
+                  batch: int) -> dict:
+    """The manifest's ``parity`` section (without ``passed``) for ONNX Runtime sessions
+    `extractor` and `matcher` against the eval-mode `model`."""
+    cfg = model.config
+    onnx_feats = run_extractor(extractor, images, batch)
+    ref_feats = {}
+    for start in range(0, len(images), batch):
+        part = model.extract(reference_input(images[start:start + batch], cfg.mean, cfg.std))
+        for name, value in part.items():
+            ref_feats.setdefault(name, []).append(value)
+    ref_feats = {n: torch.cat(v) for n, v in ref_feats.items()}
+    ref_scores = model.match(ref_feats, ref_feats).double().numpy()
+    scores = run_matcher(matcher, onnx_feats, onnx_feats)
+    top1, top10 = ranking_agreement(scores, ref_scores)
+    return {"images": source, "count": int(len(images)),
+            "features": _errors([(onnx_feats[n], ref_feats[n].double().numpy()) for n in ref_feats]),
+            "scores": _errors([(scores, ref_scores)]),
+            "top1_agreement": top1, "top10_agreement": top10}
+
+
+def judge(report: dict, fp16: bool) -> dict:
+    """`report` with ``passed`` and ``criterion`` set; raises ParityError when it fails."""
+    if fp16:
+        criterion = f"top1_agreement >= {FP16_TOP1}"
+        passed = report["top1_agreement"] >= FP16_TOP1
+    else:
+        criterion = f"scores.max_rel < {FP32_SCORE_REL:g}"
+        passed = report["scores"]["max_rel"] < FP32_SCORE_REL
+    report = {**report, "criterion": criterion, "passed": bool(passed)}
+    if not passed:
+        raise ParityError(
+            f"parity check failed ({'fp16' if fp16 else 'fp32'}: needs {criterion}) on "
+            f"{report['count']} {report['images']} images: scores max_rel "
+            f"{report['scores']['max_rel']:.2e}, features max_abs "
+            f"{report['features']['max_abs']:.2e}, top-1 agreement {report['top1_agreement']:.3f};"
+            " no bundle was written")
+    return report

@@ -1,0 +1,92 @@
+"""TensorRT engines for a bundle (``--trt``): extractor.plan and matcher.plan.
+
+Written against the TensorRT 10 Python API: ``trt.Builder`` -> ``create_network`` with the
+``STRONGLY_TYPED`` creation flag -> ``trt.OnnxParser.parse_from_file`` -> one
+``create_optimization_profile`` with ``set_shape(input, min, opt, max)`` per dynamic input ->
+``build_serialized_network``. Strongly typed, because the fp16 graphs already say which parts are
+fp16 and which stay fp32 (fold.FP32_PARTS); TensorRT 10.12+ deprecates the weakly typed
+``BuilderFlag.FP16`` route and TensorRT 11 removes it. The matcher engine needs the
+``tal::QAConvMatch`` plugin, registered from tal_plugins (`tal_plugins.trt.register`) before
+parsing.
+
+TensorRT cannot be installed where the tests run; they drive `build_engine` with a stand-in
+module, which checks the calls and shapes but not TensorRT itself (see docs/export.md).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from tal_infer.errors import TalError
+
+Shape = tuple[int, ...]
+
+
+def import_tensorrt() -> Any:
+    """The tensorrt module, or a one-line TalError where TensorRT 10 is not installed."""
+    try:
+        import tensorrt as trt
+    except ImportError:
+        raise TalError("--trt needs TensorRT 10 (pip install 'tal-reid[trt]' on a machine with an "
+                       "NVIDIA GPU); it is not installed here. Export without --trt, or build "
+                       "the engines on the deployment machine") from None
+    if not str(trt.__version__).startswith("10."):
+        raise TalError(f"--trt needs TensorRT 10.x, found {trt.__version__}")
+    return trt
+
+
+def extractor_profile(image_size: tuple[int, int], max_batch: int) -> dict[str, tuple[Shape, ...]]:
+    """(min, opt, max) of the extractor input: batch 1..max_batch, optimized for max_batch."""
+    h, w = image_size
+    return {"images": tuple((n, h, w, 3) for n in (1, max_batch, max_batch))}
+
+
+def matcher_profile(features: dict[str, dict], max_query: int,
+                    max_gallery: int) -> dict[str, tuple[Shape, ...]]:
+    """(min, opt, max) of every matcher input: queries 1..max_query, gallery 1..max_gallery."""
+    out = {}
+    for name, spec in features.items():
+        rest = tuple(spec["shape"][1:])
+        for side, top in (("query", max_query), ("gallery", max_gallery)):
+            out[f"{side}_{name}"] = tuple((n, *rest) for n in (1, top, top))
+    return out
+
+
+def build_engine(trt: Any, onnx_path: Path, plan_path: Path,
+                 profile: dict[str, tuple[Shape, ...]]) -> None:
+    """Parse `onnx_path`, build a strongly typed engine for `profile`, write it to `plan_path`."""
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
+        raise TalError(f"{onnx_path.name}: TensorRT could not parse the graph: "
+                       f"{errors[0] if errors else 'no reason given'}")
+    config = builder.create_builder_config()
+    opt_profile = builder.create_optimization_profile()
+    for name, (low, opt, high) in profile.items():
+        opt_profile.set_shape(name, low, opt, high)
+    config.add_optimization_profile(opt_profile)
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise TalError(f"{onnx_path.name}: TensorRT could not build an engine (see its log above)")
+    plan_path.write_bytes(bytes(serialized))
+
+
+def build_engines(folder: Path, extractor_onnx: Path, matcher_onnx: Path, manifest: dict,
+                  max_batch: int, max_gallery: int) -> dict:
+    """extractor.plan and matcher.plan in `folder`; returns the manifest's ``tensorrt`` section."""
+    trt = import_tensorrt()
+    from tal_plugins import trt as plugin
+
+    plugin.register()
+    image_size = (manifest["input"]["height"], manifest["input"]["width"])
+    build_engine(trt, extractor_onnx, folder / "extractor.plan",
+                 extractor_profile(image_size, max_batch))
+    build_engine(trt, matcher_onnx, folder / "matcher.plan",
+                 matcher_profile(manifest["features"], max_batch, max_gallery))
+    return {"version": str(trt.__version__), "precision": "float16", "strongly_typed": True,
+            "extractor": {"file": "extractor.plan", "max_batch": max_batch},
+            "matcher": {"file": "matcher.plan", "max_query": max_batch, "max_gallery": max_gallery,
+                        "plugin": plugin.PLUGIN_ID}}

@@ -1,0 +1,195 @@
+"""Extractor backends: run a bundle's extractor on uint8 BGR batches, return numpy maps.
+
+| backend | file | needs |
+|---|---|---|
+| ``onnxruntime`` | extractor.onnx | onnxruntime (CPU; CUDA / TensorRT execution providers when onnxruntime-gpu is installed) |
+| ``tensorrt`` | extractor.plan | tensorrt 10 + torch with CUDA (device buffers are torch tensors, no pycuda) |
+| ``torch`` | extractor.pt2 | torch (`torch.export.load`); fp16 autocast on CUDA |
+
+``auto`` takes, on CUDA, the TensorRT engine, then the torch program, then ONNX Runtime's CUDA
+provider; on the CPU, ONNX Runtime (faster than PyTorch eager on CPU, DESIGN.md Sec. 7). It says
+which it chose in one log line. Every backend returns ``{output name: float32 array}`` in the
+extractor's own layout (docs/bundle.md); heavy imports happen only when a backend is opened.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Callable, Protocol
+
+import numpy as np
+
+from .bundle import Bundle
+from .errors import BundleError, TalError
+
+log = logging.getLogger("tal_infer")
+BACKENDS = ("auto", "onnxruntime", "tensorrt", "torch")
+
+
+class Extractor(Protocol):
+    name: str
+    device: str
+
+    def __call__(self, images: np.ndarray) -> dict[str, np.ndarray]: ...
+
+
+def cuda_available() -> bool:
+    """True when torch sees a CUDA device, or ONNX Runtime has its CUDA provider."""
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return True
+    except ImportError:
+        pass
+    import onnxruntime
+
+    return "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+
+
+def resolve_device(device: str) -> str:
+    """"auto" -> "cuda" when a GPU is usable, else "cpu"; "cuda" without a GPU is an error."""
+    if device not in ("auto", "cpu", "cuda"):
+        raise TalError(f"device must be auto, cpu or cuda, not {device!r}")
+    if device == "auto":
+        return "cuda" if cuda_available() else "cpu"
+    if device == "cuda" and not cuda_available():
+        raise TalError("--device cuda: no CUDA device is usable here (install a CUDA build of "
+                       "torch or onnxruntime-gpu, or use --device cpu)")
+    return device
+
+
+def open_extractor(bundle: Bundle, backend: str = "auto", device: str = "auto") -> Extractor:
+    """The extractor of ``bundle`` on the chosen backend and device (see module doc)."""
+    if backend not in BACKENDS:
+        raise TalError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    device = resolve_device(device)
+    if backend != "auto":
+        extractor = _OPENERS[backend](bundle, device)
+    else:
+        extractor, reasons = None, []
+        for name in (("tensorrt", "torch", "onnxruntime") if device == "cuda"
+                     else ("onnxruntime",)):
+            try:
+                extractor = _OPENERS[name](bundle, device)
+                break
+            except TalError as err:
+                reasons.append(f"{name}: {err}")
+        if extractor is None:
+            raise TalError("no extractor backend could be opened (" + "; ".join(reasons) + ")")
+    log.info("extractor: %s on %s (%s)", extractor.name, extractor.device, bundle.name)
+    return extractor
+
+
+class OnnxRuntimeExtractor:
+    """extractor.onnx through ONNX Runtime."""
+
+    def __init__(self, bundle: Bundle, device: str):
+        import onnxruntime as ort
+
+        available = ort.get_available_providers()
+        providers = ["CPUExecutionProvider"]
+        if device == "cuda":
+            gpu = [p for p in ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+                   if p in available]
+            if not gpu:
+                raise TalError("ONNX Runtime has no CUDA provider here (install onnxruntime-gpu)")
+            providers = gpu + providers
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(str(bundle.file("extractor.onnx")), options,
+                                                providers=providers)
+        except Exception as err:  # onnxruntime raises its own exception types
+            raise BundleError(f"{bundle.file('extractor.onnx')}: ONNX Runtime cannot load it "
+                              f"({str(err).splitlines()[0][:200]})") from None
+        self.outputs = [o.name for o in self.session.get_outputs()]
+        self.input = self.session.get_inputs()[0].name
+        self.name, self.device = f"onnxruntime[{self.session.get_providers()[0]}]", device
+
+    def __call__(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        values = self.session.run(self.outputs, {self.input: images})
+        return {k: np.asarray(v, dtype=np.float32) for k, v in zip(self.outputs, values)}
+
+
+class TorchExtractor:
+    """extractor.pt2 (a `torch.export` program); fp16 autocast on CUDA."""
+
+    def __init__(self, bundle: Bundle, device: str):
+        if not bundle.has("extractor.pt2"):
+            raise TalError(f"{bundle.file('extractor.pt2')} is not in the bundle")
+        try:
+            import torch
+        except ImportError:
+            raise TalError("the torch backend needs torch installed") from None
+        import tal_plugins.torch_op  # noqa: F401  (registers tal:: ops the program may contain)
+
+        try:
+            program = torch.export.load(str(bundle.file("extractor.pt2")))
+        except Exception as err:  # torch raises many types for a bad archive
+            raise BundleError(f"{bundle.file('extractor.pt2')}: torch cannot load it "
+                              f"({str(err).splitlines()[0][:200]})") from None
+        self.module = program.module().to(device)
+        self.names = list(bundle.features)
+        self.name, self.device = "torch" + ("[fp16]" if device == "cuda" else ""), device
+
+    def __call__(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        import torch
+
+        x = torch.from_numpy(np.ascontiguousarray(images)).to(self.device)
+        with torch.no_grad(), torch.autocast("cuda", torch.float16,
+                                             enabled=self.device == "cuda"):
+            out = self.module(x)
+        if not isinstance(out, dict):
+            out = dict(zip(self.names, out if isinstance(out, (tuple, list)) else [out]))
+        return {k: v.float().cpu().numpy() for k, v in out.items()}
+
+
+class TensorRTExtractor:
+    """extractor.plan through the TensorRT 10 runtime (name-based I/O, execute_async_v3)."""
+
+    def __init__(self, bundle: Bundle, device: str):
+        if device != "cuda":
+            raise TalError("the tensorrt backend runs on CUDA only")
+        if not bundle.has("extractor.plan"):
+            raise TalError(f"{bundle.file('extractor.plan')} is not in the bundle (export with "
+                           "--trt)")
+        try:
+            import tensorrt as trt
+            import torch
+        except ImportError as err:
+            raise TalError(f"the tensorrt backend needs tensorrt and torch ({err})") from None
+        self._trt, self._torch = trt, torch
+        self.logger = trt.Logger(trt.Logger.WARNING)
+        runtime = trt.Runtime(self.logger)
+        self.engine = runtime.deserialize_cuda_engine(bundle.file("extractor.plan").read_bytes())
+        if self.engine is None:
+            raise BundleError(f"{bundle.file('extractor.plan')}: TensorRT cannot deserialize it "
+                              "(built for another TensorRT version or GPU?)")
+        self.context = self.engine.create_execution_context()
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        self.inputs = [n for n in names
+                       if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        self.outputs = [n for n in names if n not in self.inputs]
+        self.name, self.device = "tensorrt", device
+
+    def __call__(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        trt, torch = self._trt, self._torch
+        x = torch.from_numpy(np.ascontiguousarray(images)).cuda()
+        self.context.set_input_shape(self.inputs[0], tuple(x.shape))
+        self.context.set_tensor_address(self.inputs[0], x.data_ptr())
+        outs = {}
+        for name in self.outputs:
+            dtype = torch.from_numpy(np.empty(0, trt.nptype(self.engine.get_tensor_dtype(name)))
+                                     ).dtype
+            outs[name] = torch.empty(tuple(self.context.get_tensor_shape(name)), dtype=dtype,
+                                     device="cuda")
+            self.context.set_tensor_address(name, outs[name].data_ptr())
+        stream = torch.cuda.current_stream()
+        if not self.context.execute_async_v3(stream.cuda_stream):
+            raise TalError("TensorRT failed to run the extractor engine")
+        stream.synchronize()
+        return {k: v.float().cpu().numpy() for k, v in outs.items()}
+
+
+_OPENERS: dict[str, Callable[[Bundle, str], Extractor]] = {
+    "onnxruntime": OnnxRuntimeExtractor, "tensorrt": TensorRTExtractor, "torch": TorchExtractor}

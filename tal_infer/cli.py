@@ -1,0 +1,233 @@
+"""tal-infer: rank a gallery folder for every query image with an exported TAL bundle."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+
+import click
+import numpy as np
+
+from .cli_common import device_option, friendly_errors
+from .engine import ReIDEngine
+from .errors import TalError
+from .images import list_images, read_image
+from .index import GalleryIndex, IndexMismatchError, market_metadata
+from .metrics import evaluate_scores
+from .naming import parse_market_name
+from .reranking import k_reciprocal
+from .scoring import TopK, exclude_same_camera, feature_chunks, rank_gallery
+
+EPILOG = """\b
+Examples:
+  tal-infer --gallery data/cam2 --queries data/cam1 --out ranks.json
+  tal-infer --gallery g/ --queries q/ --model export/p2-market1501 --topk 5 --report report/
+  tal-infer --gallery g/ --queries q/ --index g.index --scores scores.npz --exclude-same-camera
+  tal-infer --gallery g/ --queries q/ --backend onnxruntime --device cpu --on-error skip
+"""
+
+
+@click.command(epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--gallery", "gallery_dir", required=True, type=click.Path(path_type=Path),
+              help="Folder of gallery crops (searched recursively).")
+@click.option("--queries", "query_dir", required=True, type=click.Path(path_type=Path),
+              help="Folder of query crops (searched recursively).")
+@click.option("--model", type=click.Path(path_type=Path), default=None,
+              help="Export bundle folder [default: the most recent one under ./export/].")
+@click.option("--topk", default=10, show_default=True, type=click.IntRange(1),
+              help="Matches kept per query.")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Write the ranked matches to FILE.json or FILE.csv.")
+@click.option("--scores", "scores_out", type=click.Path(path_type=Path), default=None,
+              help="Write the full score matrix to FILE.npz (scores, queries, gallery).")
+@click.option("--report", "report_dir", type=click.Path(path_type=Path), default=None,
+              help="Write PNG/HTML rank lists and QAConv correspondences to DIR.")
+@click.option("--report-queries", default=20, show_default=True, type=click.IntRange(1),
+              help="Queries shown in the report.")
+@click.option("--backend", default="auto", show_default=True,
+              type=click.Choice(["auto", "onnxruntime", "tensorrt", "torch"]),
+              help="Extractor backend; auto picks the fastest available and says which.")
+@device_option
+@click.option("--index", "index_dir", type=click.Path(path_type=Path), default=None,
+              help="Persistent gallery index folder (incremental; fp16 features).")
+@click.option("--rebuild-index", is_flag=True, help="Empty an index built for another model.")
+@click.option("--batch", default=32, show_default=True, type=click.IntRange(1),
+              help="Images per extractor call.")
+@click.option("--exclude-same-camera", "exclude_cameras", is_flag=True,
+              help="Leave gallery crops from the query's camera out of the rank lists.")
+@click.option("--rerank", is_flag=True, help="k-reciprocal re-ranking (Zhong et al. 2017).")
+@click.option("--verify", is_flag=True, help="Check the bundle's file hashes first.")
+@click.option("--on-error", default="fail", show_default=True,
+              type=click.Choice(["fail", "skip"]),
+              help="On an unreadable image: stop, or skip it and list it at the end.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+@friendly_errors
+def main(gallery_dir, query_dir, model, topk, out, scores_out, report_dir, report_queries,
+         backend, device, index_dir, rebuild_index, batch, exclude_cameras, rerank, verify,
+         on_error, quiet):
+    """Match every query crop against a gallery with an exported TAL model.
+
+    Prints mAP and CMC when the file names carry identities and cameras (Market-1501 style:
+    0002_c1s1_000451_03.jpg). Grayscale, BGRA and 16-bit images are converted; unreadable,
+    empty or tiny images stop the run with one line naming the file (or, with --on-error
+    skip, are left out and listed).
+    """
+    if out is not None and out.suffix.lower() not in (".json", ".csv"):
+        raise TalError(f"--out {out}: use a .json or .csv file name")
+    if scores_out is not None and scores_out.suffix.lower() != ".npz":
+        raise TalError(f"--scores {scores_out}: use a .npz file name")
+    progress = not quiet
+    engine = ReIDEngine(model, backend=backend, device=device, batch_size=batch, verify=verify)
+    click.echo(f"model: {engine.bundle.path}; extractor: {engine.extractor.name} on "
+               f"{engine.extractor.device}; matching on {engine.device}", err=True)
+    query_paths, gallery_paths = ([os.path.abspath(p) for p in list_images(d)]
+                                  for d in (query_dir, gallery_dir))
+
+    queries = engine.embed_files(query_paths, on_error, progress, desc="queries")
+    if not queries.paths:
+        raise TalError(f"{query_dir}: none of the query images could be read")
+    gallery, skipped = _gallery(engine, gallery_paths, index_dir, rebuild_index, on_error,
+                                progress)
+    skipped = queries.skipped + skipped
+    if gallery.size == 0:
+        raise TalError(f"{gallery_dir}: none of the gallery images could be read")
+
+    q_ids = _identities(queries.paths)
+    g_ids = _identities(gallery.paths)
+    labelled = q_ids is not None and g_ids is not None
+    cameras = None
+    if exclude_cameras:
+        cameras = (_cameras(queries.paths), _cameras(gallery.paths))
+        if (cameras[0] < 0).all() or (cameras[1] < 0).all():
+            click.echo("warning: --exclude-same-camera: file names carry no cameras; nothing "
+                       "excluded", err=True)
+    keep = scores_out is not None or labelled or rerank
+    ranking = rank_gallery(engine.scorer, queries.features,
+                           gallery.chunks(engine.scorer.chunk_size(len(queries.paths))),
+                           gallery.size, topk, cameras, keep_scores=keep, progress=progress)
+    scores, top = ranking.scores, ranking.topk
+    if rerank:
+        scores = _reranked(engine, queries.features, gallery, scores, progress)
+        top = TopK(len(queries.paths), topk)
+        masked = scores.copy()
+        if cameras is not None:
+            exclude_same_camera(masked, *cameras)
+        top.update(0, masked)
+    rows = top.rows()
+
+    if out is not None:
+        _write_ranks(out, queries.paths, gallery.paths, rows)
+        click.echo(f"wrote {out}", err=True)
+    if scores_out is not None:
+        np.savez(scores_out, scores=scores, queries=np.array(queries.paths),
+                 gallery=np.array(gallery.paths))
+        click.echo(f"wrote {scores_out}", err=True)
+    if labelled:
+        _print_metrics(scores, q_ids, g_ids)
+    if out is None and scores_out is None:
+        _print_top1(queries.paths, gallery.paths, rows)
+    if report_dir is not None:
+        from .report import write_report
+
+        page = write_report(report_dir, engine.bundle, queries.paths, gallery.paths, rows,
+                            q_ids[0] if labelled else None, g_ids[0] if labelled else None,
+                            queries.features, gallery.features_of, limit=report_queries)
+        click.echo(f"report: {page}", err=True)
+    if skipped:
+        click.echo(f"skipped {len(skipped)} unreadable file(s):", err=True)
+        for path, reason in skipped:
+            click.echo(f"  {path}: {reason}", err=True)
+
+
+class _GallerySet:
+    """Gallery features for matching: in memory, or a gallery index snapshot (fp16 memmaps)."""
+
+    def __init__(self, paths, features=None, contents=None):
+        self.paths, self.features, self.contents = list(paths), features, contents
+        self.size = len(self.paths)
+
+    def chunks(self, size):
+        if self.contents is not None:
+            return self.contents.iter_chunks(size)
+        return feature_chunks(self.features, size)
+
+    def features_of(self, columns):
+        """Features of the given gallery columns, as float32."""
+        columns = np.asarray(columns, np.int64)
+        if self.contents is not None:
+            rows = self.contents.rows[columns]
+            return {k: np.asarray(v[rows], np.float32) for k, v in self.contents.features.items()}
+        return {k: v[columns] for k, v in self.features.items()}
+
+
+def _gallery(engine, paths, index_dir, rebuild, on_error, progress):
+    if index_dir is None:
+        embedded = engine.embed_files(paths, on_error, progress, desc="gallery")
+        return _GallerySet(embedded.paths, features=embedded.features), embedded.skipped
+    shapes = {k: s.match_shape for k, s in engine.bundle.features.items()}
+    try:
+        index = GalleryIndex(index_dir, engine.bundle.fingerprint, shapes, rebuild=rebuild)
+    except IndexMismatchError as err:
+        raise IndexMismatchError(f"{err} (or pass --rebuild-index)") from None
+    report = index.sync(paths, lambda batch: engine.embed([read_image(p) for p in batch]),
+                        market_metadata, batch_size=engine.batch_size, on_error=on_error,
+                        progress=progress)
+    click.echo(f"index {index_dir}: {report.added} added, {report.updated} updated, "
+               f"{report.removed} removed, {report.unchanged} unchanged", err=True)
+    contents = index.load()
+    return _GallerySet(contents.paths, contents=contents), report.skipped
+
+
+def _identities(paths):
+    """(pids, camids) from Market-style names, or None unless every name carries them."""
+    parsed = [parse_market_name(Path(p).name) for p in paths]
+    if any(p is None for p in parsed):
+        return None
+    return np.array([p.pid for p in parsed]), np.array([p.camid for p in parsed])
+
+
+def _cameras(paths) -> np.ndarray:
+    parsed = [parse_market_name(Path(p).name) for p in paths]
+    return np.array([-1 if p is None else p.camid for p in parsed], np.int64)
+
+
+def _reranked(engine, query, gallery, scores, progress):
+    """k-reciprocal re-ranking on 1 - sigmoid(score) distances; returned as scores (1 - d)."""
+    g_all = gallery.features_of(np.arange(gallery.size))
+    to_dist = lambda s: 1.0 / (1.0 + np.exp(s.astype(np.float64)))  # noqa: E731  1 - sigmoid
+    dist = k_reciprocal(to_dist(scores), to_dist(engine.scores(query, query)),
+                        to_dist(engine.scores(g_all, g_all)), progress=progress)
+    return (1.0 - dist).astype(np.float32)
+
+
+def _write_ranks(out: Path, q_paths, g_paths, rows) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix.lower() == ".json":
+        data = [{"query": q, "matches": [{"rank": r + 1, "gallery": g_paths[c], "score": s}
+                                         for r, (c, s) in enumerate(row)]}
+                for q, row in zip(q_paths, rows)]
+        out.write_text(json.dumps(data, indent=1), encoding="utf-8")
+        return
+    with open(out, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["query", "rank", "gallery", "score"])
+        for q, row in zip(q_paths, rows):
+            writer.writerows([q, r + 1, g_paths[c], f"{s:.6g}"] for r, (c, s) in enumerate(row))
+
+
+def _print_metrics(scores, q_ids, g_ids) -> None:
+    m = evaluate_scores(scores, q_ids[0], g_ids[0], q_ids[1], g_ids[1])
+    cmc = m["cmc"]
+    click.echo(f"mAP {100 * m['mAP']:.1f}%  top-1 {100 * cmc[0]:.1f}%  top-5 "
+               f"{100 * cmc[min(4, len(cmc) - 1)]:.1f}%  top-10 {100 * cmc[min(9, len(cmc) - 1)]:.1f}%"
+               f"  ({m['num_valid_queries']} queries with a match)")
+
+
+def _print_top1(q_paths, g_paths, rows, limit: int = 10) -> None:
+    for q, row in list(zip(q_paths, rows))[:limit]:
+        best = f"{Path(g_paths[row[0][0]]).name} ({row[0][1]:.3f})" if row else "-"
+        click.echo(f"{Path(q).name} -> {best}")
+    if len(q_paths) > limit:
+        click.echo(f"... {len(q_paths) - limit} more queries (use --out FILE.json|.csv)")
+

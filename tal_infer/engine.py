@@ -1,0 +1,225 @@
+"""Python API for video analytics: `ReIDEngine` (a bundle loaded once) and `Gallery`.
+
+    engine = ReIDEngine("export/p2-market1501")            # or ReIDEngine() = latest bundle
+    feats = engine.embed([crop1, crop2])                      # numpy BGR crops, any size
+    gallery = Gallery()
+    ids = gallery.add(feats, camera=[0, 0], timestamp=[12.0, 12.5], meta=[{"track": 3}] * 2)
+    for hits in engine.match(engine.embed([crop3]), gallery, k=5):
+        print([(m.id, m.score, m.camera) for m in hits])
+
+Features are dicts ``{output name: float32 array [N, ...]}`` in match layout
+(`tal_infer.scoring.match_layout`); `stack_features` joins several. Many threads embedding a
+few crops each share the extractor through `ReIDEngine.batcher` (a `MicroBatcher`): their crops
+run as full batches, and no crop waits longer than ``max_latency_s`` for its batch to start.
+"""
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Iterable, NamedTuple, Sequence
+
+import numpy as np
+from tqdm import tqdm
+
+from .backends import open_extractor, resolve_device
+from .batching import MicroBatcher
+from .bundle import Bundle, find_latest_bundle, load_bundle
+from .errors import TalError
+from .images import ImageError, read_image, resize_batch
+from .scoring import Features, Scorer, feature_chunks, match_layout, rank_gallery
+
+
+class Match(NamedTuple):
+    """One gallery hit: the id `Gallery.add` returned, its score, and what travelled with it."""
+    id: int
+    score: float
+    camera: int | None
+    timestamp: float | None
+    meta: Any
+
+
+@dataclass
+class Embedded:
+    """`ReIDEngine.embed_files` result: features of the files kept, and (path, reason) skipped."""
+    features: Features
+    paths: list[str]
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+
+def stack_features(parts: Sequence[Features]) -> Features:
+    """Concatenate feature dicts along N."""
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def _per_item(values: Any, n: int, what: str) -> list:
+    """A scalar (or None) for every item, or one value per item."""
+    if values is None or np.isscalar(values) or isinstance(values, dict):
+        return [values] * n
+    values = list(values)
+    if len(values) != n:
+        raise TalError(f"Gallery.add: {len(values)} {what} values for {n} items")
+    return values
+
+
+class Gallery:
+    """In-memory gallery of embedded crops with camera, timestamp and free metadata (thread-safe).
+
+    Rows are appended; `remove` drops rows by id. Ids are unique for the gallery's lifetime.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._ids = itertools.count()
+        self._parts: list[Features] = []
+        self._features: Features | None = None
+        self.ids = np.zeros(0, np.int64)
+        self.cameras = np.zeros(0, np.int64)  # -1 = unknown
+        self.timestamps = np.zeros(0, np.float64)  # NaN = unknown
+        self.meta: list[Any] = []
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def add(self, features: Features, camera: int | Iterable[int] | None = None,
+            timestamp: float | Iterable[float] | None = None, meta: Any = None) -> list[int]:
+        """Add N embedded crops (`ReIDEngine.embed` output); returns their new ids."""
+        n = len(next(iter(features.values())))
+        cams = [-1 if c is None else int(c) for c in _per_item(camera, n, "camera")]
+        times = [np.nan if t is None else float(t) for t in _per_item(timestamp, n, "timestamp")]
+        metas = _per_item(meta, n, "meta")
+        with self._lock:
+            if self._parts and set(features) != set(self._parts[0]):
+                raise TalError(f"Gallery.add: features {sorted(features)} differ from the "
+                               f"gallery's {sorted(self._parts[0])} (another model?)")
+            new = [next(self._ids) for _ in range(n)]
+            self._parts.append({k: np.asarray(v, np.float32) for k, v in features.items()})
+            self._features = None
+            self.ids = np.concatenate([self.ids, new])
+            self.cameras = np.concatenate([self.cameras, cams])
+            self.timestamps = np.concatenate([self.timestamps, times])
+            self.meta.extend(metas)
+        return new
+
+    def remove(self, ids: int | Iterable[int]) -> int:
+        """Drop entries by id; returns how many were removed (unknown ids are ignored)."""
+        wanted = np.atleast_1d(np.asarray(ids if np.isscalar(ids) else list(ids), np.int64))
+        with self._lock:
+            drop = np.isin(self.ids, wanted)
+            keep = ~drop
+            features = self._consolidated()
+            if features is not None:
+                self._parts = [{k: v[keep] for k, v in features.items()}]
+                self._features = None
+            self.ids, self.cameras = self.ids[keep], self.cameras[keep]
+            self.timestamps = self.timestamps[keep]
+            self.meta = [m for m, k in zip(self.meta, keep) if k]
+        return int(drop.sum())
+
+    def snapshot(self) -> tuple[Features | None, np.ndarray, np.ndarray, np.ndarray, list]:
+        """(features, ids, cameras, timestamps, meta), consistent with each other."""
+        with self._lock:
+            return (self._consolidated(), self.ids, self.cameras, self.timestamps,
+                    list(self.meta))
+
+    def _consolidated(self) -> Features | None:
+        if self._features is None and self._parts:
+            self._features = stack_features(self._parts)
+            self._parts = [self._features]
+        return self._features
+
+
+class ReIDEngine:
+    """A bundle loaded once: extractor backend, matching heads and preprocessing."""
+
+    def __init__(self, model: str | os.PathLike | Bundle | None = None, backend: str = "auto",
+                 device: str = "auto", batch_size: int = 32, verify: bool = False):
+        if batch_size < 1:
+            raise TalError(f"batch size must be >= 1, got {batch_size}")
+        if not isinstance(model, Bundle):
+            model = load_bundle(find_latest_bundle() if model is None else model, verify=verify)
+        self.bundle = model
+        self.device = resolve_device(device)
+        self.extractor = open_extractor(model, backend, self.device)
+        self.scorer = Scorer(model, self.device)
+        self.batch_size = batch_size
+
+    def embed(self, crops: Sequence[np.ndarray]) -> Features:
+        """Features of numpy crops (BGR as OpenCV gives them, any size; gray/BGRA/16-bit ok)."""
+        if len(crops) == 0:
+            return {k: np.zeros((0, *s.match_shape), np.float32)
+                    for k, s in self.bundle.features.items()}
+        parts = []
+        for start in range(0, len(crops), self.batch_size):
+            batch = resize_batch(crops[start:start + self.batch_size], self.bundle.height,
+                                 self.bundle.width)
+            parts.append({k: np.ascontiguousarray(match_layout(k, v))
+                          for k, v in self.extractor(batch).items()})
+        return stack_features(parts)
+
+    def embed_files(self, paths: Sequence[str | os.PathLike], on_error: str = "fail",
+                    progress: bool = False, desc: str = "extracting") -> Embedded:
+        """Features of image files; ``on_error="skip"`` leaves unreadable files out."""
+        if on_error not in ("fail", "skip"):
+            raise TalError(f"on_error must be 'fail' or 'skip', not {on_error!r}")
+        kept, skipped, parts = [], [], []
+        with tqdm(total=len(paths), desc=desc, unit="img", disable=not progress) as bar:
+            for start in range(0, len(paths), self.batch_size):
+                crops = []
+                for path in paths[start:start + self.batch_size]:
+                    try:
+                        crops.append(read_image(path))
+                        kept.append(str(path))
+                    except ImageError as err:
+                        if on_error == "fail":
+                            raise
+                        skipped.append((str(path), err.problem))
+                if crops:
+                    parts.append(self.embed(crops))
+                bar.update(min(self.batch_size, len(paths) - start))
+        features = stack_features(parts) if parts else self.embed([])
+        return Embedded(features, kept, skipped)
+
+    def scores(self, queries: Features, gallery: Features) -> np.ndarray:
+        """float32 ``[Nq, Ng]`` (higher = more similar), the gallery streamed in chunks."""
+        n = len(next(iter(gallery.values())))
+        ranking = rank_gallery(self.scorer, queries,
+                               feature_chunks(gallery, self.scorer.chunk_size(_count(queries))),
+                               n, k=0, keep_scores=True)
+        return ranking.scores
+
+    def match(self, queries: Features, gallery: Gallery, k: int = 10,
+              query_cameras: Iterable[int] | None = None) -> list[list[Match]]:
+        """Top-``k`` gallery entries per query, best first. With ``query_cameras``, entries
+        from a query's own camera are left out (cross-camera linking)."""
+        features, ids, cams, times, meta = gallery.snapshot()
+        nq = _count(queries)
+        if features is None or nq == 0:
+            return [[] for _ in range(nq)]
+        cameras = None
+        if query_cameras is not None:
+            cameras = (np.array([-1 if c is None else c for c in _per_item(query_cameras, nq,
+                                                                           "camera")]), cams)
+        ranking = rank_gallery(self.scorer, queries,
+                               feature_chunks(features, self.scorer.chunk_size(nq)), len(ids),
+                               k, cameras)
+        return [[Match(int(ids[c]), s, None if cams[c] < 0 else int(cams[c]),
+                       None if np.isnan(times[c]) else float(times[c]), meta[c])
+                 for c, s in row] for row in ranking.topk.rows()]
+
+    def batcher(self, max_batch: int | None = None, max_latency_s: float = 0.01
+                ) -> MicroBatcher[np.ndarray, Features]:
+        """A thread-safe front of `embed`: ``batcher(crop)`` -> that crop's features ([1, ...]);
+        crops from many threads run together in batches of up to ``max_batch``."""
+        def run(crops: list[np.ndarray]) -> list[Features]:
+            feats = self.embed(crops)
+            return [{k: v[i:i + 1] for k, v in feats.items()} for i in range(len(crops))]
+
+        return MicroBatcher(run, max_batch or self.batch_size, max_latency_s,
+                            name="reid-embedder")
+
+
+def _count(features: Features) -> int:
+    return len(next(iter(features.values())))
+

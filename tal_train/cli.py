@@ -1,0 +1,117 @@
+"""``tal-train``: train a TAL model on the paper's protocols (thin click layer over
+`tal_train.engine.train`)."""
+from __future__ import annotations
+
+import logging
+
+import click
+from click.core import ParameterSource
+
+from tal_infer.cli_common import SizeType, device_option, friendly_errors
+from tal_infer.errors import TalError
+
+from .engine import RESUME_CHANGES, TrainOptions, resume_options, train
+from .models.config import DI_NORMS, DS_HEADS, PRESETS
+
+EPILOG = """\b
+Examples:
+  tal-train --protocol p2 --target market1501 --data-root data
+  tal-train --protocol p1 --source msmt17 --targets market1501,cuhk03
+  tal-train --protocol p2 --target domain-d --data-root data/synthetic --preset tiny \\
+            --epochs 3 --iters 60 --out runs/demo
+  tal-train --protocol p2 --target domain-c --data-root data/synthetic --preset tiny \\
+            --streams di --di-norm bn                       (the QAConv-GS baseline)
+  tal-train --resume runs/p2-market1501/ckpt.pth --epochs 40
+  torchrun --nproc_per_node 2 -m tal_train --protocol p2 --target market1501"""
+
+
+def _names(value: str | None) -> list[str] | None:
+    if value is None:
+        return None
+    names = [v.strip() for v in value.split(",") if v.strip()]
+    if not names:
+        raise TalError(f"expected a comma-separated list, got {value!r}")
+    return names
+
+
+def _milestones(value: str | None) -> list[int] | None:
+    names = _names(value)
+    if names is None:
+        return None
+    if not all(n.isdigit() and int(n) >= 1 for n in names):
+        raise TalError(f"--milestones {value!r}: expected epochs like 20 or 20,25")
+    return [int(n) for n in names]
+
+
+@click.command(epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--protocol", type=click.Choice(["p1", "p2"]), default="p2", show_default=True,
+              help="p1: single source, domains = its cameras; p2: leave-one-out over datasets.")
+@click.option("--source", help="p1: the source dataset (name or folder under --data-root).")
+@click.option("--targets", help="p1: comma-separated targets (default: every other dataset "
+                                "with a query/gallery split).")
+@click.option("--target", help="p2: the held-out target dataset.")
+@click.option("--sources", help="p2: comma-separated source datasets (default: all others).")
+@click.option("--data-root", default="data", show_default=True,
+              help="Folder holding the datasets by their usual folder names.")
+@click.option("--preset", type=click.Choice(list(PRESETS)), default="paper", show_default=True,
+              help="Model preset (tiny: ResNet-18-IBN-b/16, 128x64, for CPU).")
+@click.option("--streams", help="Ablation: ds, di or ds,di (default both).")
+@click.option("--scales", help="Ablation: res4, res5 or res4,res5 (default both).")
+@click.option("--di-norm", type=click.Choice(DI_NORMS), help="Ablation: DI-stream norm "
+                                                            "(default dabn).")
+@click.option("--ds-head", type=click.Choice(DS_HEADS), help="Ablation: DS matching head "
+                                                            "(default msda).")
+@click.option("--image-size", type=SizeType(example="256x128"), help="Input HxW instead of the preset's, e.g. 256x128.")
+@click.option("--epochs", default=30, show_default=True, type=int, help="Epochs to train.")
+@click.option("--iters", type=int, help="Iterations per epoch [default: one pass over the "
+                                        "identities].")
+@click.option("--batch-size", type=int, help="Images per batch [default: 64 paper, 32 tiny].")
+@click.option("--instances", default=4, show_default=True, type=int,
+              help="Images per identity in a batch.")
+@click.option("--sampler", type=click.Choice(["gs", "pk"]), default="gs", show_default=True,
+              help="gs: graph sampler (QAConv-GS); pk: random identities.")
+@click.option("--lr", default=0.005, show_default=True, type=float, help="Learning rate.")
+@click.option("--milestones", help="Epochs after which the lr drops x0.1 [default: 2/3 of "
+                                   "--epochs, i.e. 20 of 30].")
+@click.option("--margin", default=16.0, show_default=True, type=float, help="Triplet margin.")
+@click.option("--mining", type=click.Choice(["hard", "all"]),
+              help="Triplet mining: hard (paper) or all [default: hard with ImageNet weights, "
+                   "all from random init, where batch-hard collapses; docs/training.md].")
+@click.option("--clip", default=512.0, show_default=True, type=float,
+              help="Gradient-norm clip (0 = off).")
+@click.option("--pretrained", help="ImageNet weights (path or URL; 'none' = random init) "
+                                   "[default: official IBN-Net weights for paper, none for tiny].")
+@click.option("--seed", default=0, show_default=True, type=int, help="Random seed.")
+@device_option
+@click.option("--amp", is_flag=True, help="Mixed precision (CUDA only).")
+@click.option("--workers", default=0, show_default=True, type=int, help="DataLoader workers.")
+@click.option("--eval-every", type=int, help="Evaluate every N epochs [default: after the last].")
+@click.option("--run-name", help="Run name [default: p1-<source> / p2-<target>].")
+@click.option("--out", help="Output folder [default: runs/<run-name>].")
+@click.option("--resume", type=click.Path(dir_okay=False),
+              help="Continue the run of this checkpoint at its next epoch (its settings; "
+                   "--epochs, --eval-every, --out, --device, --workers may change).")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+@friendly_errors
+def main(**kw) -> None:
+    """Train a TAL model (two-stream adaptive learning, DSBN experts + DABN) and evaluate it on
+    the target datasets. Writes OUT/ckpt.pth, OUT/metrics.json (mAP and top-k in percent),
+    OUT/train_log.json and OUT/curves.png."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    kw["progress"] = not kw.pop("quiet")
+    if kw["resume"]:
+        ctx = click.get_current_context()
+        given = {k for k in kw if k not in ("resume", "progress")
+                 and ctx.get_parameter_source(k) == ParameterSource.COMMANDLINE}
+        options = resume_options(kw["resume"], progress=kw["progress"],
+                                 **{k: kw[k] for k in given if k in RESUME_CHANGES},
+                                 **{k: kw[k] for k in given if k not in RESUME_CHANGES})
+    else:
+        for key in ("targets", "sources", "streams", "scales"):
+            kw[key] = _names(kw[key])
+        kw["image_size"] = list(kw["image_size"]) if kw["image_size"] else None
+        kw["milestones"] = _milestones(kw["milestones"])
+        options = TrainOptions(**kw)
+    result = train(options)
+    click.echo(f"{result.run_name}: {result.epoch} epochs in {result.seconds:.0f} s; "
+               f"checkpoint {result.checkpoint}, metrics {result.out / 'metrics.json'}")

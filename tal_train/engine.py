@@ -1,0 +1,395 @@
+"""The training loop of `tal-train` as a library call: ``train(TrainOptions(...)) -> TrainResult``.
+
+One loop (DESIGN.md section 2): per epoch the `BatchPlanner` draws the batches (graph sampler),
+then every iteration runs the model's phases (`phases.train_iteration`), the lr schedule steps
+once per epoch, targets are evaluated every ``eval_every`` epochs and after the last, and
+``OUT/ckpt.pth`` is written after every epoch. Outputs in ``OUT``: ``ckpt.pth``
+(`tal_train.checkpoint`), ``metrics.json`` (the checkpoint's metrics list), ``train_log.json``
+(per-epoch mean losses, lr, time), ``curves.png``.
+
+**Reproducibility.** Model init uses ``seed``; every epoch reseeds its own generators from
+(seed, epoch[, rank]): numpy for the plan (same on every rank), torch and ``random`` for
+augmentation and DataLoader workers. So a run resumed from the checkpoint of epoch e draws the
+same batches and augmentations as an uninterrupted one and, with the restored weights, optimizer
+and scheduler, repeats its loss sequence (tested on CPU).
+
+**Resume** (`resume_options`): the run's options come from the checkpoint; only the epoch count,
+evaluation interval, output folder, device, workers and progress display may change.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import random
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from tal_infer.errors import TalError
+
+from . import distributed
+from .checkpoint import load_checkpoint, save_checkpoint
+from .curves import plot_curves
+from .data import build_protocol
+from .data.protocols import Protocol
+from .data.transforms import TrainImages
+from .epoch_plan import BatchPlanner
+from .evaluation import evaluate_target, format_metrics_table
+from .losses import DEFAULT_MARGIN
+from .models import TALConfig, TALModel, build_model, load_pretrained, pretrained_url
+from .phases import DEFAULT_CLIP, PhaseBatch, StepSettings, train_iteration
+from .samplers import Iteration
+from .schedule import (build_optimizer, build_scheduler, default_milestones,
+                       load_scheduler_state, scheduler_state)
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BATCH_SIZE = {"paper": 64, "tiny": 32}
+PRETRAINED_LR_MULT = 0.1
+RESUME_CHANGES = ("epochs", "eval_every", "out", "device", "workers", "progress")
+
+
+@dataclass
+class TrainOptions:
+    """Everything `tal-train` accepts (None = the documented default, resolved by `train`)."""
+    protocol: str = "p2"
+    data_root: str = "data"
+    source: str | None = None            # p1
+    targets: list[str] | None = None     # p1 (None: every other dataset with a test split)
+    target: str | None = None            # p2
+    sources: list[str] | None = None     # p2 (None: every other dataset under data_root)
+    preset: str = "paper"
+    streams: list[str] | None = None
+    scales: list[str] | None = None
+    di_norm: str | None = None
+    ds_head: str | None = None
+    image_size: list[int] | None = None  # (H, W) override of the preset
+    epochs: int = 30
+    iters: int | None = None             # per epoch; None: one pass over the identities
+    batch_size: int | None = None        # images per batch; None: 64 (paper) / 32 (tiny)
+    instances: int = 4                   # images per identity in a batch
+    sampler: str = "gs"
+    lr: float = 0.005
+    milestones: list[int] | None = None  # None: x0.1 after 2/3 of the epochs
+    margin: float = DEFAULT_MARGIN
+    mining: str | None = None            # "hard" / "all"; None: hard once pretrained, else all
+    clip: float = DEFAULT_CLIP
+    pretrained: str | None = None        # path/URL, "none", or None (official for paper)
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = False
+    workers: int = 0
+    eval_every: int | None = None        # None: only after the last epoch
+    run_name: str | None = None
+    out: str | None = None               # None: runs/<run_name>
+    resume: str | None = None
+    progress: bool = True
+    backbone_lr_mult: float | None = None  # set by train (0.1 once ImageNet weights loaded)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class TrainResult:
+    run_name: str
+    out: Path
+    checkpoint: Path
+    epoch: int                           # last completed epoch
+    metrics: list[dict]                  # as metrics.json
+    losses: list[dict[str, float]] = field(default_factory=list)  # per iteration, this call
+    seconds: float = 0.0
+
+
+def resume_options(checkpoint: str | os.PathLike, **changes: Any) -> TrainOptions:
+    """The options of the run saved in `checkpoint`, set to resume it, with `changes` applied
+    (only the fields of RESUME_CHANGES)."""
+    def flags(names):
+        return ", ".join("--" + n.replace("_", "-") for n in names if n != "progress")
+
+    bad = sorted(set(changes) - set(RESUME_CHANGES))
+    if bad:
+        raise TalError(f"--resume continues a run with its own settings; cannot change "
+                       f"{flags(bad)} (allowed: {flags(RESUME_CHANGES)})")
+    stored = load_checkpoint(checkpoint).get("train_args")
+    if not stored:
+        raise TalError(f"{checkpoint}: checkpoint holds no training options to resume from")
+    known = {f.name for f in dataclasses.fields(TrainOptions)}
+    options = TrainOptions(**{k: v for k, v in stored.items() if k in known})
+    return dataclasses.replace(options, resume=str(checkpoint), **changes)
+
+
+def default_run_name(options: TrainOptions) -> str:
+    return f"p1-{options.source}" if options.protocol == "p1" else f"p2-{options.target}"
+
+
+def model_config(options: TrainOptions, domains: Sequence[str]) -> TALConfig:
+    overrides = {k: tuple(v) if isinstance(v, list) else v
+                 for k in ("streams", "scales", "di_norm", "ds_head", "image_size")
+                 if (v := getattr(options, k)) is not None}
+    return TALConfig.preset(options.preset, domains=tuple(domains), **overrides)
+
+
+def _resolve(options: TrainOptions) -> TrainOptions:
+    run_name = options.run_name or default_run_name(options)
+    batch_size = options.batch_size or DEFAULT_BATCH_SIZE.get(options.preset, 64)
+    checks = [(options.epochs >= 1, "--epochs must be at least 1"),
+              (options.iters is None or options.iters >= 1, "--iters must be at least 1"),
+              (options.instances >= 2, "--instances must be at least 2 (triplets need pairs)"),
+              (batch_size % options.instances == 0 and batch_size >= 2 * options.instances,
+               f"--batch-size {batch_size} must be a multiple of --instances "
+               f"{options.instances} holding at least two identities"),
+              (options.lr > 0, "--lr must be positive"),
+              (options.eval_every is None or options.eval_every >= 1,
+               "--eval-every must be at least 1"),
+              (options.workers >= 0, "--workers must be >= 0"),
+              (options.sampler in ("gs", "pk"), "--sampler must be gs or pk"),
+              (options.mining in (None, "hard", "all"), "--mining must be hard or all")]
+    for ok, message in checks:
+        if not ok:
+            raise TalError(message)
+    milestones = (default_milestones(options.epochs) if options.milestones is None
+                  else sorted(options.milestones))
+    return dataclasses.replace(options, run_name=run_name, batch_size=batch_size,
+                               milestones=milestones,
+                               out=options.out or str(Path("runs") / run_name))
+
+
+def _protocol(options: TrainOptions) -> Protocol:
+    return build_protocol(options.protocol, options.data_root, source=options.source,
+                          targets=options.targets, target=options.target,
+                          sources=options.sources)
+
+
+def _seed_epoch(seed: int, epoch: int, rank: int) -> np.random.Generator:
+    """Seeds torch and `random` for this rank's augmentation; returns the (rank-independent)
+    plan generator."""
+    state = np.random.SeedSequence([seed, epoch, rank]).generate_state(2)
+    torch.manual_seed(int(state[0]))
+    random.seed(int(state[1]))
+    return np.random.default_rng([seed, epoch])
+
+
+def _rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _restore_rng(state: dict[str, Any] | None) -> None:
+    if not state:
+        return
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Atomic JSON write (temp file + rename), so readers never see half a file."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=2)
+    os.replace(tmp, path)
+
+
+def _read_train_log(folder: Path, before_epoch: int) -> list[dict]:
+    path = folder / "train_log.json"
+    if not path.is_file():
+        return []
+    return [e for e in json.loads(path.read_text()) if e["epoch"] < before_epoch]
+
+
+def _init_model(options: TrainOptions, config: TALConfig) -> tuple[TALModel, float]:
+    """A fresh model and its backbone lr multiplier (0.1 when ImageNet weights were loaded)."""
+    torch.manual_seed(options.seed)
+    model = build_model(config)
+    source = options.pretrained
+    if source is None and options.preset == "paper":
+        source, allow_random = pretrained_url(config.depth, config.ibn), True
+    else:
+        allow_random = False
+    if source is None or source == "none":
+        log.info("backbone starts from random initialization (no --pretrained)")
+        return model, 1.0
+    report = load_pretrained(model, source, allow_random=allow_random)
+    return model, PRETRAINED_LR_MULT if report is not None else 1.0
+
+
+def _split(images: torch.Tensor, labels: torch.Tensor, it: Iteration
+           ) -> tuple[list[tuple[int, PhaseBatch]], PhaseBatch | None]:
+    chunks = list(zip(images.split(it.sizes()), labels.split(it.sizes())))
+    per_domain = [(d, PhaseBatch(*chunks[j])) for j, (d, _) in enumerate(it.per_domain)]
+    hybrid = PhaseBatch(*chunks[-1]) if it.hybrid is not None else None
+    return per_domain, hybrid
+
+
+def _evaluate(model: TALModel, protocol: Protocol, epoch: int, device: torch.device,
+              options: TrainOptions) -> dict:
+    entry: dict[str, Any] = {"epoch": epoch}
+    for name, dataset in protocol.targets.items():
+        entry[name] = evaluate_target(model, dataset, device, 2 * options.batch_size,
+                                      options.workers, progress=options.progress)
+    return entry
+
+
+def train(options: TrainOptions) -> TrainResult:
+    """Train (or resume) a TAL model as `options` say; rank 0 writes the outputs."""
+    started = time.time()
+    info, device = distributed.setup(options.device)
+    try:
+        return _train(options, info, device, started)
+    finally:
+        distributed.cleanup(info)
+
+
+@dataclass
+class _Run:
+    """What the loop works on: the model, its optimizer and schedule, and the history so far."""
+    options: TrainOptions
+    config: TALConfig
+    model: TALModel
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.MultiStepLR
+    start_epoch: int
+    metrics: list[dict]
+    train_log: list[dict]
+
+
+def _prepare(options: TrainOptions, protocol: Protocol, device: torch.device) -> _Run:
+    """A fresh model (ImageNet or random init), or the checkpoint's state for --resume."""
+    ckpt = load_checkpoint(options.resume) if options.resume else None
+    if ckpt is not None:
+        config = TALConfig.from_dict(ckpt["config"])
+        if list(config.domains) != list(protocol.domains):
+            raise TalError(f"{options.resume}: checkpoint domains {list(config.domains)} differ "
+                           f"from the data's {protocol.domains}")
+        model = build_model(config)
+        model.load_state_dict(ckpt["model"])
+        lr_mult = options.backbone_lr_mult or 1.0
+    else:
+        config = model_config(options, protocol.domains)
+        model, lr_mult = _init_model(options, config)
+    # batch-hard collapses from a random backbone (see tal_train.losses): batch-all there
+    mining = options.mining or ("hard" if lr_mult == PRETRAINED_LR_MULT else "all")
+    options = dataclasses.replace(options, backbone_lr_mult=lr_mult, mining=mining)
+    model.to(device)
+    optimizer = build_optimizer(model, options.lr, lr_mult)
+    scheduler = build_scheduler(optimizer, options.milestones)
+    run = _Run(options, config, model, optimizer, scheduler, 1, [], [])
+    if ckpt is not None:
+        optimizer.load_state_dict(ckpt["optimizer"])
+        load_scheduler_state(scheduler, ckpt["scheduler"])
+        _restore_rng(ckpt["rng"])
+        run.metrics = list(ckpt["metrics"])
+        run.start_epoch = ckpt["epoch"] + 1
+        run.train_log = _read_train_log(Path(options.resume).parent, run.start_epoch)
+        if run.start_epoch > options.epochs:
+            log.warning("%s already completed epoch %d of %d; nothing to train (raise "
+                        "--epochs)", options.resume, run.start_epoch - 1, options.epochs)
+    return run
+
+
+def _train(options: TrainOptions, info: distributed.DistInfo, device: torch.device,
+           started: float) -> TrainResult:
+    options = _resolve(options)
+    protocol = _protocol(options)
+    run = _prepare(options, protocol, device)
+    options, model = run.options, run.model
+    out = Path(options.out)
+    if info.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+    phases = model.training_phases()
+    planner = BatchPlanner(protocol.train, protocol.domains, phases, options.sampler,
+                           options.batch_size // options.instances, options.instances)
+    net: torch.nn.Module = model
+    if info.active:
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=True)  # each phase reaches only part of the model
+    amp = options.amp and device.type == "cuda"
+    if options.amp and not amp:
+        log.warning("--amp needs a CUDA device; training in fp32")
+    settings = StepSettings(options.margin, options.mining, options.clip, amp,
+                            torch.amp.GradScaler("cuda") if amp else None)
+    dataset = TrainImages(protocol.train, run.config.image_size, run.config.mean, run.config.std)
+    if info.is_main:
+        log.info("%s: %d domains %s, %d identities, %d images; phases %s; %s-triplet; "
+                 "targets %s", options.run_name, protocol.num_domains, protocol.domains,
+                 protocol.num_ids, len(protocol.train), list(phases), options.mining,
+                 list(protocol.targets))
+    losses: list[dict[str, float]] = []
+    epoch = run.start_epoch - 1
+    for epoch in range(run.start_epoch, options.epochs + 1):
+        rng = _seed_epoch(options.seed, epoch, info.rank)
+        plan = planner.plan(model, rng, device, 2 * options.batch_size,
+                            share=lambda t: distributed.broadcast_from_main(t, info))
+        iterations = plan.iterations(options.iters or plan.default_iterations(info.world_size),
+                                     info.rank, info.world_size)
+        epoch_losses, entry = _train_epoch(net, run, dataset, iterations, phases, settings,
+                                           epoch, info)
+        losses += epoch_losses
+        run.train_log.append(entry)
+        if info.is_main:
+            log.info("epoch %d: loss %.3f, %.1f s, %.0f images/s", epoch,
+                     entry["loss"]["total"], entry["seconds"], entry["images_per_s"])
+            if epoch == options.epochs or (options.eval_every and epoch % options.eval_every == 0):
+                run.metrics.append(_evaluate(model, protocol, epoch, device, options))
+                print(f"\nepoch {epoch} target metrics (%):\n"
+                      f"{format_metrics_table(run.metrics[-1])}", flush=True)
+            _write_outputs(out, run, epoch)
+        distributed.barrier(info)
+    return TrainResult(options.run_name, out, out / "ckpt.pth", epoch, run.metrics, losses,
+                       time.time() - started)
+
+
+def _train_epoch(net: torch.nn.Module, run: _Run, dataset: TrainImages,
+                 iterations: list[Iteration], phases: Sequence[str], settings: StepSettings,
+                 epoch: int, info: distributed.DistInfo) -> tuple[list[dict], dict]:
+    """Run the iterations and step the schedule; returns their losses and the log entry."""
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=[it.indices() for it in
+                                                                 iterations],
+                                         num_workers=run.options.workers)
+    epoch_losses, images_seen, t0 = [], 0, time.time()
+    net.train()
+    bar = tqdm(zip(iterations, loader), total=len(iterations),
+               desc=f"epoch {epoch}/{run.options.epochs}", unit="it",
+               disable=not (run.options.progress and info.is_main))
+    device = next(run.model.parameters()).device
+    for it, (images, labels, _, _) in bar:
+        per_domain, hybrid = _split(images.to(device), labels.to(device), it)
+        step = train_iteration(net, run.optimizer, phases, per_domain, hybrid, settings)
+        epoch_losses.append(step)
+        images_seen += len(labels) * info.world_size
+        bar.set_postfix(loss=f"{step['total']:.2f}",
+                        img_s=f"{images_seen / (time.time() - t0):.0f}")
+    bar.close()
+    lr = run.optimizer.param_groups[-1]["lr"]
+    run.scheduler.step()
+    seconds = time.time() - t0
+    entry = {"epoch": epoch, "iterations": len(iterations), "lr": lr,
+             "seconds": round(seconds, 2),
+             "images_per_s": round(images_seen / max(seconds, 1e-9), 1),
+             "loss": {k: float(np.mean([s[k] for s in epoch_losses])) for k in epoch_losses[0]}}
+    return epoch_losses, entry
+
+
+def _write_outputs(out: Path, run: _Run, epoch: int) -> None:
+    save_checkpoint(out / "ckpt.pth",
+                    model_state={k: v.detach().cpu() for k, v in run.model.state_dict().items()},
+                    config=run.config.to_dict(), epoch=epoch, run_name=run.options.run_name,
+                    optimizer=run.optimizer.state_dict(), scheduler=scheduler_state(run.scheduler),
+                    rng=_rng_state(), train_args={**run.options.to_dict(), "resume": None},
+                    metrics=run.metrics)
+    write_json(out / "metrics.json", run.metrics)
+    write_json(out / "train_log.json", run.train_log)
+    plot_curves(run.train_log, run.metrics, out / "curves.png")

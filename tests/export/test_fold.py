@@ -1,0 +1,68 @@
+"""The folded extractor (before ONNX) equals the unfolded model's `extract`, for the paper's
+ablation switches; fp16 folding stays close to it."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from tal_export.fold import FoldedNorm, fold_model, output_names
+from tal_export.parity import reference_input
+
+from tiny_models import randomized_model
+
+ABLATIONS = {
+    "full": {},
+    "ds-only": dict(streams=("ds",)),
+    "di-only-res5": dict(streams=("di",), scales=("res5",)),
+    "di-bn-res4": dict(di_norm="bn", scales=("res4",)),
+    "di-avg": dict(di_norm="avg"),
+    "ibn-a-bottleneck": dict(depth=50, ibn="a", base_width=4),
+    "plain-resnet": dict(ibn=None),
+}
+
+
+def random_images(n: int, size: tuple[int, int], seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (n, *size, 3), dtype=torch.uint8, generator=g)
+
+
+@pytest.mark.parametrize("name", list(ABLATIONS))
+def test_folded_module_equals_model_extract(name):
+    model = randomized_model(seed=len(name), **ABLATIONS[name])
+    images = random_images(3, model.config.image_size, seed=len(name))
+    ref = model.extract(reference_input(images.numpy(), model.config.mean, model.config.std))
+    with torch.no_grad():
+        out = fold_model(model)(images)
+    assert list(ref) == output_names(model)
+    for got, key in zip(out, output_names(model)):
+        assert got.shape == ref[key].shape and got.dtype == torch.float32
+        torch.testing.assert_close(got, ref[key], atol=2e-5, rtol=0)  # unit-length vectors
+
+
+def test_every_domain_norm_is_folded_and_the_model_is_untouched():
+    model = randomized_model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    folded = fold_model(model)
+    assert sum(isinstance(m, FoldedNorm) for m in folded.modules()) == sum(
+        type(m).__name__ == "DomainNorm" for m in model.modules())
+    assert sum(isinstance(m, nn.Conv2d) for m in folded.modules()) == sum(
+        isinstance(m, nn.Conv2d) for m in model.modules())
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+def test_fp16_folding_keeps_statistics_sensitive_parts_in_fp32():
+    model = randomized_model(seed=5)
+    images = random_images(2, model.config.image_size, seed=5)
+    ref = model.extract(reference_input(images.numpy(), model.config.mean, model.config.std))
+    folded = fold_model(model, fp16=True)
+    norms = [m for m in folded.modules() if isinstance(m, FoldedNorm)]
+    assert all(n.scale.dtype == torch.float16 for n in norms)
+    assert all(n.attention[0].weight.dtype == torch.float32 for n in norms)
+    with torch.no_grad():
+        out = folded(images)
+    for got, key in zip(out, output_names(model)):
+        assert got.dtype == torch.float16
+        # fp16 rounding of weights and activations through ~20 layers; features are unit vectors
+        assert (got.float() - ref[key]).abs().max() < 2e-2

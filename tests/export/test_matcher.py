@@ -1,0 +1,110 @@
+"""matcher.onnx equals the PyTorch model's scores (`TALModel.match`) for every head variant, and
+matcher_trt.onnx is a well-formed tal::QAConvMatch graph computing the same scores (evaluated
+with onnx's reference evaluator, the custom node run by tal_plugins' numpy path)."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from onnx import helper, numpy_helper
+from onnx.reference import ReferenceEvaluator
+from onnx.reference.op_run import OpRun
+
+from tal_export.manifest import feature_specs
+from tal_export.matcher import build_matcher
+from tal_plugins import qaconv_match
+from tal_plugins import trt as plugin
+
+from tiny_models import randomized_model
+
+HEADS = {
+    "msda": {}, "avg": dict(ds_head="avg"), "vote": dict(ds_head="vote"),
+    "di-only": dict(streams=("di",)), "ds-only-res5": dict(streams=("ds",), scales=("res5",)),
+}
+
+
+class QAConvMatch(OpRun):
+    op_domain = plugin.ONNX_DOMAIN
+
+    def _run(self, query, gallery, wq, wg, plugin_namespace=None, plugin_version=None):
+        return (qaconv_match(query.astype(np.float32), gallery.astype(np.float32), wq, wg),)
+
+
+def random_features(model, n: int, seed: int, dtype=torch.float32) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for name, spec in feature_specs(model).items():
+        x = torch.randn(n, *spec["shape"][1:], generator=g)
+        out[name] = torch.nn.functional.normalize(x, dim=-3).to(dtype)  # unit C-vectors
+    return out
+
+
+def feed(query, gallery) -> dict[str, np.ndarray]:
+    out = {f"query_{k}": v.numpy() for k, v in query.items()}
+    out.update({f"gallery_{k}": v.numpy() for k, v in gallery.items()})
+    return out
+
+
+def graphs(model, dtype="float32"):
+    form, specs = model.projection_form(), feature_specs(model)
+    return (build_matcher(form, specs, dtype, 18),
+            build_matcher(form, specs, dtype, 18, custom_op=True))
+
+
+@pytest.mark.parametrize("name", list(HEADS))
+def test_matchers_equal_model_match(name):
+    model = randomized_model(seed=11 + len(name), **HEADS[name])
+    query, gallery = random_features(model, 5, 1), random_features(model, 7, 2)
+    ref = model.match(query, gallery).numpy()
+    standard, custom = graphs(model)
+    onnx.checker.check_model(standard, full_check=True)
+    session = ort.InferenceSession(standard.SerializeToString(), providers=["CPUExecutionProvider"])
+    scores = session.run(["scores"], feed(query, gallery))[0]
+    scale = np.abs(ref).max()
+    assert scores.shape == (5, 7) and scores.dtype == np.float32
+    np.testing.assert_allclose(scores, ref, rtol=0, atol=1e-5 * scale)
+    custom_scores = ReferenceEvaluator(custom, new_ops=[QAConvMatch]).run(
+        ["scores"], feed(query, gallery))[0]
+    np.testing.assert_allclose(custom_scores, ref, rtol=0, atol=1e-5 * scale)
+
+
+def test_fp16_features_are_scored_in_fp32():
+    model = randomized_model(seed=3)
+    query = random_features(model, 4, 5, torch.float16)
+    gallery = random_features(model, 6, 6, torch.float16)
+    ref = model.match({k: v.float() for k, v in query.items()},
+                      {k: v.float() for k, v in gallery.items()}).numpy()
+    standard, _ = graphs(model, "float16")
+    session = ort.InferenceSession(standard.SerializeToString(), providers=["CPUExecutionProvider"])
+    scores = session.run(["scores"], feed(query, gallery))[0]
+    assert scores.dtype == np.float32
+    np.testing.assert_allclose(scores, ref, rtol=0, atol=1e-5 * np.abs(ref).max())
+
+
+def test_custom_node_graph_follows_the_plugin_contract():
+    model = randomized_model(seed=4)
+    _, custom = graphs(model, "float16")
+    onnx.checker.check_model(custom)
+    assert {(o.domain, o.version) for o in custom.opset_import} == {("", 18), ("tal", 1)}
+    nodes = [n for n in custom.graph.node if n.domain == "tal"]
+    k, scales = model.config.num_domains, model.config.scales
+    assert len(nodes) == len(scales) * (k + 1)  # one per expert and scale, one per DI scale
+    assert not any(n.op_type in ("MatMul", "ReduceMax") and "similarity" in n.output[0]
+                   for n in custom.graph.node)
+    inits = {t.name: numpy_helper.to_array(t) for t in custom.graph.initializer}
+    hw = {s: h * w for s, (h, w) in model.config.scale_sizes().items()}
+    for node in nodes:
+        assert node.op_type == "QAConvMatch" and len(node.input) == 4 and len(node.output) == 1
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        assert attrs == {"plugin_namespace": b"tal", "plugin_version": b"1"}
+        wq, wg = inits[node.input[2]], inits[node.input[3]]
+        assert wq.dtype == wg.dtype == np.float32 and wq.ndim == 2 and wq.shape == wg.shape
+        assert wq.shape[0] in hw.values()
+    # MSDA heads also project the attention's hidden units (P = 1 + H); MS heads use P = 1
+    assert {inits[n.input[2]].shape[1] > 1 for n in nodes} == {True, False}
+    graph_inputs = {i.name: i for i in custom.graph.input}
+    assert all(i.type.tensor_type.elem_type == onnx.TensorProto.FLOAT16
+               for i in graph_inputs.values())
+    assert custom.graph.output[0].name == "scores"
