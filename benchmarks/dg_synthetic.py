@@ -90,9 +90,12 @@ def table(results: list[dict], targets: list[str], methods: list[str]) -> str:
 @click.option("--matched-baseline", is_flag=True,
               help="Also train the baseline for (K+1)x the iterations (the images TAL sees).")
 @click.option("--out", default="runs/dg_synthetic", show_default=True)
+@click.option("--reuse", is_flag=True,
+              help="Take runs that already finished in OUT from their metrics.json instead of "
+                   "training them again (to extend or resume a table).")
 def main(root: str, domains: int, identities: int, targets: str, seeds: str, epochs: int,
          iters: int, batch_size: int, lr: float, separate_ablations: bool,
-         matched_baseline: bool, out: str) -> None:
+         matched_baseline: bool, out: str, reuse: bool) -> None:
     """Train QAConv-GS and TAL on synthetic domains (leave-one-out) and compare on the target."""
     root_path = Path(root)
     if not all((root_path / n).is_dir() for n in domain_names(domains)):
@@ -114,18 +117,28 @@ def main(root: str, domains: int, identities: int, targets: str, seeds: str, epo
                                        out=str(Path(out) / f"{target}-{method}-{seed}"),
                                        progress=False, **METHODS[method][0])
                 started = time.time()
-                result = train(options)
-                seconds = time.time() - started
-                metrics = result.metrics[-1][target]
+                finished = _finished_metrics(Path(options.out), epochs) if reuse else None
+                metrics = (finished or train(options).metrics[-1])[target]
+                seconds = None if finished else round(time.time() - started, 1)
                 results.append({"target": target, "seed": seed, "method": method,
-                                "seconds": round(seconds, 1), "metrics": metrics})
-                print(f"run {target} seed {seed} {method}: {seconds:.0f} s, "
+                                "seconds": seconds, "metrics": metrics})
+                took = "reused" if finished else f"{seconds:.0f} s"
+                print(f"run {target} seed {seed} {method}: {took}, "
                       f"mAP {metrics['tal']['mAP']:.2f}", flush=True)
     Path(out).mkdir(parents=True, exist_ok=True)
     (Path(out) / "results.json").write_text(json.dumps(results, indent=2))
     print(f"\nSynthetic DG, protocol p2, tiny preset, {epochs} x {iters} iterations, batch "
           f"{batch_size}, seeds {seeds} (mean ± std over seeds, percent):\n")
     print(table(results, target_list, methods))
+
+
+def _finished_metrics(run: Path, epochs: int) -> dict | None:
+    """The last metrics entry of a run in `run` that completed `epochs` epochs, else None."""
+    try:
+        entries = json.loads((run / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return entries[-1] if entries and entries[-1].get("epoch") == epochs else None
 
 
 if __name__ == "__main__":

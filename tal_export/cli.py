@@ -63,4 +63,6 @@ def _summary(out: Path) -> str:
         check = (f"parity on {parity['count']} {parity['images']} images: scores max_rel "
                  f"{parity['scores']['max_rel']:.1e}, top-1 agreement "
                  f"{parity['top1_agreement']:.3f}")
+        if manifest["dtype"] == "float16":
+            check += f" ({parity['top1_agreement_beyond_ties']:.3f} beyond fp16 ties)"
     return f"bundle written to {out} ({manifest['dtype']}; {check})"

@@ -8,10 +8,17 @@ tal_train.data.synthetic), features come from ``extractor.onnx`` and from ``TALM
 * ``features`` / ``scores``: ``max_abs`` = max |onnx - torch|; ``max_rel`` = max_abs / max |torch|
   (relative to the scale of the values: element-wise ratios are meaningless near zero);
 * ``top1_agreement``: fraction of crops whose best match (itself excluded) is the same;
-  ``top10_agreement``: mean overlap of the two top-10 lists (top min(10, N-1)), as a fraction.
+  ``top10_agreement``: mean overlap of the two top-10 lists (top min(10, N-1)), as a fraction;
+* ``top1_agreement_beyond_ties``: fraction of crops whose exported best match scores, in the
+  PyTorch model, within ``tie_tolerance`` (TIE_REL x the largest PyTorch score) of the PyTorch
+  best. **Why:** fp16 resolves scores to about 1e-3 of their scale, so two gallery crops whose
+  fp32 scores differ by less are a tie at fp16 precision, and which of them comes first is
+  noise, not a ranking change. Measured on the demo model (domain-d, 49 queries): one strict
+  top-1 flip, between two crops 0.0025 apart on scores of about 15 (gap 2e-4 relative), and the
+  same mAP to 0.01 points. With a few dozen crops one such near-tie is 2% of the queries.
 
-Tolerances (the export fails past them): fp32, scores ``max_rel < 1e-4``; fp16, top-1 agreement
->= 0.99.
+Tolerances (the export fails past them): fp32, scores ``max_rel < 1e-4``; fp16,
+``top1_agreement_beyond_ties >= 0.99``.
 """
 from __future__ import annotations
 
@@ -27,7 +34,8 @@ from tal_train.models import TALModel
 
 FP32_SCORE_REL = 1e-4
 FP16_TOP1 = 0.99
-GENERATED_IDENTITIES = 16   # x 3 images each
+TIE_REL = 1e-3              # fp16 score resolution, relative to the score scale
+GENERATED_IDENTITIES = 32   # x 3 images each: one flip is ~1% of the queries
 MAX_FOLDER_IMAGES = 256
 MATCH_BUDGET_BYTES = 256 * 2 ** 20
 
@@ -97,12 +105,24 @@ def ranking_agreement(scores: np.ndarray, reference: np.ndarray, k: int = 10) ->
     """(top-1, top-k) agreement of all-vs-all rankings with each crop's own entry excluded."""
     n = scores.shape[0]
     k = min(k, n - 1)
-    mask = np.eye(n, dtype=bool)
-    a = np.argsort(-np.where(mask, -np.inf, scores), axis=1, kind="stable")[:, :k]
-    b = np.argsort(-np.where(mask, -np.inf, reference), axis=1, kind="stable")[:, :k]
+    a, b = _ranked(scores)[:, :k], _ranked(reference)[:, :k]
     top1 = float(np.mean(a[:, 0] == b[:, 0]))
     topk = float(np.mean([len(set(x) & set(y)) / k for x, y in zip(a, b)]))
     return top1, topk
+
+
+def top1_beyond_ties(scores: np.ndarray, reference: np.ndarray, tolerance: float) -> float:
+    """Fraction of crops whose best match under `scores` is, under `reference`, within
+    `tolerance` of the reference best (each crop's own entry excluded)."""
+    rows = np.arange(scores.shape[0])
+    best = reference[rows, _ranked(reference)[:, 0]]
+    picked = reference[rows, _ranked(scores)[:, 0]]
+    return float(np.mean(best - picked <= tolerance))
+
+
+def _ranked(scores: np.ndarray) -> np.ndarray:
+    mask = np.eye(scores.shape[0], dtype=bool)
+    return np.argsort(-np.where(mask, -np.inf, scores), axis=1, kind="stable")
 
 
 def parity_report(model: TALModel, extractor, matcher, images: np.ndarray, source: str,
@@ -120,17 +140,20 @@ def parity_report(model: TALModel, extractor, matcher, images: np.ndarray, sourc
     ref_scores = model.match(ref_feats, ref_feats).double().numpy()
     scores = run_matcher(matcher, onnx_feats, onnx_feats)
     top1, top10 = ranking_agreement(scores, ref_scores)
+    tolerance = TIE_REL * float(np.abs(ref_scores).max())
     return {"images": source, "count": int(len(images)),
             "features": _errors([(onnx_feats[n], ref_feats[n].double().numpy()) for n in ref_feats]),
             "scores": _errors([(scores, ref_scores)]),
-            "top1_agreement": top1, "top10_agreement": top10}
+            "top1_agreement": top1, "top10_agreement": top10,
+            "top1_agreement_beyond_ties": top1_beyond_ties(scores, ref_scores, tolerance),
+            "tie_tolerance": tolerance}
 
 
 def judge(report: dict, fp16: bool) -> dict:
     """`report` with ``passed`` and ``criterion`` set; raises ParityError when it fails."""
     if fp16:
-        criterion = f"top1_agreement >= {FP16_TOP1}"
-        passed = report["top1_agreement"] >= FP16_TOP1
+        criterion = f"top1_agreement_beyond_ties >= {FP16_TOP1}"
+        passed = report["top1_agreement_beyond_ties"] >= FP16_TOP1
     else:
         criterion = f"scores.max_rel < {FP32_SCORE_REL:g}"
         passed = report["scores"]["max_rel"] < FP32_SCORE_REL
@@ -140,6 +163,7 @@ def judge(report: dict, fp16: bool) -> dict:
             f"parity check failed ({'fp16' if fp16 else 'fp32'}: needs {criterion}) on "
             f"{report['count']} {report['images']} images: scores max_rel "
             f"{report['scores']['max_rel']:.2e}, features max_abs "
-            f"{report['features']['max_abs']:.2e}, top-1 agreement {report['top1_agreement']:.3f};"
-            " no bundle was written")
+            f"{report['features']['max_abs']:.2e}, top-1 agreement {report['top1_agreement']:.3f} "
+            f"({report['top1_agreement_beyond_ties']:.3f} beyond ties of "
+            f"{report['tie_tolerance']:.2g}); no bundle was written")
     return report
