@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tal_infer.errors import TalError
+from .errors import TalError
 
 from .reference import qaconv_match_reference, qaconv_match_reference_numpy
 from .shapes import check_match_shapes

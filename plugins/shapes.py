@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from tal_infer.errors import TalError
+from .errors import TalError
 
 
 def check_match_shapes(query: Sequence[Any], gallery: Sequence[Any],

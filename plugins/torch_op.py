@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from tal_infer.errors import TalError
+from .errors import TalError
 
 from . import cpu
 from .backward import qaconv_backward

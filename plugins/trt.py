@@ -20,7 +20,7 @@ builds such a node.
 import functools
 from typing import Any, Sequence
 
-from tal_infer.errors import TalError
+from .errors import TalError
 
 from .shapes import check_match_shapes, match_output_dims
 

@@ -5,8 +5,8 @@ Runs with numpy, opencv-python-headless and onnxruntime alone; torch is used onl
 
     from tal_infer import ReIDEngine, Gallery      # docs/runtime.md
 
-The API names load on first access (PEP 562): `tal_plugins` imports `tal_infer.errors`, and the
-engine imports `tal_plugins`, so importing the engine eagerly here would be circular.
+The API names load on first access (PEP 562), so that code needing only `tal_infer.errors` or
+`tal_infer.metrics` (the training package, say) does not load ONNX Runtime and OpenCV.
 """
 from __future__ import annotations
 

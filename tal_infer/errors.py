@@ -5,9 +5,9 @@ exit non-zero without a traceback. Anything else is a bug and keeps its tracebac
 """
 from __future__ import annotations
 
+from tal_plugins.errors import TalError
 
-class TalError(Exception):
-    """An error caused by the user's input (bad file, wrong option, missing data)."""
+__all__ = ["TalError", "BundleError", "DataError"]
 
 
 class BundleError(TalError):

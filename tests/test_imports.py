@@ -51,3 +51,13 @@ def test_runtime_imports_without_torch_or_training_package(module):
     code = BLOCKER.format(blocked={"torch", "tal_train", "tal_export"}) + f"import {module}\n"
     res = _run(code)
     assert res.returncode == 0, res.stderr[-2000:]
+
+
+@pytest.mark.parametrize("module", _modules("tal_plugins"))
+def test_plugins_sit_below_the_runtime(module):
+    """DESIGN.md's import direction tal_plugins <- tal_infer: the op package imports no other
+    package of the toolkit (and, like the runtime, not torch at import time)."""
+    code = BLOCKER.format(blocked={"torch", "tal_infer", "tal_train", "tal_export"}) + \
+        f"import {module}\n"
+    res = _run(code)
+    assert res.returncode == 0, res.stderr[-2000:]
