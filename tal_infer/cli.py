@@ -179,17 +179,21 @@ def _gallery(engine, paths, index_dir, rebuild, on_error, progress):
     return _GallerySet(contents.paths, contents=contents), report.skipped
 
 
+def _parsed(paths) -> list:
+    return [parse_market_name(Path(p).name) for p in paths]
+
+
 def _identities(paths):
     """(pids, camids) from Market-style names, or None unless every name carries them."""
-    parsed = [parse_market_name(Path(p).name) for p in paths]
+    parsed = _parsed(paths)
     if any(p is None for p in parsed):
         return None
     return np.array([p.pid for p in parsed]), np.array([p.camid for p in parsed])
 
 
 def _cameras(paths) -> np.ndarray:
-    parsed = [parse_market_name(Path(p).name) for p in paths]
-    return np.array([-1 if p is None else p.camid for p in parsed], np.int64)
+    """Camera per path from Market-style names; -1 where a name carries none."""
+    return np.array([-1 if p is None else p.camid for p in _parsed(paths)], np.int64)
 
 
 def _reranked(engine, query, gallery, scores, progress):
