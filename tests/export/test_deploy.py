@@ -110,6 +110,18 @@ def test_bad_ptx_isa_option_fails_before_any_work(tmp_path, tiny_checkpoint, mon
     assert not list(tmp_path.iterdir())
 
 
+def test_ptx_isa_without_trt_is_a_usage_error(tiny_checkpoint, tmp_path):
+    from click.testing import CliRunner
+
+    from tal_export.cli import main
+
+    result = CliRunner().invoke(main, [str(tiny_checkpoint), "--out", str(tmp_path / "b"),
+                                       "--ptx-isa", "8.4"])
+    assert result.exit_code == 2 and "--ptx-isa applies to the TensorRT engines: add --trt" \
+        in result.output
+    assert "--ptx-isa X.Y" in CliRunner().invoke(main, ["--help"]).output
+
+
 def test_engines_record_tensorrt_gpu_and_ptx_in_the_manifest(tmp_path, monkeypatch):
     """build_engines writes what the engines are tied to: TensorRT version, the build GPU's
     compute capability, the PTX target and ISA of the plugin kernels TensorRT compiled."""
