@@ -81,7 +81,7 @@ class TensorRTEngine:
             import torch
         except ImportError as err:
             raise TalError(f"the tensorrt backend needs tensorrt and torch ({err})") from None
-        self._trt, self._torch = trt, torch
+        self._trt, self.torch = trt, torch
         self.path, self.device = bundle.file(file), torch_device(device)
         recorded = bundle.manifest.get("tensorrt") or {}
         problems = build_mismatches(recorded, str(trt.__version__), *_this_machine(self.device))
@@ -108,12 +108,12 @@ class TensorRTEngine:
     def dtype(self, name: str):
         """The torch dtype of tensor `name`."""
         nptype = self._trt.nptype(self.engine.get_tensor_dtype(name))
-        return self._torch.from_numpy(np.empty(0, nptype)).dtype
+        return self.torch.from_numpy(np.empty(0, nptype)).dtype
 
     def run(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
         """Outputs (torch tensors on the engine's device) for one set of inputs within the
         profile; inputs are converted to the engine's dtypes and made contiguous."""
-        torch = self._torch
+        torch = self.torch
         keep = {}
         for name in self.inputs:
             x = inputs[name] if torch.is_tensor(inputs[name]) else torch.tensor(inputs[name])
@@ -202,7 +202,7 @@ class TensorRTMatcher:
     def _engine_layout(self, feats: Mapping[str, Any]) -> dict[str, Any]:
         """Match layout ([N, K, HW, C] / [N, HW, C]) -> the matcher's inputs ([N, K, C, h, w] /
         [N, C, h, w]) as torch tensors on the engine's device, in the engine's dtype."""
-        torch = self.engine._torch
+        torch = self.engine.torch
         out = {}
         for k in self.keys:
             x = feats[k] if torch.is_tensor(feats[k]) else torch.tensor(np.asarray(feats[k]))
