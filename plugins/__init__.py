@@ -6,7 +6,8 @@ lazily inside it, so `import tal_plugins` works with numpy alone.
 
 Modules: reference (the plain einsum + max definition), cpu (blocked torch / numpy paths),
 kernel (the Triton kernel and its launchers), torch_op (the `tal::` PyTorch custom ops and
-backend choice), backward (gradients), shapes (shape rules), trt (the TensorRT plugin).
+backend choice), backward (gradients), shapes (shape rules), trt (the TensorRT plugin), ptx
+(fitting its PTX to TensorRT: launch arguments, ISA version).
 """
 from __future__ import annotations
 

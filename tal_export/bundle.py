@@ -157,16 +157,18 @@ def export_bundle(checkpoint: str | os.PathLike, out_dir: str | os.PathLike | No
                   fp16: bool = False, opset: int = 18, image_size: tuple[int, int] | None = None,
                   max_batch: int = 64, verify: bool = True,
                   verify_images: str | os.PathLike | None = None, trt: bool = False,
-                  triton_repo: str | os.PathLike | None = None, progress: bool = True) -> Path:
+                  triton_repo: str | os.PathLike | None = None, ptx_isa: str | None = None,
+                  progress: bool = True) -> Path:
     """Export a training checkpoint to a bundle folder (default ``export/<run-name>``) and
-    return the folder. ``trt`` builds fp16 TensorRT engines and therefore implies ``fp16``.
+    return the folder. ``trt`` builds fp16 TensorRT engines and therefore implies ``fp16``;
+    ``ptx_isa`` ("8.4") caps the plugin kernel's PTX ISA (default: this machine's driver).
     Raises TalError (CheckpointError, ParityError, ...) with one readable line on bad input."""
     checkpoint = Path(checkpoint)
     _check_options(opset, max_batch)
     if trt:
-        from .tensorrt_build import import_tensorrt
+        from .tensorrt_build import check_trt_options
 
-        import_tensorrt()  # fail before any work where TensorRT is absent
+        check_trt_options(ptx_isa)  # fail before any work where TensorRT is absent
         fp16 = True
     with tqdm(total=len(STEPS), desc="tal-export", unit="step", disable=not progress) as bar:
         bar.set_postfix_str(STEPS[0])
@@ -194,7 +196,7 @@ def export_bundle(checkpoint: str | os.PathLike, out_dir: str | os.PathLike | No
 
                 manifest["tensorrt"] = build_engines(tmp, tmp / "extractor.onnx",
                                                      tmp / "matcher_trt.onnx", manifest,
-                                                     max_batch, TRT_MAX_GALLERY)
+                                                     max_batch, TRT_MAX_GALLERY, ptx_isa)
             bar.update()
             bar.set_postfix_str(STEPS[6])
             manifest["files"] = mf.file_entries(tmp)

@@ -28,6 +28,10 @@ Examples:
 @click.option("--max-batch", default=64, show_default=True, type=int,
               help="Largest extractor batch (TensorRT profile, Triton max_batch_size).")
 @click.option("--trt", is_flag=True, help="Also build TensorRT engines (fp16; implies --fp16).")
+@click.option("--ptx-isa", metavar="X.Y",
+              help="With --trt: newest PTX ISA the plugin kernel may use, for servers with older "
+                   "drivers (e.g. 8.4 for CUDA 12.4) [default: what this machine's driver "
+                   "supports].")
 @click.option("--triton-repo", type=click.Path(file_okay=False, path_type=Path),
               help="Also write the extractor and matcher into this Triton model repository.")
 @click.option("--verify-images", type=click.Path(exists=True, file_okay=False, path_type=Path),
@@ -36,8 +40,9 @@ Examples:
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @friendly_errors
 def main(checkpoint: Path, out_dir: Path | None, fp16: bool, opset: int,
-         image_size: tuple[int, int] | None, max_batch: int, trt: bool, triton_repo: Path | None,
-         verify_images: Path | None, no_verify: bool, quiet: bool) -> None:
+         image_size: tuple[int, int] | None, max_batch: int, trt: bool, ptx_isa: str | None,
+         triton_repo: Path | None, verify_images: Path | None, no_verify: bool,
+         quiet: bool) -> None:
     """Fold a TAL checkpoint into an export bundle: extractor.onnx, matcher.onnx,
     matcher_trt.onnx, heads.npz, extractor.pt2 and manifest.json with the parity report
     (ONNX Runtime vs PyTorch). The export fails, leaving no bundle, when the parity check fails.
@@ -46,9 +51,11 @@ def main(checkpoint: Path, out_dir: Path | None, fp16: bool, opset: int,
 
     if no_verify and verify_images is not None:
         raise click.UsageError("--verify-images and --no-verify contradict each other")
+    if ptx_isa is not None and not trt:
+        raise click.UsageError("--ptx-isa applies to the TensorRT engines: add --trt")
     out = export_bundle(checkpoint, out_dir, fp16=fp16, opset=opset, image_size=image_size,
                         max_batch=max_batch, verify=not no_verify, verify_images=verify_images,
-                        trt=trt, triton_repo=triton_repo, progress=not quiet)
+                        trt=trt, triton_repo=triton_repo, ptx_isa=ptx_isa, progress=not quiet)
     click.echo(_summary(out))
 
 

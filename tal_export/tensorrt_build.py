@@ -1,11 +1,12 @@
 """TensorRT engines for a bundle (``--trt``): extractor.plan and matcher.plan.
 
-Written against the TensorRT 10 Python API: ``trt.Builder`` -> ``create_network`` with the
+Written against the TensorRT 10 Python API (10.9+, for the plugin's `aot_impl`): ``trt.Builder`` -> ``create_network`` with the
 ``STRONGLY_TYPED`` creation flag -> ``trt.OnnxParser.parse_from_file`` -> one
 ``create_optimization_profile`` with ``set_shape(input, min, opt, max)`` per dynamic input ->
 ``build_serialized_network``. Strongly typed, because the fp16 graphs already say which parts are
 fp16 and which stay fp32 (fold.FP32_PARTS); TensorRT 10.12+ deprecates the weakly typed
-``BuilderFlag.FP16`` route and TensorRT 11 removes it. The matcher engine needs the
+``BuilderFlag.FP16`` route and TensorRT 11 removes it (there the flag is kept, ignored, and
+networks are always strongly typed, so the same call works). The matcher engine needs the
 ``tal::QAConvMatch`` plugin, registered from tal_plugins (`tal_plugins.trt.register`) before
 parsing.
 
@@ -23,16 +24,26 @@ Shape = tuple[int, ...]
 
 
 def import_tensorrt() -> Any:
-    """The tensorrt module, or a one-line TalError where TensorRT 10 is not installed."""
+    """The tensorrt module, or a one-line TalError where TensorRT >= 10.9 is not installed."""
     try:
         import tensorrt as trt
     except ImportError:
-        raise TalError("--trt needs TensorRT 10 (pip install 'tal-reid[trt]' on a machine with an "
-                       "NVIDIA GPU); it is not installed here. Export without --trt, or build "
-                       "the engines on the deployment machine") from None
-    if not str(trt.__version__).startswith("10."):
-        raise TalError(f"--trt needs TensorRT 10.x, found {trt.__version__}")
+        raise TalError("--trt needs TensorRT >= 10.9 (pip install 'tal-reid[trt]' on a machine "
+                       "with an NVIDIA GPU); it is not installed here. Export without --trt, or "
+                       "build the engines on the deployment machine") from None
+    from tal_plugins.trt import tensorrt_version
+
+    tensorrt_version(trt.__version__)
     return trt
+
+
+def check_trt_options(ptx_isa: str | None) -> None:
+    """Fail before any work: TensorRT importable and new enough, --ptx-isa well-formed."""
+    import_tensorrt()
+    if ptx_isa is not None:
+        from tal_plugins.ptx import parse_isa
+
+        parse_isa(ptx_isa)
 
 
 def extractor_profile(image_size: tuple[int, int], max_batch: int) -> dict[str, tuple[Shape, ...]]:
@@ -75,18 +86,32 @@ def build_engine(trt: Any, onnx_path: Path, plan_path: Path,
 
 
 def build_engines(folder: Path, extractor_onnx: Path, matcher_onnx: Path, manifest: dict,
-                  max_batch: int, max_gallery: int) -> dict:
-    """extractor.plan and matcher.plan in `folder`; returns the manifest's ``tensorrt`` section."""
+                  max_batch: int, max_gallery: int, ptx_isa: str | None = None) -> dict:
+    """extractor.plan and matcher.plan in `folder`; returns the manifest's ``tensorrt`` section.
+
+    The plugin kernel is compiled for this machine's GPU with its PTX ISA capped at `ptx_isa`
+    or at what this machine's driver supports; the section records both, because the engines
+    run only with this TensorRT version on this GPU model, and the embedded PTX only under
+    drivers that accept its ISA.
+    """
     trt = import_tensorrt()
     from tal_plugins import trt as plugin
+    from tal_plugins.ptx import format_isa
 
-    plugin.register()
+    registration = plugin.register(ptx_isa)
     image_size = (manifest["input"]["height"], manifest["input"]["width"])
     build_engine(trt, extractor_onnx, folder / "extractor.plan",
                  extractor_profile(image_size, max_batch))
     build_engine(trt, matcher_onnx, folder / "matcher.plan",
                  matcher_profile(manifest["features"], max_batch, max_gallery))
+    target = registration.target
+    isas = sorted({k["ptx_isa"] for k in registration.kernels})
     return {"version": str(trt.__version__), "precision": "float16", "strongly_typed": True,
+            "compute_capability": f"{target.arch // 10}.{target.arch % 10}",
             "extractor": {"file": "extractor.plan", "max_batch": max_batch},
             "matcher": {"file": "matcher.plan", "max_query": max_batch, "max_gallery": max_gallery,
-                        "plugin": plugin.PLUGIN_ID}}
+                        "plugin": plugin.PLUGIN_ID, "ptx_target": target.target_name,
+                        "ptx_isa": isas[-1] if isas else None,
+                        "ptx_isa_limit": format_isa(target.max_isa),
+                        "ptx_isa_limit_from": target.isa_source,
+                        "kernels": registration.kernels}}

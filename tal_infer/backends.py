@@ -3,23 +3,28 @@
 | backend | file | needs |
 |---|---|---|
 | ``onnxruntime`` | extractor.onnx | onnxruntime (CPU; CUDA / TensorRT execution providers when onnxruntime-gpu is installed) |
-| ``tensorrt`` | extractor.plan | tensorrt 10 + torch with CUDA (device buffers are torch tensors, no pycuda) |
+| ``tensorrt`` | extractor.plan (+ matcher.plan for matching) | tensorrt >= 10.9 + torch with CUDA (device buffers are torch tensors, no pycuda; tensorrt_runtime.py) |
 | ``torch`` | extractor.pt2 | torch (`torch.export.load`); fp16 autocast on CUDA |
 
 ``auto`` takes, on CUDA, the TensorRT engine, then the torch program, then ONNX Runtime's CUDA
 provider; on the CPU, ONNX Runtime (faster than PyTorch eager on CPU, DESIGN.md Sec. 7). It says
 which it chose in one log line. Every backend returns ``{output name: float32 array}`` in the
 extractor's own layout (docs/bundle.md); heavy imports happen only when a backend is opened.
+`open_matcher` pairs the matching with the extractor (TensorRT: matcher.plan).
 """
 from __future__ import annotations
 
 import logging
-from typing import Callable, Protocol
+from typing import TYPE_CHECKING, Callable, Protocol
 
 import numpy as np
 
 from .bundle import Bundle
 from .errors import BundleError, TalError
+from .scoring import Scorer
+
+if TYPE_CHECKING:
+    from .tensorrt_runtime import TensorRTMatcher
 
 log = logging.getLogger("tal_infer")
 BACKENDS = ("auto", "onnxruntime", "tensorrt", "torch")
@@ -144,52 +149,32 @@ class TorchExtractor:
         return {k: v.float().cpu().numpy() for k, v in out.items()}
 
 
-class TensorRTExtractor:
-    """extractor.plan through the TensorRT 10 runtime (name-based I/O, execute_async_v3)."""
+def open_tensorrt(bundle: Bundle, device: str) -> Extractor:
+    """extractor.plan; the bundle must also have matcher.plan, which matching then uses."""
+    if device != "cuda":
+        raise TalError("the tensorrt backend runs on CUDA only")
+    for plan in ("extractor.plan", "matcher.plan"):
+        if not bundle.has(plan):
+            raise TalError(f"{bundle.file(plan)} is not in the bundle (export with --trt)")
+    from .tensorrt_runtime import TensorRTExtractor
 
-    def __init__(self, bundle: Bundle, device: str):
-        if device != "cuda":
-            raise TalError("the tensorrt backend runs on CUDA only")
-        if not bundle.has("extractor.plan"):
-            raise TalError(f"{bundle.file('extractor.plan')} is not in the bundle (export with "
-                           "--trt)")
-        try:
-            import tensorrt as trt
-            import torch
-        except ImportError as err:
-            raise TalError(f"the tensorrt backend needs tensorrt and torch ({err})") from None
-        self._trt, self._torch = trt, torch
-        self.logger = trt.Logger(trt.Logger.WARNING)
-        runtime = trt.Runtime(self.logger)
-        self.engine = runtime.deserialize_cuda_engine(bundle.file("extractor.plan").read_bytes())
-        if self.engine is None:
-            raise BundleError(f"{bundle.file('extractor.plan')}: TensorRT cannot deserialize it "
-                              "(built for another TensorRT version or GPU?)")
-        self.context = self.engine.create_execution_context()
-        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
-        self.inputs = [n for n in names
-                       if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
-        self.outputs = [n for n in names if n not in self.inputs]
-        self.name, self.device = "tensorrt", device
+    return TensorRTExtractor(bundle, device)
 
-    def __call__(self, images: np.ndarray) -> dict[str, np.ndarray]:
-        trt, torch = self._trt, self._torch
-        x = torch.from_numpy(np.ascontiguousarray(images)).cuda()
-        self.context.set_input_shape(self.inputs[0], tuple(x.shape))
-        self.context.set_tensor_address(self.inputs[0], x.data_ptr())
-        outs = {}
-        for name in self.outputs:
-            dtype = torch.from_numpy(np.empty(0, trt.nptype(self.engine.get_tensor_dtype(name)))
-                                     ).dtype
-            outs[name] = torch.empty(tuple(self.context.get_tensor_shape(name)), dtype=dtype,
-                                     device="cuda")
-            self.context.set_tensor_address(name, outs[name].data_ptr())
-        stream = torch.cuda.current_stream()
-        if not self.context.execute_async_v3(stream.cuda_stream):
-            raise TalError("TensorRT failed to run the extractor engine")
-        stream.synchronize()
-        return {k: v.float().cpu().numpy() for k, v in outs.items()}
+
+def open_matcher(bundle: Bundle, extractor: Extractor, device: str) -> Scorer | TensorRTMatcher:
+    """Matching on the extractor's side: a TensorRT extractor is paired with matcher.plan (a
+    TensorRT deployment runs no Python kernel); any other with the bundle's heads (`Scorer`:
+    numpy on the CPU, the fused Triton kernel on CUDA)."""
+    if extractor.name == "tensorrt":
+        from .tensorrt_runtime import TensorRTMatcher
+
+        matcher: Scorer | TensorRTMatcher = TensorRTMatcher(bundle, device)
+    else:
+        matcher = Scorer(bundle, device)
+    log.info("matching: %s on %s", "tensorrt (matcher.plan)" if extractor.name == "tensorrt"
+             else "heads.npz", device)
+    return matcher
 
 
 _OPENERS: dict[str, Callable[[Bundle, str], Extractor]] = {
-    "onnxruntime": OnnxRuntimeExtractor, "tensorrt": TensorRTExtractor, "torch": TorchExtractor}
+    "onnxruntime": OnnxRuntimeExtractor, "tensorrt": open_tensorrt, "torch": TorchExtractor}

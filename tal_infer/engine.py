@@ -23,12 +23,12 @@ from typing import Any, Iterable, NamedTuple, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from .backends import open_extractor, resolve_device
+from .backends import open_extractor, open_matcher, resolve_device
 from .batching import MicroBatcher
 from .bundle import Bundle, find_latest_bundle, load_bundle
 from .errors import TalError
 from .images import ImageError, read_image, resize_batch
-from .scoring import Features, Scorer, feature_chunks, match_layout, rank_gallery
+from .scoring import Features, feature_chunks, match_layout, rank_gallery
 
 
 class Match(NamedTuple):
@@ -142,7 +142,7 @@ class ReIDEngine:
         self.bundle = model
         self.device = resolve_device(device)
         self.extractor = open_extractor(model, backend, self.device)
-        self.scorer = Scorer(model, self.device)
+        self.scorer = open_matcher(model, self.extractor, self.device)
         self.batch_size = batch_size
 
     def embed(self, crops: Sequence[np.ndarray]) -> Features:

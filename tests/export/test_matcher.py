@@ -28,7 +28,7 @@ HEADS = {
 class QAConvMatch(OpRun):
     op_domain = plugin.ONNX_DOMAIN
 
-    def _run(self, query, gallery, wq, wg, plugin_namespace=None, plugin_version=None):
+    def _run(self, query, gallery, wq, wg, plugin_namespace=None, plugin_version=None, aot=None):
         return (qaconv_match(query.astype(np.float32), gallery.astype(np.float32), wq, wg),)
 
 
@@ -98,7 +98,7 @@ def test_custom_node_graph_follows_the_plugin_contract():
     for node in nodes:
         assert node.op_type == "QAConvMatch" and len(node.input) == 4 and len(node.output) == 1
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        assert attrs == {"plugin_namespace": b"tal", "plugin_version": b"1"}
+        assert attrs == {"plugin_namespace": b"tal", "plugin_version": b"1", "aot": 1}
         wq, wg = inits[node.input[2]], inits[node.input[3]]
         assert wq.dtype == wg.dtype == np.float32 and wq.ndim == 2 and wq.shape == wg.shape
         assert wq.shape[0] in hw.values()
