@@ -1,6 +1,8 @@
 """Errors of the gallery index, kept apart so the catalog and the feature store can raise them."""
 from __future__ import annotations
 
+import os
+
 from ..errors import TalError
 
 
@@ -18,3 +20,8 @@ class IndexDamagedError(GalleryIndexError):
     Never used silently: every open and every append checks for it. Rebuilding (``rebuild=True``,
     ``tal-infer --rebuild-index``) starts the index over from the gallery files.
     """
+
+
+def damaged(folder: str | os.PathLike, what: str) -> IndexDamagedError:
+    """The one-line error for a damaged index: the folder, what is wrong, what to do."""
+    return IndexDamagedError(f"{folder}: index is damaged: {what}; rebuild it")

@@ -46,7 +46,7 @@ from ..hashing import file_sha256
 from ..naming import parse_market_name
 from . import catalog
 from .catalog import IndexRecord
-from .errors import GalleryIndexError, IndexDamagedError, IndexMismatchError
+from .errors import GalleryIndexError, IndexDamagedError, IndexMismatchError, damaged
 from .store import FeatureStore
 
 try:
@@ -203,9 +203,10 @@ class GalleryIndex:
             finally:
                 con.close()
         except sqlite3.DatabaseError as err:
-            damaged = str(getattr(err, "sqlite_errorname", "")).startswith(_DAMAGE_CODES)
-            kind = IndexDamagedError if damaged else GalleryIndexError
-            raise kind(f"{self._db}: cannot use the index catalog ({err})") from None
+            if str(getattr(err, "sqlite_errorname", "")).startswith(_DAMAGE_CODES):
+                raise damaged(self.directory, f"cannot use the index catalog {CATALOG} "
+                                              f"({err})") from None
+            raise GalleryIndexError(f"{self._db}: cannot use the index catalog ({err})") from None
 
     @contextlib.contextmanager
     def _writer(self) -> Iterator[None]:
@@ -253,7 +254,7 @@ class GalleryIndex:
                 info = self._checked(raw)
                 problem = catalog.problems(con, info)
                 if problem:
-                    raise IndexDamagedError(f"{self.directory}: index is damaged: {problem}")
+                    raise damaged(self.directory, problem)
                 items = catalog.read_items(con) if with_items else []
                 con.execute("COMMIT")
             try:
@@ -280,7 +281,7 @@ class GalleryIndex:
         try:
             info = catalog.parse_info(raw)
         except ValueError as err:
-            raise IndexDamagedError(f"{self.directory}: index is damaged: {err}") from None
+            raise damaged(self.directory, str(err)) from None
         if info.fingerprint != self.fingerprint:
             raise IndexMismatchError(f"{self.directory}: index was built for model "
                                      f"{info.fingerprint!r}, not {self.fingerprint!r}; rebuild "

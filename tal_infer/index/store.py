@@ -20,7 +20,7 @@ from typing import Mapping
 
 import numpy as np
 
-from .errors import IndexDamagedError
+from .errors import damaged
 
 FEATURE_DTYPE = np.dtype("<f2")
 _GENERATION = re.compile(r"^features-(\d+)$")
@@ -72,9 +72,8 @@ class FeatureStore:
                 size = None
             if size is None or size < rows * row_bytes:
                 held = "is missing" if size is None else f"holds {size // row_bytes} of them"
-                raise IndexDamagedError(f"{self.root}: index is damaged: the catalog commits "
-                                        f"{rows} feature rows, {path.relative_to(self.root)} "
-                                        f"{held}")
+                raise damaged(self.root, f"the catalog commits {rows} feature rows, "
+                                         f"{path.relative_to(self.root)} {held}")
 
     def append(self, generation: int, committed: int, arrays: Mapping[str, np.ndarray]) -> None:
         """Durably write ``arrays`` as rows ``committed..``; visible once the catalog commits."""
