@@ -6,9 +6,9 @@ mtime, content hash, camera, timestamp, label, extra metadata as JSON). Every ch
 SQLite transaction, so the catalog is always the last committed state; the feature files
 never hold fewer rows than it says (they are made durable before the commit).
 
-`problems` is the cheap self-check every open runs: SQLite's ``quick_check`` (a few ms for
-100,000 items), both tables present, readable info values, and item rows that are distinct
-and within the committed row count.
+`problems` is the cheap self-check every open runs: SQLite's ``quick_check``, both tables
+present, readable info values, and item rows that are distinct and within the committed row
+count (80 ms for 100,000 items on a busy 2-core CPU, against 1.4 s to load them).
 """
 from __future__ import annotations
 
