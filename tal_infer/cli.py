@@ -256,11 +256,11 @@ def _print_metrics(scores, q_ids, g_ids) -> None:
                    "identity in the gallery (under another camera)")
         return
     cmc = m["cmc"]
+    tops = "  ".join(f"top-{k} {100 * cmc[min(k, len(cmc)) - 1]:.1f}%" for k in (1, 5, 10))
     unmatched = m["num_queries"] - m["num_valid_queries"]
-    click.echo(f"mAP {100 * m['mAP']:.1f}%  top-1 {100 * cmc[0]:.1f}%  top-5 "
-               f"{100 * cmc[min(4, len(cmc) - 1)]:.1f}%  top-10 {100 * cmc[min(9, len(cmc) - 1)]:.1f}%"
-               f"  ({m['num_valid_queries']} of {m['num_queries']} queries scored"
-               + (f"; {unmatched} without a match in the gallery skipped)" if unmatched else ")"))
+    skipped = f"; {unmatched} without a match in the gallery skipped" if unmatched else ""
+    click.echo(f"mAP {100 * m['mAP']:.1f}%  {tops}  ({m['num_valid_queries']} of "
+               f"{m['num_queries']} queries scored{skipped})")
 
 
 def _print_top1(q_paths, g_paths, rows, limit: int = 10) -> None:

@@ -211,8 +211,13 @@ class GalleryIndex:
     @contextlib.contextmanager
     def _writer(self) -> Iterator[None]:
         """Exclusive writer lock; the folder is created (or vetted) first."""
-        self._prepare_folder()
-        with open(self.directory / "lock", "ab") as lock:
+        try:
+            self._prepare_folder()
+            lock = open(self.directory / "lock", "ab")
+        except OSError as err:
+            raise GalleryIndexError(f"{self.directory}: cannot write the index there "
+                                    f"({err.strerror or err})") from None
+        with lock:
             if fcntl is not None:
                 try:
                     fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -357,7 +362,11 @@ class GalleryIndex:
         records, arrays = self._extract(records, extract_fn, report, on_error)
         info = catalog.parse_info(catalog.read_info(con))
         if records:
-            self.store.append(info.generation, info.rows, arrays)
+            try:
+                self.store.append(info.generation, info.rows, arrays)
+            except OSError as err:  # disk full, folder gone: the catalog is still consistent
+                raise GalleryIndexError(f"{self.directory}: cannot write features "
+                                        f"({err.strerror or err})") from None
         done = {r.path for r in records}
         with catalog.transaction(con):
             catalog.delete_items(con, [p for p in batch if p in known and p not in done])

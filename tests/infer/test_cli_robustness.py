@@ -140,6 +140,7 @@ def test_queries_of_identities_the_gallery_lacks_are_ordinary(fake_bundle, crop_
     ("--out", "/proc/x.json", "cannot write there"),
     ("--scores", "s.txt", "use a .npz file name"),
     ("--index", "a_file.txt", "not a folder"),
+    ("--index", "/proc/idx", "cannot write the index there"),
 ])
 def test_bad_output_paths_fail_before_any_work(fake_bundle, crop_folders, tmp_path, option,
                                               value, words, no_extraction):

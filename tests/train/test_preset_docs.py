@@ -1,4 +1,5 @@
-"""`tal-train --help`, the README and docs/training.md state the tiny preset as the code builds it."""
+"""`tal-train --help`, the README and docs/training.md state the tiny preset as the code
+builds it."""
 from __future__ import annotations
 
 from pathlib import Path
