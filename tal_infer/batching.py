@@ -6,6 +6,10 @@ collects items until ``max_batch`` are waiting or the oldest has waited ``max_la
 runs ``fn(items) -> results`` on one worker thread, and hands each caller its own result.
 A batch is taken as soon as it is full, so under load every batch is full and latency is
 the model's; when idle, no item waits longer than ``max_latency_s`` before its batch starts.
+
+One caller's bad item must not fail the others batched with it, so ``check`` vets every item
+in the submitting thread before it joins the queue: a refused item's future holds the error
+of that item alone (`ReIDEngine.batcher` checks each crop this way).
 """
 from __future__ import annotations
 
@@ -22,16 +26,20 @@ Out = TypeVar("Out")
 class MicroBatcher(Generic[In, Out]):
     """Thread-safe batching front of ``fn``; use as a context manager (or call `close`).
 
-    If ``fn`` raises, every caller of that batch gets the exception; other batches go on.
-    ``fn`` must return one result per item, in order.
+    ``check(item)``, when given, runs in the submitting thread and returns the item that joins
+    the batch (e.g. converted); if it raises, only that item's future fails. If ``fn`` raises,
+    every caller of that batch gets the exception; other batches go on. ``fn`` must return one
+    result per item, in order.
     """
 
     def __init__(self, fn: Callable[[list[In]], Sequence[Out]], max_batch: int,
-                 max_latency_s: float, name: str = "micro-batcher"):
+                 max_latency_s: float, name: str = "micro-batcher",
+                 check: Callable[[In], In] | None = None):
         if max_batch < 1 or max_latency_s < 0:
             raise ValueError(f"need max_batch >= 1 and max_latency_s >= 0, got {max_batch}, "
                              f"{max_latency_s}")
         self._fn, self.max_batch, self.max_latency_s = fn, max_batch, max_latency_s
+        self._check = check
         self._pending: deque[tuple[float, In, Future]] = deque()
         self._wake = threading.Condition()
         self._closed = False
@@ -39,8 +47,15 @@ class MicroBatcher(Generic[In, Out]):
         self._worker.start()
 
     def submit(self, item: In) -> "Future[Out]":
-        """Queue one item; the future resolves to its result (or raises fn's exception)."""
+        """Queue one item; the future resolves to its result (or raises the exception of
+        ``check`` for this item, or of ``fn`` for its batch)."""
         future: Future[Out] = Future()
+        if self._check is not None:
+            try:
+                item = self._check(item)
+            except Exception as err:  # the item never joins a batch
+                future.set_exception(err)
+                return future
         with self._wake:
             if self._closed:
                 raise RuntimeError("MicroBatcher is closed")

@@ -1,10 +1,12 @@
 """tal-infer: rank a gallery folder for every query image with an exported TAL bundle."""
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
 from pathlib import Path
+from typing import Iterator
 
 import click
 import numpy as np
@@ -12,10 +14,11 @@ import numpy as np
 from .cli_common import device_option, friendly_errors
 from .engine import ReIDEngine
 from .errors import TalError
-from .images import list_images, read_image
-from .index import GalleryIndex, IndexMismatchError, market_metadata
-from .metrics import evaluate_scores
+from .images import DEFAULT_MAX_PIXELS, list_images, read_image
+from .index import GalleryIndex, IndexDamagedError, IndexMismatchError, market_metadata
+from .metrics import UndefinedMetricsError, evaluate_scores
 from .naming import parse_market_name
+from .output_paths import check_output_file, check_output_folder, writing
 from .reranking import k_reciprocal
 from .scoring import TopK, exclude_same_camera, feature_chunks, rank_gallery
 
@@ -51,13 +54,19 @@ Examples:
 @device_option
 @click.option("--index", "index_dir", type=click.Path(path_type=Path), default=None,
               help="Persistent gallery index folder (incremental; fp16 features).")
-@click.option("--rebuild-index", is_flag=True, help="Empty an index built for another model.")
+@click.option("--rebuild-index", is_flag=True,
+              help="Start over an index that is damaged or built for another model (a folder "
+                   "holding other files is never touched).")
 @click.option("--batch", default=32, show_default=True, type=click.IntRange(1),
               help="Images per extractor call.")
 @click.option("--exclude-same-camera", "exclude_cameras", is_flag=True,
               help="Leave gallery crops from the query's camera out of the rank lists.")
 @click.option("--rerank", is_flag=True, help="k-reciprocal re-ranking (Zhong et al. 2017).")
 @click.option("--verify", is_flag=True, help="Check the bundle's file hashes first.")
+@click.option("--max-pixels", default=DEFAULT_MAX_PIXELS, show_default=True,
+              type=click.IntRange(0),
+              help="Refuse image files whose header declares more pixels, before decoding "
+                   "(decompression bombs); 0 = no limit.")
 @click.option("--on-error", default="fail", show_default=True,
               type=click.Choice(["fail", "skip"]),
               help="On an unreadable image: stop, or skip it and list it at the end.")
@@ -65,30 +74,31 @@ Examples:
 @friendly_errors
 def main(gallery_dir, query_dir, model, topk, out, scores_out, report_dir, report_queries,
          backend, device, index_dir, rebuild_index, batch, exclude_cameras, rerank, verify,
-         on_error, quiet):
+         max_pixels, on_error, quiet):
     """Match every query crop against a gallery with an exported TAL model.
 
     Prints mAP and CMC when the file names carry identities and cameras (Market-1501 style:
-    0002_c1s1_000451_03.jpg). Grayscale, BGRA and 16-bit images are converted; unreadable,
-    empty or tiny images stop the run with one line naming the file (or, with --on-error
-    skip, are left out and listed).
+    0002_c1s1_000451_03.jpg); queries whose identity the gallery lacks are left out of them
+    and counted. Grayscale, BGRA and 16-bit images are converted; unreadable, empty, tiny or
+    oversized images stop the run with one line naming the file (or, with --on-error skip, are
+    left out and listed). Output paths and the index are checked before any work.
     """
-    if out is not None and out.suffix.lower() not in (".json", ".csv"):
-        raise TalError(f"--out {out}: use a .json or .csv file name")
-    if scores_out is not None and scores_out.suffix.lower() != ".npz":
-        raise TalError(f"--scores {scores_out}: use a .npz file name")
+    check_output_file(out, "--out", (".json", ".csv"))
+    check_output_file(scores_out, "--scores", (".npz",))
+    check_output_folder(report_dir, "--report")
     progress = not quiet
-    engine = ReIDEngine(model, backend=backend, device=device, batch_size=batch, verify=verify)
+    engine = ReIDEngine(model, backend=backend, device=device, batch_size=batch, verify=verify,
+                        max_pixels=max_pixels or None)
     click.echo(f"model: {engine.bundle.path}; extractor: {engine.extractor.name} on "
                f"{engine.extractor.device}; matching on {engine.device}", err=True)
     query_paths, gallery_paths = ([os.path.abspath(p) for p in list_images(d)]
                                   for d in (query_dir, gallery_dir))
+    index = None if index_dir is None else _open_index(engine, index_dir, rebuild_index)
 
     queries = engine.embed_files(query_paths, on_error, progress, desc="queries")
     if not queries.paths:
         raise TalError(f"{query_dir}: none of the query images could be read")
-    gallery, skipped = _gallery(engine, gallery_paths, index_dir, rebuild_index, on_error,
-                                progress)
+    gallery, skipped = _gallery(engine, gallery_paths, index, on_error, progress)
     skipped = queries.skipped + skipped
     if gallery.size == 0:
         raise TalError(f"{gallery_dir}: none of the gallery images could be read")
@@ -117,11 +127,13 @@ def main(gallery_dir, query_dir, model, topk, out, scores_out, report_dir, repor
     rows = top.rows()
 
     if out is not None:
-        _write_ranks(out, queries.paths, gallery.paths, rows)
+        with writing(out, "--out"):
+            _write_ranks(out, queries.paths, gallery.paths, rows)
         click.echo(f"wrote {out}", err=True)
     if scores_out is not None:
-        np.savez(scores_out, scores=scores, queries=np.array(queries.paths),
-                 gallery=np.array(gallery.paths))
+        with writing(scores_out, "--scores"):
+            np.savez(scores_out, scores=scores, queries=np.array(queries.paths),
+                     gallery=np.array(gallery.paths))
         click.echo(f"wrote {scores_out}", err=True)
     if labelled:
         _print_metrics(scores, q_ids, g_ids)
@@ -130,9 +142,10 @@ def main(gallery_dir, query_dir, model, topk, out, scores_out, report_dir, repor
     if report_dir is not None:
         from .report import write_report
 
-        page = write_report(report_dir, engine.bundle, queries.paths, gallery.paths, rows,
-                            q_ids[0] if labelled else None, g_ids[0] if labelled else None,
-                            queries.features, gallery.features_of, limit=report_queries)
+        with writing(report_dir, "--report"):
+            page = write_report(report_dir, engine.bundle, queries.paths, gallery.paths, rows,
+                                q_ids[0] if labelled else None, g_ids[0] if labelled else None,
+                                queries.features, gallery.features_of, limit=report_queries)
         click.echo(f"report: {page}", err=True)
     if skipped:
         click.echo(f"skipped {len(skipped)} unreadable file(s):", err=True)
@@ -161,21 +174,35 @@ class _GallerySet:
         return {k: v[columns] for k, v in self.features.items()}
 
 
-def _gallery(engine, paths, index_dir, rebuild, on_error, progress):
-    if index_dir is None:
-        embedded = engine.embed_files(paths, on_error, progress, desc="gallery")
-        return _GallerySet(embedded.paths, features=embedded.features), embedded.skipped
-    shapes = {k: s.match_shape for k, s in engine.bundle.features.items()}
+@contextlib.contextmanager
+def _rebuild_hint() -> Iterator[None]:
+    """Index errors that --rebuild-index fixes say so."""
     try:
-        index = GalleryIndex(index_dir, engine.bundle.fingerprint, shapes, rebuild=rebuild)
+        yield
     except IndexMismatchError as err:
         raise IndexMismatchError(f"{err} (or pass --rebuild-index)") from None
-    report = index.sync(paths, lambda batch: engine.embed([read_image(p) for p in batch]),
-                        market_metadata, batch_size=engine.batch_size, on_error=on_error,
-                        progress=progress)
-    click.echo(f"index {index_dir}: {report.added} added, {report.updated} updated, "
+    except IndexDamagedError as err:
+        raise IndexDamagedError(f"{err} with --rebuild-index") from None
+
+
+def _open_index(engine, index_dir, rebuild) -> GalleryIndex:
+    shapes = {k: s.match_shape for k, s in engine.bundle.features.items()}
+    with _rebuild_hint():
+        return GalleryIndex(index_dir, engine.bundle.fingerprint, shapes, rebuild=rebuild)
+
+
+def _gallery(engine, paths, index, on_error, progress):
+    if index is None:
+        embedded = engine.embed_files(paths, on_error, progress, desc="gallery")
+        return _GallerySet(embedded.paths, features=embedded.features), embedded.skipped
+    with _rebuild_hint():
+        report = index.sync(paths, lambda batch: engine.embed(
+                                [read_image(p, engine.max_pixels) for p in batch]),
+                            market_metadata, batch_size=engine.batch_size, on_error=on_error,
+                            progress=progress)
+        contents = index.load()
+    click.echo(f"index {index.directory}: {report.added} added, {report.updated} updated, "
                f"{report.removed} removed, {report.unchanged} unchanged", err=True)
-    contents = index.load()
     return _GallerySet(contents.paths, contents=contents), report.skipped
 
 
@@ -206,7 +233,6 @@ def _reranked(engine, query, gallery, scores, progress):
 
 
 def _write_ranks(out: Path, q_paths, g_paths, rows) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix.lower() == ".json":
         data = [{"query": q, "matches": [{"rank": r + 1, "gallery": g_paths[c], "score": s}
                                          for r, (c, s) in enumerate(row)]}
@@ -221,11 +247,20 @@ def _write_ranks(out: Path, q_paths, g_paths, rows) -> None:
 
 
 def _print_metrics(scores, q_ids, g_ids) -> None:
-    m = evaluate_scores(scores, q_ids[0], g_ids[0], q_ids[1], g_ids[1])
+    """mAP and CMC over the queries whose identity the gallery holds (under another camera);
+    the others, people the gallery has not seen, are counted, not errors."""
+    try:
+        m = evaluate_scores(scores, q_ids[0], g_ids[0], q_ids[1], g_ids[1])
+    except UndefinedMetricsError:
+        click.echo(f"mAP / CMC: not computable: none of the {len(q_ids[0])} queries has its "
+                   "identity in the gallery (under another camera)")
+        return
     cmc = m["cmc"]
-    click.echo(f"mAP {100 * m['mAP']:.1f}%  top-1 {100 * cmc[0]:.1f}%  top-5 "
-               f"{100 * cmc[min(4, len(cmc) - 1)]:.1f}%  top-10 {100 * cmc[min(9, len(cmc) - 1)]:.1f}%"
-               f"  ({m['num_valid_queries']} queries with a match)")
+    tops = "  ".join(f"top-{k} {100 * cmc[min(k, len(cmc)) - 1]:.1f}%" for k in (1, 5, 10))
+    unmatched = m["num_queries"] - m["num_valid_queries"]
+    skipped = f"; {unmatched} without a match in the gallery skipped" if unmatched else ""
+    click.echo(f"mAP {100 * m['mAP']:.1f}%  {tops}  ({m['num_valid_queries']} of "
+               f"{m['num_queries']} queries scored{skipped})")
 
 
 def _print_top1(q_paths, g_paths, rows, limit: int = 10) -> None:

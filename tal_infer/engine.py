@@ -27,7 +27,7 @@ from .backends import open_extractor, open_matcher, resolve_device
 from .batching import MicroBatcher
 from .bundle import Bundle, find_latest_bundle, load_bundle
 from .errors import TalError
-from .images import ImageError, read_image, resize_batch
+from .images import DEFAULT_MAX_PIXELS, ImageError, read_image, resize_batch, to_bgr_uint8
 from .scoring import Features, feature_chunks, match_layout, rank_gallery
 
 
@@ -131,12 +131,19 @@ class Gallery:
 
 
 class ReIDEngine:
-    """A bundle loaded once: extractor backend, matching heads and preprocessing."""
+    """A bundle loaded once: extractor backend, matching heads and preprocessing.
+
+    ``max_pixels`` bounds the size image files may declare (`embed_files`; None: no limit),
+    the guard against decompression bombs (`tal_infer.images`).
+    """
 
     def __init__(self, model: str | os.PathLike | Bundle | None = None, backend: str = "auto",
-                 device: str = "auto", batch_size: int = 32, verify: bool = False):
+                 device: str = "auto", batch_size: int = 32, verify: bool = False,
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS):
         if batch_size < 1:
             raise TalError(f"batch size must be >= 1, got {batch_size}")
+        if max_pixels is not None and max_pixels < 1:
+            raise TalError(f"max_pixels must be >= 1 or None, got {max_pixels}")
         if not isinstance(model, Bundle):
             model = load_bundle(find_latest_bundle() if model is None else model, verify=verify)
         self.bundle = model
@@ -144,6 +151,7 @@ class ReIDEngine:
         self.extractor = open_extractor(model, backend, self.device)
         self.scorer = open_matcher(model, self.extractor, self.device)
         self.batch_size = batch_size
+        self.max_pixels = max_pixels
 
     def embed(self, crops: Sequence[np.ndarray]) -> Features:
         """Features of numpy crops (BGR as OpenCV gives them, any size; gray/BGRA/16-bit ok)."""
@@ -169,7 +177,7 @@ class ReIDEngine:
                 crops = []
                 for path in paths[start:start + self.batch_size]:
                     try:
-                        crops.append(read_image(path))
+                        crops.append(read_image(path, self.max_pixels))
                         kept.append(str(path))
                     except ImageError as err:
                         if on_error == "fail":
@@ -211,13 +219,21 @@ class ReIDEngine:
     def batcher(self, max_batch: int | None = None, max_latency_s: float = 0.01
                 ) -> MicroBatcher[np.ndarray, Features]:
         """A thread-safe front of `embed`: ``batcher(crop)`` -> that crop's features ([1, ...]);
-        crops from many threads run together in batches of up to ``max_batch``."""
+        crops from many threads run together in batches of up to ``max_batch``. Each crop is
+        checked (and converted to BGR uint8) in its caller's thread before it joins a batch, so
+        a bad crop raises `ImageError` for its own call only."""
         def run(crops: list[np.ndarray]) -> list[Features]:
             feats = self.embed(crops)
             return [{k: v[i:i + 1] for k, v in feats.items()} for i in range(len(crops))]
 
         return MicroBatcher(run, max_batch or self.batch_size, max_latency_s,
-                            name="reid-embedder")
+                            name="reid-embedder", check=_checked_crop)
+
+
+def _checked_crop(crop: np.ndarray) -> np.ndarray:
+    """A crop as the extractor batch takes it, or `ImageError` describing this crop."""
+    shape = getattr(crop, "shape", None)
+    return to_bgr_uint8(crop, name="crop" if shape is None else f"crop of shape {shape}")
 
 
 def _count(features: Features) -> int:

@@ -11,7 +11,11 @@ us is brought to that form here, one way for files and arrays alike:
   identity and only pollute rank lists;
 - files are decoded from their bytes (``cv2.imdecode``, any path encoding) with
   ``IMREAD_UNCHANGED``, so depth and alpha are seen before conversion; EXIF orientation is
-  therefore not applied (detector crops carry none).
+  therefore not applied (detector crops carry none);
+- decompression bombs: the size the header declares (`image_headers`: JPEG, PNG, BMP, TIFF,
+  WebP; other content is refused) is checked against ``max_pixels`` before decoding, by
+  default `DEFAULT_MAX_PIXELS` (8192 x 8192, 64 Mpx: above any crop or 8K frame, and at most
+  0.5 GB decoded even as 16-bit BGRA).
 
 Every problem is an `ImageError` (a `DataError`) whose one-line message names the file.
 """
@@ -27,8 +31,10 @@ import cv2
 import numpy as np
 
 from .errors import DataError
+from .image_headers import HeaderError, declared_size
 
 MIN_SIDE = 8
+DEFAULT_MAX_PIXELS = 8192 * 8192
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
 
 
@@ -40,24 +46,40 @@ class ImageError(DataError):
         self.source, self.problem = str(source), problem
 
 
-def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Read an image file as BGR uint8 HxWx3 (conversions and checks as in the module doc)."""
+def read_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS
+               ) -> np.ndarray:
+    """Read an image file as BGR uint8 HxWx3 (conversions and checks as in the module doc).
+
+    Images whose header declares more than ``max_pixels`` pixels are refused undecoded
+    (``None``: no limit).
+    """
     path = Path(path)
     try:
-        data = np.fromfile(path, dtype=np.uint8)
+        data = path.read_bytes()
     except FileNotFoundError:
         raise ImageError(path, "file not found") from None
     except IsADirectoryError:
         raise ImageError(path, "is a folder, not an image file") from None
     except OSError as err:
         raise ImageError(path, f"cannot be read ({err.strerror or err})") from None
-    if data.size == 0:
+    if not data:
         raise ImageError(path, "empty file (0 bytes)")
+    _check_declared_size(path, data, max_pixels)
     with _quiet_opencv():
-        image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if image is None:
         raise ImageError(path, "not a readable image (corrupt, truncated or not an image file)")
     return to_bgr_uint8(image, name=str(path))
+
+
+def _check_declared_size(path: Path, data: bytes, max_pixels: int | None) -> None:
+    try:
+        width, height = declared_size(data)
+    except HeaderError as err:
+        raise ImageError(path, f"not a readable image ({err})") from None
+    if max_pixels is not None and width * height > max_pixels:
+        raise ImageError(path, f"image too large ({width}x{height} = {width * height:,} "
+                               f"pixels; the limit is {max_pixels:,}, see --max-pixels)")
 
 
 def to_bgr_uint8(array: np.ndarray, name: str = "crop") -> np.ndarray:

@@ -5,7 +5,9 @@ The Market-1501 protocol, as in open-reid and QAConv (and paper Sec. 4: mAP and 
 - gallery entries with the same pid AND the same camera as the query are ignored (they are
   neither matches nor negatives); gallery entries with pid -1 (Market-1501 "junk") are ignored
   too, which equals the open-reid/QAConv loaders dropping them before evaluation;
-- queries without any remaining match are skipped and counted out of ``num_valid_queries``;
+- queries without any remaining match (a person the gallery has not seen, the ordinary case in
+  a camera network) are skipped: ``num_valid_queries`` of ``num_queries`` are scored; when
+  none is, the metrics are undefined and `UndefinedMetricsError` says so;
 - AP is scikit-learn's ``average_precision_score(y_true, -dist)`` on the remaining entries:
   ``AP = sum_n (R_n - R_{n-1}) P_n`` over the distinct distance thresholds. **Ties:** entries
   with equal distance form one threshold, so every match in a tie group gets the precision at
@@ -37,6 +39,11 @@ class RankMetrics(TypedDict):
     cmc: np.ndarray
     mINP: float
     num_valid_queries: int
+    num_queries: int
+
+
+class UndefinedMetricsError(DataError):
+    """No query has a match in the gallery, so there is nothing to average."""
 
 
 def evaluate(distmat: np.ndarray, q_pids: np.ndarray, g_pids: np.ndarray,
@@ -44,7 +51,7 @@ def evaluate(distmat: np.ndarray, q_pids: np.ndarray, g_pids: np.ndarray,
     """mAP, CMC[max_rank] and mINP of a distance matrix ``[Nq, Ng]`` (lower = more similar).
 
     ``cmc[k]`` is the fraction of valid queries whose first match is within the top k+1.
-    Raises ``DataError`` when no query has a valid match.
+    Raises `UndefinedMetricsError` (a ``DataError``) when no query has a valid match.
     """
     return _rank_metrics(distmat, 1.0, q_pids, g_pids, q_camids, g_camids, max_rank)
 
@@ -92,11 +99,12 @@ def _rank_metrics(matrix: np.ndarray, sign: float, q_pids, g_pids, q_camids, g_c
             aps.append(ap)
             inps.append(inp)
     if not aps:
-        raise DataError("no query has a matching identity in the gallery (other camera); "
-                        "rank metrics are undefined")
+        raise UndefinedMetricsError("no query has a matching identity in the gallery (other "
+                                    "camera); rank metrics are undefined")
     hist = np.bincount(np.minimum(first_hits, max_rank), minlength=max_rank + 1)[:max_rank]
     return RankMetrics(mAP=float(np.mean(aps)), cmc=np.cumsum(hist) / len(aps),
-                       mINP=float(np.mean(inps)), num_valid_queries=len(aps))
+                       mINP=float(np.mean(inps)), num_valid_queries=len(aps),
+                       num_queries=len(q_pids))
 
 
 def _query_ranks(dist: np.ndarray, match_cols: np.ndarray, valid_sorted: np.ndarray,

@@ -10,7 +10,7 @@ from click.core import ParameterSource
 from tal_infer.cli_common import SizeType, device_option, friendly_errors
 from tal_infer.errors import TalError
 
-from .engine import RESUME_CHANGES, TrainOptions, resume_options, train
+from .engine import TrainOptions, resume_options, train
 from .models.config import DI_NORMS, DS_HEADS, PRESETS
 
 EPILOG = """\b
@@ -54,7 +54,8 @@ def _milestones(value: str | None) -> list[int] | None:
 @click.option("--data-root", default="data", show_default=True,
               help="Folder holding the datasets by their usual folder names.")
 @click.option("--preset", type=click.Choice(list(PRESETS)), default="paper", show_default=True,
-              help="Model preset (tiny: ResNet-18-IBN-b/16, 128x64, for CPU).")
+              help="Model preset (paper: IBN-Net50-b, 384x128; tiny: ResNet-18-IBN-b at a "
+                   "quarter of the width, base width 16, 128x64, for CPU).")
 @click.option("--streams", help="Ablation: ds, di or ds,di (default both).")
 @click.option("--scales", help="Ablation: res4, res5 or res4,res5 (default both).")
 @click.option("--di-norm", type=click.Choice(DI_NORMS), help="Ablation: DI-stream norm "
@@ -89,8 +90,9 @@ def _milestones(value: str | None) -> list[int] | None:
 @click.option("--run-name", help="Run name [default: p1-<source> / p2-<target>].")
 @click.option("--out", help="Output folder [default: runs/<run-name>].")
 @click.option("--resume", type=click.Path(dir_okay=False),
-              help="Continue the run of this checkpoint at its next epoch (its settings; "
-                   "--epochs, --eval-every, --out, --device, --workers may change).")
+              help="Continue the run of this checkpoint at its next epoch with its settings: "
+                   "--epochs, --eval-every, --out, --device, --workers may change; other "
+                   "options may be repeated, but only with the checkpoint's values.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @friendly_errors
 def main(**kw) -> None:
@@ -99,18 +101,16 @@ def main(**kw) -> None:
     OUT/train_log.json and OUT/curves.png."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     kw["progress"] = not kw.pop("quiet")
-    if kw["resume"]:
+    for key in ("targets", "sources", "streams", "scales"):
+        kw[key] = _names(kw[key])
+    kw["image_size"] = list(kw["image_size"]) if kw["image_size"] else None
+    kw["milestones"] = _milestones(kw["milestones"])
+    if kw["resume"]:  # options typed again must equal the checkpoint's (resume_options)
         ctx = click.get_current_context()
-        given = {k for k in kw if k not in ("resume", "progress")
+        given = {k: v for k, v in kw.items() if k not in ("resume", "progress")
                  and ctx.get_parameter_source(k) == ParameterSource.COMMANDLINE}
-        options = resume_options(kw["resume"], progress=kw["progress"],
-                                 **{k: kw[k] for k in given if k in RESUME_CHANGES},
-                                 **{k: kw[k] for k in given if k not in RESUME_CHANGES})
+        options = resume_options(kw["resume"], progress=kw["progress"], **given)
     else:
-        for key in ("targets", "sources", "streams", "scales"):
-            kw[key] = _names(kw[key])
-        kw["image_size"] = list(kw["image_size"]) if kw["image_size"] else None
-        kw["milestones"] = _milestones(kw["milestones"])
         options = TrainOptions(**kw)
     result = train(options)
     click.echo(f"{result.run_name}: {result.epoch} epochs in {result.seconds:.0f} s; "

@@ -14,7 +14,10 @@ same batches and augmentations as an uninterrupted one and, with the restored we
 and scheduler, repeats its loss sequence (tested on CPU).
 
 **Resume** (`resume_options`): the run's options come from the checkpoint; only the epoch count,
-evaluation interval, output folder, device, workers and progress display may change.
+evaluation interval, output folder, device, workers and progress display may change. Other
+options may be given again (the user's own command with ``--resume`` appended) as long as they
+equal the checkpoint's (resolved) values; real changes are refused, each named with its old
+and new value.
 """
 from __future__ import annotations
 
@@ -109,22 +112,47 @@ class TrainResult:
     seconds: float = 0.0
 
 
-def resume_options(checkpoint: str | os.PathLike, **changes: Any) -> TrainOptions:
-    """The options of the run saved in `checkpoint`, set to resume it, with `changes` applied
-    (only the fields of RESUME_CHANGES)."""
-    def flags(names):
-        return ", ".join("--" + n.replace("_", "-") for n in names if n != "progress")
-
-    bad = sorted(set(changes) - set(RESUME_CHANGES))
-    if bad:
-        raise TalError(f"--resume continues a run with its own settings; cannot change "
-                       f"{flags(bad)} (allowed: {flags(RESUME_CHANGES)})")
+def resume_options(checkpoint: str | os.PathLike, **given: Any) -> TrainOptions:
+    """The options of the run saved in `checkpoint`, set to resume it, with the `given` fields of
+    RESUME_CHANGES applied; any other given field must equal the checkpoint's value."""
+    known = {f.name for f in dataclasses.fields(TrainOptions)}
+    if set(given) - known:
+        raise ValueError(f"not TrainOptions fields: {sorted(set(given) - known)}")
     stored = load_checkpoint(checkpoint).get("train_args")
     if not stored:
         raise TalError(f"{checkpoint}: checkpoint holds no training options to resume from")
-    known = {f.name for f in dataclasses.fields(TrainOptions)}
     options = TrainOptions(**{k: v for k, v in stored.items() if k in known})
-    return dataclasses.replace(options, resume=str(checkpoint), **changes)
+    changed = [f"{_flag(k)} {_shown(k, getattr(options, k))} -> {_shown(k, v)}"
+               for k, v in sorted(given.items())
+               if k not in RESUME_CHANGES and not _same(k, getattr(options, k), v)]
+    if changed:
+        allowed = ", ".join(_flag(n) for n in RESUME_CHANGES if n != "progress")
+        raise TalError(f"--resume continues a run with its own settings; cannot change "
+                       f"{', '.join(changed)} (only {allowed} may change)")
+    return dataclasses.replace(options, resume=str(checkpoint),
+                               **{k: v for k, v in given.items() if k in RESUME_CHANGES})
+
+
+def _flag(field_name: str) -> str:
+    return "--" + field_name.replace("_", "-")
+
+
+def _same(key: str, stored: Any, given: Any) -> bool:
+    """Equal as options: lists and tuples alike, the data root as a normalized path."""
+    if isinstance(stored, (list, tuple)) and isinstance(given, (list, tuple)):
+        return list(stored) == list(given)
+    if key == "data_root" and stored is not None and given is not None:
+        return os.path.normpath(stored) == os.path.normpath(given)
+    return stored == given
+
+
+def _shown(key: str, value: Any) -> str:
+    """An option value as a user would type it."""
+    if value is None:
+        return "(default)"
+    if isinstance(value, (list, tuple)):
+        return ("x" if key == "image_size" else ",").join(map(str, value))
+    return str(value)
 
 
 def default_run_name(options: TrainOptions) -> str:

@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 from .catalog import IndexRecord
-from .gallery import (GalleryIndex, GalleryIndexError, IndexContents, IndexMismatchError,
-                      SyncReport, market_metadata)
+from .errors import GalleryIndexError, IndexDamagedError, IndexMismatchError
+from .gallery import GalleryIndex, IndexContents, SyncReport, market_metadata
 
-__all__ = ["GalleryIndex", "GalleryIndexError", "IndexContents", "IndexMismatchError",
-           "IndexRecord", "SyncReport", "market_metadata"]
+__all__ = ["GalleryIndex", "GalleryIndexError", "IndexContents", "IndexDamagedError",
+           "IndexMismatchError", "IndexRecord", "SyncReport", "market_metadata"]

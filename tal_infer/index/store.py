@@ -5,6 +5,10 @@ little-endian float16, no header (the catalog records shapes, row count and gene
 Rows are only appended; bytes past the catalog's committed row count are leftovers of an
 interrupted write and are cut off before the next append. Compaction writes a whole new
 generation beside the old one; the catalog commit that names it is the switch.
+
+A file shorter than the committed rows is damage (a committed byte is never removed while its
+generation is live): opening and appending refuse it with `IndexDamagedError` instead of
+reading past the end or padding the gap with zeros.
 """
 from __future__ import annotations
 
@@ -15,6 +19,8 @@ from pathlib import Path
 from typing import Mapping
 
 import numpy as np
+
+from .errors import damaged
 
 FEATURE_DTYPE = np.dtype("<f2")
 _GENERATION = re.compile(r"^features-(\d+)$")
@@ -50,15 +56,35 @@ class FeatureStore:
     def folder(self, generation: int) -> Path:
         return self.root / f"features-{generation}"
 
+    def file(self, generation: int, key: str) -> Path:
+        return self.folder(generation) / f"{key}.f16"
+
+    def check(self, generation: int, rows: int) -> None:
+        """Raise `IndexDamagedError` unless every feature file holds the ``rows`` committed
+        rows (a missing file holds none; bytes past them are an interrupted write's)."""
+        if rows == 0:
+            return
+        for key, row_bytes in self.row_bytes.items():
+            path = self.file(generation, key)
+            try:
+                size = path.stat().st_size
+            except FileNotFoundError:
+                size = None
+            if size is None or size < rows * row_bytes:
+                held = "is missing" if size is None else f"holds {size // row_bytes} of them"
+                raise damaged(self.root, f"the catalog commits {rows} feature rows, "
+                                         f"{path.relative_to(self.root)} {held}")
+
     def append(self, generation: int, committed: int, arrays: Mapping[str, np.ndarray]) -> None:
         """Durably write ``arrays`` as rows ``committed..``; visible once the catalog commits."""
+        self.check(generation, committed)
         folder = self.folder(generation)
         if not folder.is_dir():
             folder.mkdir()
             _sync_folder(self.root)
         for key, array in arrays.items():
-            with open(folder / f"{key}.f16", "ab+") as f:
-                f.truncate(committed * self.row_bytes[key])  # drop an interrupted write
+            with open(self.file(generation, key), "ab+") as f:
+                f.truncate(committed * self.row_bytes[key])  # drop an interrupted write (only)
                 f.seek(0, os.SEEK_END)
                 f.write(np.ascontiguousarray(array, dtype=FEATURE_DTYPE).tobytes())
                 f.flush()
@@ -66,14 +92,22 @@ class FeatureStore:
         _sync_folder(folder)
 
     def open(self, generation: int, rows: int) -> dict[str, np.ndarray]:
-        """Read-only memory maps ``[rows, *shape]`` of the committed rows (no copy)."""
+        """Read-only memory maps ``[rows, *shape]`` of the committed rows (no copy).
+
+        Raises `FileNotFoundError` for a missing file (a compaction may just have retired the
+        generation: the caller decides) and `IndexDamagedError` for a short one.
+        """
+        for key in self.shapes:
+            if rows and not self.file(generation, key).is_file():
+                raise FileNotFoundError(self.file(generation, key))
+        self.check(generation, rows)
         maps = {}
         for key, shape in self.shapes.items():
             if rows == 0:
                 maps[key] = np.empty((0, *shape), FEATURE_DTYPE)
                 continue
-            maps[key] = np.memmap(self.folder(generation) / f"{key}.f16", dtype=FEATURE_DTYPE,
-                                  mode="r", shape=(rows, *shape))
+            maps[key] = np.memmap(self.file(generation, key), dtype=FEATURE_DTYPE, mode="r",
+                                  shape=(rows, *shape))
         return maps
 
     def write_generation(self, generation: int, source: Mapping[str, np.ndarray],
@@ -83,7 +117,7 @@ class FeatureStore:
         _remove_tree(folder)  # a leftover of an interrupted compaction
         folder.mkdir()
         for key in self.shapes:
-            with open(folder / f"{key}.f16", "wb") as f:
+            with open(self.file(generation, key), "wb") as f:
                 for start in range(0, len(order), _COPY_ROWS):
                     rows = source[key][order[start:start + _COPY_ROWS]]
                     f.write(np.ascontiguousarray(rows, dtype=FEATURE_DTYPE).tobytes())
@@ -92,9 +126,19 @@ class FeatureStore:
         _sync_folder(folder)
         _sync_folder(self.root)
 
-    def remove_other_generations(self, keep: int) -> None:
-        """Delete generation folders other than ``keep`` (superseded or never committed)."""
-        for entry in self.root.iterdir():
-            match = _GENERATION.match(entry.name)
-            if match and int(match.group(1)) != keep:
-                _remove_tree(entry)
+    def generations(self) -> list[int]:
+        """The generation numbers of the feature folders present."""
+        return sorted(int(m.group(1)) for entry in self.root.iterdir()
+                      if (m := _GENERATION.match(entry.name)) and entry.is_dir())
+
+    def remove_other_generations(self, keep: int | None) -> None:
+        """Delete generation folders other than ``keep`` (superseded or never committed);
+        ``None`` deletes them all."""
+        for generation in self.generations():
+            if generation != keep:
+                _remove_tree(self.folder(generation))
+
+    def is_own_entry(self, entry: Path) -> bool:
+        """Whether a folder entry is a generation folder holding only feature files."""
+        return (entry.is_dir() and _GENERATION.match(entry.name) is not None
+                and all(f.suffix == ".f16" and f.is_file() for f in entry.iterdir()))

@@ -1,0 +1,188 @@
+"""A damaged gallery index is detected on every open and append, never padded or used silently,
+and `rebuild=True` starts it over, but only in a folder holding nothing but index files."""
+from __future__ import annotations
+
+import shutil
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tal_infer.index import (GalleryIndex, GalleryIndexError, IndexDamagedError,
+                             IndexMismatchError)
+from tal_infer.index.store import FeatureStore
+
+from test_index import (SHAPES, CountingExtractor, assert_same_contents, build, contents,
+                        extract_features, make_gallery, market_file)
+
+ROW_BYTES = {key: int(np.prod(shape)) * 2 for key, shape in SHAPES.items()}
+
+
+@pytest.fixture()
+def built(tmp_path) -> tuple[Path, list[Path]]:
+    """An index of 7 files (committed rows 0..6) and the gallery files."""
+    files = make_gallery(tmp_path / "g", 7)
+    build(tmp_path / "idx", files)
+    return tmp_path / "idx", files
+
+
+def feature_file(index: Path, key: str = "di_res4") -> Path:
+    (path,) = index.glob(f"features-*/{key}.f16")
+    return path
+
+
+def shorten(path: Path, rows: int) -> bytes:
+    """Cut a feature file to ``rows`` rows (as a copy gone wrong would); returns its bytes."""
+    data = path.read_bytes()[:rows * ROW_BYTES[path.stem]]
+    path.write_bytes(data)
+    return data
+
+
+def sql(index: Path, statement: str) -> None:
+    with sqlite3.connect(index / "index.sqlite") as con:
+        con.execute(statement)
+
+
+def snapshot_bytes(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file()}
+
+
+SHORT = (r"index is damaged: the catalog commits 7 feature rows, features-0/di_res4.f16 holds "
+         r"4 of them; rebuild it$")
+
+
+def test_short_feature_file_is_refused_by_open_load_sync_and_compact(built):
+    index, files = built
+    opened = GalleryIndex(index, "model-a", SHAPES)
+    kept = shorten(feature_file(index), 4)
+    before = snapshot_bytes(index)
+    with pytest.raises(IndexDamagedError, match=SHORT):
+        GalleryIndex(index, "model-a", SHAPES)
+    with pytest.raises(IndexDamagedError, match=SHORT):
+        opened.load()
+    extractor = CountingExtractor()
+    with pytest.raises(IndexDamagedError, match=SHORT):
+        opened.sync(files + [market_file(files[0].parent, 30)], extractor)
+    with pytest.raises(IndexDamagedError, match=SHORT):
+        opened.compact()
+    assert extractor.seen == []  # refused before any work
+    assert snapshot_bytes(index) == before  # nothing zeroed, appended or rewritten
+    assert feature_file(index).read_bytes() == kept
+
+
+def test_append_refuses_a_short_file_instead_of_padding_it(tmp_path):
+    store = FeatureStore(tmp_path, SHAPES)
+    rows = {k: np.ones((3, *s), np.float16) for k, s in SHAPES.items()}
+    store.append(0, 0, rows)
+    store.append(0, 3, rows)  # 6 rows committed
+    kept = shorten(store.file(0, "ds_res4"), 5)
+    with pytest.raises(IndexDamagedError, match="commits 6 feature rows, features-0/ds_res4.f16 "
+                                                "holds 5 of them"):
+        store.append(0, 6, rows)
+    assert store.file(0, "ds_res4").read_bytes() == kept
+    assert store.file(0, "di_res4").stat().st_size == 6 * ROW_BYTES["di_res4"]
+
+
+def test_bytes_past_the_committed_rows_are_an_interrupted_write_not_damage(built, tmp_path):
+    index, files = built
+    path = feature_file(index)
+    path.write_bytes(path.read_bytes() + b"\x01" * (ROW_BYTES["di_res4"] + 5))
+    assert len(GalleryIndex(index, "model-a", SHAPES).load()) == 7
+    more = files + [market_file(files[0].parent, 30)]
+    GalleryIndex(index, "model-a", SHAPES).sync(more, extract_features)
+    build(tmp_path / "clean", more)
+    assert_same_contents(index, tmp_path / "clean")
+
+
+@pytest.mark.parametrize("damage, words", [
+    (lambda ix: shutil.rmtree(next(ix.glob("features-*"))),
+     "features-0/ds_res4.f16 is missing"),
+    (lambda ix: (ix / "index.sqlite").write_bytes(b"not a database at all " * 50),
+     "cannot use the index catalog index.sqlite (file is not a database)"),
+    (lambda ix: sql(ix, "UPDATE items SET row = 9 WHERE row = 2"),
+     "items name feature rows 0..9 of 7 committed"),
+    (lambda ix: sql(ix, "UPDATE items SET row = 1 WHERE row = 2"),
+     "1 items share a feature row"),
+    (lambda ix: sql(ix, "UPDATE info SET value = 'seven' WHERE key = 'rows'"),
+     "unreadable info table"),
+    (lambda ix: sql(ix, "DROP TABLE items"), "catalog tables missing (items)"),
+])
+def test_every_kind_of_damage_is_named_and_rebuild_starts_over(built, tmp_path, damage, words):
+    index, files = built
+    damage(index)
+    with pytest.raises(IndexDamagedError) as info:
+        GalleryIndex(index, "model-a", SHAPES).load()
+    assert words in str(info.value) and "\n" not in str(info.value)
+    rebuilt = GalleryIndex(index, "model-a", SHAPES, rebuild=True)
+    assert len(rebuilt.load()) == 0
+    extractor = CountingExtractor()
+    assert rebuilt.sync(files, extractor).added == 7 and len(extractor.seen) == 7
+    build(tmp_path / "clean", files)
+    assert_same_contents(index, tmp_path / "clean")
+
+
+def test_rebuild_of_a_healthy_index_of_this_model_keeps_it(built):
+    index, _ = built
+    records, _ = contents(index)
+    assert GalleryIndex(index, "model-a", SHAPES, rebuild=True).load().records == records
+
+
+def test_rebuild_never_touches_a_folder_that_holds_other_files(built, tmp_path):
+    index, _ = built
+    (index / "index.sqlite").write_bytes(b"garbage " * 100)
+    (index / "my_notes.txt").write_text("keep me")
+    before = snapshot_bytes(index)
+    with pytest.raises(GalleryIndexError, match="holds files that are not part of a gallery "
+                                                "index; not rebuilding it .it holds my_notes"):
+        GalleryIndex(index, "model-a", SHAPES, rebuild=True)
+    assert snapshot_bytes(index) == before
+
+    photos = tmp_path / "photos"  # not an index at all
+    photos.mkdir()
+    (photos / "holiday.jpg").write_bytes(b"jpeg bytes")
+    with pytest.raises(GalleryIndexError, match="not a gallery index"):
+        GalleryIndex(photos, "model-a", SHAPES, rebuild=True)
+    assert [p.name for p in photos.iterdir()] == ["holiday.jpg"]
+
+
+def test_a_generation_folder_with_other_files_is_not_the_index_s(built):
+    index, _ = built
+    other = index / "features-7"
+    other.mkdir()
+    (other / "holiday.jpg").write_bytes(b"jpeg bytes")
+    sql(index, "UPDATE info SET value = 'model-x' WHERE key = 'fingerprint'")
+    with pytest.raises(IndexMismatchError):
+        GalleryIndex(index, "model-a", SHAPES)
+    with pytest.raises(GalleryIndexError, match="it holds features-7"):
+        GalleryIndex(index, "model-a", SHAPES, rebuild=True)
+    assert (other / "holiday.jpg").is_file()
+
+
+def test_an_sqlite_file_of_another_program_is_not_initialized(tmp_path):
+    folder = tmp_path / "app"
+    folder.mkdir()
+    with sqlite3.connect(folder / "index.sqlite") as con:
+        con.execute("CREATE TABLE bookmarks (url TEXT)")
+    before = snapshot_bytes(folder)
+    for rebuild in (False, True):
+        with pytest.raises(GalleryIndexError, match="not a gallery index catalog"):
+            GalleryIndex(folder, "model-a", SHAPES, rebuild=rebuild)
+    assert snapshot_bytes(folder) == before
+
+
+def test_a_failed_feature_write_is_one_line_and_the_index_stays_usable(built, monkeypatch):
+    index, files = built
+    records, _ = contents(index)
+
+    def disk_full(self, generation, committed, arrays):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(FeatureStore, "append", disk_full)
+    with pytest.raises(GalleryIndexError, match=r"cannot write features \(No space left on "
+                                                r"device\)$"):
+        GalleryIndex(index, "model-a", SHAPES).sync(
+            files + [market_file(files[0].parent, 30)], extract_features)
+    monkeypatch.undo()
+    assert contents(index)[0] == records
