@@ -35,11 +35,12 @@ import zipfile
 from collections import defaultdict
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
-
-import torch
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from .errors import BundleError, UnsafeBundleError
+
+if TYPE_CHECKING:  # torch is imported where it is used: the runtime imports without it
+    import torch
 
 SCHEMA_MAJOR = 8  # torch.export serialization schema understood here (torch 2.5 .. 2.13)
 POSITIONAL = 1    # schema.ArgumentKind
@@ -55,19 +56,20 @@ PLAIN_ENTRIES = re.compile(r"archive_format|archive_version|byteorder|\.data/ver
 OPTION_STRINGS = frozenset({"approximate", "rounding_mode", "padding", "mode", "reduce",
                             "indexing", "equation", "interpolation", "side", "norm",
                             "assert_msg"})
-DTYPES = {1: torch.uint8, 2: torch.int8, 3: torch.int16, 4: torch.int32, 5: torch.int64,
-          6: torch.float16, 7: torch.float32, 8: torch.float64, 12: torch.bool,
-          13: torch.bfloat16}
-LAYOUTS = {7: torch.strided}
-MEMORY_FORMATS = {1: torch.contiguous_format, 2: torch.channels_last,
-                  3: torch.channels_last_3d, 4: torch.preserve_format}
+# Codes of the serialization schema -> torch attribute names.
+DTYPES = {1: "uint8", 2: "int8", 3: "int16", 4: "int32", 5: "int64", 6: "float16",
+          7: "float32", 8: "float64", 12: "bool", 13: "bfloat16"}
+LAYOUTS = {7: "strided"}
+MEMORY_FORMATS = {1: "contiguous_format", 2: "channels_last", 3: "channels_last_3d",
+                  4: "preserve_format"}
+# Integer shape arithmetic a program may do between ATen calls.
 SHAPE_FUNCTIONS: dict[str, Callable[..., Any]] = {
     **{f"_operator.{name}": getattr(operator, name) for name in (
         "add", "sub", "mul", "floordiv", "truediv", "mod", "neg", "pos",
         "eq", "ne", "lt", "le", "gt", "ge")},
-    "math.trunc": math.trunc, "torch.sym_max": torch.sym_max, "torch.sym_min": torch.sym_min,
-    "torch.sym_int": torch.sym_int, "torch.sym_float": torch.sym_float,
-    "torch.sym_not": torch.sym_not}
+    "math.trunc": math.trunc}
+TORCH_SHAPE_FUNCTIONS = frozenset(f"torch.{name}" for name in (
+    "sym_max", "sym_min", "sym_int", "sym_float", "sym_not"))
 ATEN_TARGET = re.compile(r"torch\.ops\.aten\.([A-Za-z_]\w*)\.([A-Za-z_]\w*)")
 
 
@@ -127,6 +129,8 @@ class ExtractorProgram:
     def dry_run(self, batch_shape: Sequence[int]) -> list[tuple[int, ...]]:
         """Output shapes for a uint8 batch of ``batch_shape``, computed on the meta device
         (no memory, no arithmetic); raises BundleError naming the node that cannot run."""
+        import torch
+
         meta = torch.device("meta")
         tensors = {k: torch.empty_like(v, device=meta) for k, v in self.tensors.items()}
         images = torch.empty(tuple(batch_shape), dtype=torch.uint8, device=meta)
@@ -156,6 +160,8 @@ def load_program(path: str | Path, device: str | torch.device = "cpu") -> Extrac
     """Read and check ``path`` (a torch.export archive), tensors placed on ``device``.
     Raises `UnsafeBundleError` for content the runtime refuses, `BundleError` for a damaged
     or foreign file; both name ``path``."""
+    import torch
+
     path = Path(path)
     try:
         with zipfile.ZipFile(path) as archive:
@@ -244,10 +250,10 @@ class _Reader:
         return tensors
 
     def _tensor(self, fqn: str, meta: dict, data: bytes) -> torch.Tensor:
-        dtype, layout = DTYPES.get(meta["dtype"]), meta.get("layout", 7)
-        if dtype is None or layout not in LAYOUTS:
-            raise BundleError(f"tensor {fqn!r}: dtype {meta['dtype']} / layout {layout} is not "
-                              "supported")
+        import torch
+
+        dtype = getattr(torch, _lookup(DTYPES, meta["dtype"], f"tensor {fqn!r}: dtype"))
+        _lookup(LAYOUTS, meta.get("layout", 7), f"tensor {fqn!r}: layout")
         sizes = [_literal_int(s) for s in meta["sizes"]]
         strides = [_literal_int(s) for s in meta["strides"]]
         offset = _literal_int(meta["storage_offset"])
@@ -311,8 +317,10 @@ class _Planner:
     def _step(self, node: dict) -> _Step:
         target = node["target"]
         inputs = node["inputs"]
-        if target in SHAPE_FUNCTIONS:
-            fn: Callable[..., Any] = SHAPE_FUNCTIONS[target]
+        shape_function = SHAPE_FUNCTIONS.get(target) or (
+            _torch_attribute(target[6:]) if target in TORCH_SHAPE_FUNCTIONS else None)
+        if shape_function is not None:
+            fn: Callable[..., Any] = shape_function
             args, kwargs = tuple(self._value(i["arg"]) for i in inputs), {}
         else:
             fn = self._aten(target)
@@ -323,6 +331,8 @@ class _Planner:
         return _Step(self.node, fn, args, kwargs, binder)
 
     def _aten(self, target: str) -> torch._ops.OpOverload:
+        import torch
+
         match = ATEN_TARGET.fullmatch(target)
         if match is None:
             raise UnsafeBundleError(f"node {self.node}: operator {target!r} is not an ATen "
@@ -388,11 +398,12 @@ class _Planner:
         if kind in ("as_sym_ints", "as_sym_floats", "as_sym_bools"):
             return [self._symbolic(v) for v in value]
         if kind == "as_scalar_type":
-            return _lookup(DTYPES, value, "dtype")
+            return _torch_attribute(_lookup(DTYPES, value, f"node {self.node}: dtype"))
         if kind == "as_memory_format":
-            return _lookup(MEMORY_FORMATS, value, "memory format")
+            return _torch_attribute(_lookup(MEMORY_FORMATS, value,
+                                            f"node {self.node}: memory format"))
         if kind == "as_layout":
-            return _lookup(LAYOUTS, value, "layout")
+            return _torch_attribute(_lookup(LAYOUTS, value, f"node {self.node}: layout"))
         if kind == "as_device":
             return _DEVICE  # every tensor the graph creates goes to the program's device
         if kind == "as_complex":
@@ -418,10 +429,16 @@ class _Planner:
         return name
 
 
-def _lookup(table: dict[int, Any], code: int, what: str) -> Any:
+def _lookup(table: dict[int, str], code: int, what: str) -> str:
     if code not in table:
         raise BundleError(f"{what} code {code} is not supported")
     return table[code]
+
+
+def _torch_attribute(name: str) -> Any:
+    import torch
+
+    return getattr(torch, name)
 
 
 def _literal_int(value: dict) -> int:

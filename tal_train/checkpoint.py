@@ -98,11 +98,12 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
 
 
 def _refusal(message: str) -> str:
-    """torch's weights_only refusal retold without its advice to retry with
+    """torch's weights_only refusal retold in one line, without its advice to retry with
     ``weights_only=False``, which would run whatever code the file carries."""
-    found = re.search(r"Unsupported global: GLOBAL (\S+)", message)
+    found = re.search(r"GLOBAL ([\w.]+)", message)
     if found:
         return (f"holds the Python object {found[1]}, not only tensors and plain containers; "
                 "refused, because loading it could run code")
-    detail = re.search(r"WeightsUnpickler error:\s*(.+?)\s*(?:\n\n|$)", message, re.S)
-    return f"not a readable tal-reid checkpoint ({detail[1] if detail else 'damaged'})"
+    details = [line.strip() for line in message.splitlines() if line.strip()
+               and "weights_only" not in line and not line.startswith("Check the documentation")]
+    return f"not a readable tal-reid checkpoint ({details[0] if details else 'damaged'})"
