@@ -42,8 +42,7 @@ from .errors import BundleError, UnsafeBundleError
 if TYPE_CHECKING:  # torch is imported where it is used: the runtime imports without it
     import torch
 
-SCHEMA_MAJOR = 8  # torch.export serialization schema understood here (torch 2.5 .. 2.13)
-POSITIONAL = 1    # schema.ArgumentKind
+SCHEMA_MAJOR = 8  # torch.export serialization schema read here (torch 2.13 writes 8.20)
 
 # Entries torch.export.save writes for one program named "model", below the archive's root folder.
 PLAIN_ENTRIES = re.compile(r"archive_format|archive_version|byteorder|\.data/version|"
@@ -160,12 +159,10 @@ def load_program(path: str | Path, device: str | torch.device = "cpu") -> Extrac
     """Read and check ``path`` (a torch.export archive), tensors placed on ``device``.
     Raises `UnsafeBundleError` for content the runtime refuses, `BundleError` for a damaged
     or foreign file; both name ``path``."""
-    import torch
-
     path = Path(path)
     try:
         with zipfile.ZipFile(path) as archive:
-            return _Reader(archive, torch.device(device)).program()
+            return _Reader(archive, target_device(device)).program()
     except BundleError as err:
         raise type(err)(f"{path}: {err}") from None
     except (OSError, zipfile.BadZipFile, UnicodeDecodeError, json.JSONDecodeError) as err:
@@ -173,6 +170,17 @@ def load_program(path: str | Path, device: str | torch.device = "cpu") -> Extrac
     except (KeyError, TypeError, ValueError, AttributeError, IndexError) as err:
         raise BundleError(f"{path}: malformed torch.export archive ({type(err).__name__}: "
                           f"{err})") from None
+
+
+def target_device(device: str | torch.device) -> torch.device:
+    """``device`` with the current CUDA index filled in: the graph's device arguments (e.g. of
+    ``_assert_tensor_metadata``) then name exactly the device its tensors are on."""
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    return device
 
 
 class _Reader:
@@ -191,7 +199,7 @@ class _Reader:
                               f"not supported (this runtime reads {SCHEMA_MAJOR}.x)")
         if model.get("guards_code"):
             raise UnsafeBundleError("the program carries guard code; the runtime runs no code "
-                                     "from a bundle")
+                                    "from a bundle")
         weights = self._payloads("weights", "weight")
         constants = self._payloads("constants", "tensor")
         module = model["graph_module"]
@@ -209,8 +217,8 @@ class _Reader:
             roots.add(root)
             if not PLAIN_ENTRIES.fullmatch(name):
                 raise UnsafeBundleError(f"archive entry {info.filename!r} is not part of a "
-                                         "plain exported program (the runtime loads no pickles, "
-                                         "libraries or code); re-export the bundle")
+                                        "plain exported program (the runtime loads no pickles, "
+                                        "libraries or code); re-export the bundle")
             if info.compress_type != zipfile.ZIP_STORED:
                 raise BundleError(f"archive entry {info.filename!r} is compressed; torch.export "
                                   "stores entries uncompressed")
@@ -220,7 +228,7 @@ class _Reader:
         sample = f"{root}/data/sample_inputs/model.pt"
         if sample in self.names and self.zip.getinfo(sample).file_size:
             raise UnsafeBundleError("the archive holds pickled sample inputs; bundles from this "
-                                     "toolkit have none (re-export the bundle)")
+                                    "toolkit have none (re-export the bundle)")
         order = self._read("byteorder", root, default=b"little").decode()
         if order != "little":
             raise BundleError(f"tensor byte order {order!r} is not supported")
@@ -243,7 +251,7 @@ class _Reader:
             name = meta["path_name"]
             if meta.get("use_pickle") is not False or not re.fullmatch(rf"{prefix}_\d+", name):
                 raise UnsafeBundleError(f"{folder} entry {fqn!r} is stored as a pickle "
-                                         f"({name!r}); the runtime reads raw tensor bytes only")
+                                        f"({name!r}); the runtime reads raw tensor bytes only")
             if name not in records:
                 records[name] = self._read(f"data/{folder}/{name}")
             tensors[fqn] = self._tensor(fqn, meta["tensor_meta"], records[name])
@@ -282,7 +290,7 @@ class _Reader:
                    "tensor_constant": "tensor_constant_name"}.get(kind)
             if key is None:
                 raise UnsafeBundleError(f"program input of kind {kind!r} is not supported "
-                                         "(tensors only)")
+                                        "(tensors only)")
             if body[key] not in tensors:
                 raise BundleError(f"{kind} {body[key]!r} has no stored tensor")
             placeholders[body["arg"]["name"]] = body[key]
@@ -295,7 +303,7 @@ class _Reader:
         for spec in module["signature"]["output_specs"]:
             if set(spec) != {"user_output"}:
                 raise UnsafeBundleError(f"program output of kind {next(iter(spec))!r} is not "
-                                         "supported (an extractor returns tensors only)")
+                                        "supported (an extractor returns tensors only)")
         return [out["as_tensor"]["name"] for out in graph["outputs"]]
 
 
@@ -336,7 +344,7 @@ class _Planner:
         match = ATEN_TARGET.fullmatch(target)
         if match is None:
             raise UnsafeBundleError(f"node {self.node}: operator {target!r} is not an ATen "
-                                     "operator; the runtime calls ATen operators only")
+                                    "operator; the runtime calls ATen operators only")
         try:
             op = getattr(getattr(torch.ops.aten, match[1]), match[2])
         except (AttributeError, RuntimeError):
@@ -348,7 +356,7 @@ class _Planner:
                    if re.search(r"\bstr\b", str(a.type)) and a.name not in OPTION_STRINGS]
         if strings:
             raise UnsafeBundleError(f"node {self.node}: operator {target!r} takes the string "
-                                     f"argument {strings[0]!r}; refused (it could name a file)")
+                                    f"argument {strings[0]!r}; refused (it could name a file)")
         return op
 
     def _arguments(self, op: torch._ops.OpOverload, inputs: list[dict]) -> tuple[tuple, dict]:
@@ -409,7 +417,7 @@ class _Planner:
         if kind == "as_complex":
             return complex(value["real"], value["imag"])
         raise UnsafeBundleError(f"node {self.node}: argument kind {kind!r} is not supported "
-                                 "(no subgraphs, custom objects or operator references)")
+                                "(no subgraphs, custom objects or operator references)")
 
     def _binder(self, out: dict) -> Any:
         (kind, value), = out.items()

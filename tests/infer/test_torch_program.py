@@ -159,3 +159,14 @@ def test_operator_arguments_that_name_files_are_refused():
         with pytest.raises(UnsafeBundleError, match="string argument"):
             planner._aten(f"torch.ops.aten.{op}")
     assert planner._aten("torch.ops.aten.div.Tensor_mode") is torch.ops.aten.div.Tensor_mode
+
+
+def test_cuda_device_gets_its_index(monkeypatch):
+    """On CUDA the graph's device arguments name cuda:<current>, the device its tensors are on
+    (torch builds that compare devices strictly reject a bare "cuda")."""
+    from tal_infer.torch_program import target_device
+
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 3)
+    assert target_device("cuda") == torch.device("cuda", 3)
+    assert target_device("cuda:1") == torch.device("cuda", 1)
+    assert target_device("cpu") == torch.device("cpu")
