@@ -162,7 +162,7 @@ def load_program(path: str | Path, device: str | torch.device = "cpu") -> Extrac
     path = Path(path)
     try:
         with zipfile.ZipFile(path) as archive:
-            return _Reader(archive, target_device(device)).program()
+            return _Reader(archive).program(device)
     except BundleError as err:
         raise type(err)(f"{path}: {err}") from None
     except (OSError, zipfile.BadZipFile, UnicodeDecodeError, json.JSONDecodeError) as err:
@@ -184,14 +184,14 @@ def target_device(device: str | torch.device) -> torch.device:
 
 
 class _Reader:
-    """One pass over the archive: entries, payloads, graph; every check raises on the spot."""
+    """The archive checked whole (entries, payload configs, graph) before any tensor is made;
+    every check raises on the spot."""
 
-    def __init__(self, archive: zipfile.ZipFile, device: torch.device):
+    def __init__(self, archive: zipfile.ZipFile):
         self.zip, self.names = archive, set(archive.namelist())
-        self.device = device
         self.root = self._check_entries()
 
-    def program(self) -> ExtractorProgram:
+    def program(self, device: str | torch.device) -> ExtractorProgram:
         model = json.loads(self._read("models/model.json"))
         version = model["schema_version"]
         if version["major"] != SCHEMA_MAJOR:
@@ -200,15 +200,19 @@ class _Reader:
         if model.get("guards_code"):
             raise UnsafeBundleError("the program carries guard code; the runtime runs no code "
                                     "from a bundle")
-        weights = self._payloads("weights", "weight")
-        constants = self._payloads("constants", "tensor")
+        configs = {"weights": self._config("weights", "weight"),
+                   "constants": self._config("constants", "tensor")}
         module = model["graph_module"]
-        placeholders, user_input = self._inputs(module, weights, constants)
+        placeholders, user_input = self._inputs(module, {**configs["constants"],
+                                                         **configs["weights"]})
         graph = module["graph"]
         steps = _Planner(set(placeholders) | {user_input}).plan(graph["nodes"])
         outputs = self._outputs(module, graph)
+        target = target_device(device)
+        tensors = {fqn: tensor for folder, config in configs.items()
+                   for fqn, tensor in self._tensors(folder, config, target).items()}
         return ExtractorProgram(_with_releases(steps, outputs), placeholders, user_input,
-                                outputs, {**constants, **weights}, self.device)
+                                outputs, tensors, target)
 
     def _check_entries(self) -> str:
         roots = set()
@@ -242,22 +246,29 @@ class _Reader:
             raise BundleError(f"archive entry {full!r} is missing")
         return self.zip.read(full)
 
-    def _payloads(self, folder: str, prefix: str) -> dict[str, torch.Tensor]:
-        """FQN -> tensor of ``data/<folder>``; refuses every pickled payload."""
+    def _config(self, folder: str, prefix: str) -> dict[str, dict]:
+        """FQN -> payload entry of ``data/<folder>``; refuses every pickled payload."""
         config = json.loads(self._read(f"data/{folder}/model_{folder}_config.json"))["config"]
-        records: dict[str, bytes] = {}
-        tensors = {}
         for fqn, meta in config.items():
             name = meta["path_name"]
             if meta.get("use_pickle") is not False or not re.fullmatch(rf"{prefix}_\d+", name):
                 raise UnsafeBundleError(f"{folder} entry {fqn!r} is stored as a pickle "
                                         f"({name!r}); the runtime reads raw tensor bytes only")
+        return config
+
+    def _tensors(self, folder: str, config: dict[str, dict],
+                 device: torch.device) -> dict[str, torch.Tensor]:
+        records: dict[str, bytes] = {}
+        tensors = {}
+        for fqn, meta in config.items():
+            name = meta["path_name"]
             if name not in records:
                 records[name] = self._read(f"data/{folder}/{name}")
-            tensors[fqn] = self._tensor(fqn, meta["tensor_meta"], records[name])
+            tensors[fqn] = self._tensor(fqn, meta["tensor_meta"], records[name], device)
         return tensors
 
-    def _tensor(self, fqn: str, meta: dict, data: bytes) -> torch.Tensor:
+    @staticmethod
+    def _tensor(fqn: str, meta: dict, data: bytes, device: torch.device) -> torch.Tensor:
         import torch
 
         dtype = getattr(torch, _lookup(DTYPES, meta["dtype"], f"tensor {fqn!r}: dtype"))
@@ -269,18 +280,18 @@ class _Reader:
             raise BundleError(f"tensor {fqn!r}: invalid sizes/strides")
         itemsize = torch.empty((), dtype=dtype).element_size()
         if 0 in sizes:
-            return torch.empty(sizes, dtype=dtype, device=self.device)
+            return torch.empty(sizes, dtype=dtype, device=device)
         needed = (offset + sum((n - 1) * s for n, s in zip(sizes, strides)) + 1) * itemsize
         if len(data) < needed or len(data) % itemsize:
             raise BundleError(f"tensor {fqn!r}: record holds {len(data)} bytes, the tensor "
                               f"needs {needed}; the archive is damaged")
         flat = torch.frombuffer(bytearray(data), dtype=dtype)
-        return flat.as_strided(sizes, strides, offset).to(self.device).contiguous()
+        return flat.as_strided(sizes, strides, offset).to(device).contiguous()
 
-    def _inputs(self, module: dict, weights: dict, constants: dict) -> tuple[dict[str, str], str]:
-        """Placeholder name -> tensor FQN, and the one user input's name."""
+    @staticmethod
+    def _inputs(module: dict, tensors: dict) -> tuple[dict[str, str], str]:
+        """Placeholder name -> tensor FQN (a key of ``tensors``), and the user input's name."""
         placeholders, user = {}, []
-        tensors = {**constants, **weights}
         for spec in module["signature"]["input_specs"]:
             (kind, body), = spec.items()
             if kind == "user_input":

@@ -126,6 +126,7 @@ def test_folder_exchange(tmp_path, monkeypatch, atomic):
     assert sorted(p.name for p in tmp_path.iterdir()) == [".b.partial-1", "b"]
 
 
+@pytest.mark.slow
 def test_bundles_checkpoints_and_run_files_follow_the_umask(tmp_path, model):
     from tal_train.engine import write_json
 

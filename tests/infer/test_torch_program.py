@@ -54,6 +54,17 @@ def test_dry_run_reports_output_shapes_without_arithmetic(toy):
     assert load_program(path).dry_run((7, 4)) == [(7,), (7,), (7, 2), (14, 1)]
 
 
+def _torch_export_load(path) -> None:
+    """torch.export.load, whatever it raises once the payload ran (and it logs that)."""
+    logging.disable(logging.CRITICAL)
+    try:
+        torch.export.load(str(path))
+    except Exception:  # noqa: BLE001 - what matters is whether the code ran
+        pass
+    finally:
+        logging.disable(logging.NOTSET)
+
+
 @pytest.mark.filterwarnings("ignore::UserWarning")
 @pytest.mark.parametrize("plant", ["pickled weight", "pickled constant", "opaque object",
                                    "pickled sample inputs"])
@@ -61,13 +72,7 @@ def test_control_torch_export_load_runs_the_planted_payload(toy, tmp_path, plant
     """The hostile inputs are live: torch.export.load creates the marker for each of them."""
     marker = tmp_path / "ran"
     path = planted(toy[1], tmp_path / "extractor.pt2", plant, marker)
-    logging.disable(logging.CRITICAL)  # torch logs the failure after the payload ran
-    try:
-        torch.export.load(str(path))
-    except Exception:  # noqa: BLE001 - what matters is that the code ran
-        pass
-    finally:
-        logging.disable(logging.NOTSET)
+    _torch_export_load(path)
     assert marker.is_dir()
 
 
@@ -82,23 +87,29 @@ def test_planted_code_is_refused_and_never_runs(toy, tmp_path, plant):
     assert not marker.exists()
 
 
-def test_strings_in_the_graph_are_never_evaluated(toy, tmp_path):
-    """Shape expressions (which torch.export.load passes to sympify, i.e. eval), node names
-    and stack traces (which become generated Python source) are inert data here."""
-    marker = tmp_path / "ran"
-    code = f"__import__('os').mkdir({str(marker)!r})"
-
+def _plant_strings(src, dst, code: str, stack_traces: bool):
     def change(model):
         graph = model["graph_module"]["graph"]
         for value in graph["sym_int_values"].values():
             value["as_expr"]["expr_str"] = f"{code} or Symbol('s0')"
-        for node in graph["nodes"]:
+        for node in graph["nodes"] if stack_traces else ():
             node["metadata"]["stack_trace"] = f"x\n{code}\n"
-    path = rewrite(toy[1], tmp_path / "extractor.pt2",
-                   lambda root, e: _edit_json(e, f"{root}/models/model.json", change))
-    program = load_program(path)
-    x = torch.randn(2, 4)
-    assert all(torch.equal(g, w) for g, w in zip(program(x), toy[0](x)))
+    return rewrite(src, dst, lambda root, e: _edit_json(e, f"{root}/models/model.json", change))
+
+
+def test_strings_in_the_graph_are_never_evaluated(toy, tmp_path):
+    """Shape expressions (which torch.export.load passes to sympify, i.e. eval: the control),
+    node names and stack traces (which FX turns into Python source) are inert data here."""
+    marker = tmp_path / "ran"
+    code = f"__import__('os').mkdir({str(marker)!r})"
+    control = _plant_strings(toy[1], tmp_path / "control.pt2", code, stack_traces=False)
+    _torch_export_load(control)
+    assert marker.is_dir()
+    marker.rmdir()
+    for path in (control, _plant_strings(toy[1], tmp_path / "both.pt2", code, True)):
+        program = load_program(path)
+        x = torch.randn(2, 4)
+        assert all(torch.equal(g, w) for g, w in zip(program(x), toy[0](x)))
     assert not marker.exists()
 
 
