@@ -1,22 +1,31 @@
 """`export_bundle`: checkpoint -> export bundle folder (docs/bundle.md, docs/export.md).
 
 Steps: load and check the checkpoint; fold the model (fold.py); torch.export the fp32 folded
-extractor (extractor.pt2) and convert it, or its fp16 twin, to extractor.onnx; build
-matcher.onnx / matcher_trt.onnx and heads.npz from the projection form; run the parity check in
-ONNX Runtime (parity.py); optionally build TensorRT engines; write manifest.json last.
+extractor (extractor.pt2, written without pickles and read back by the runtime's reader) and
+convert it, or its fp16 twin, to extractor.onnx; build matcher.onnx / matcher_trt.onnx and
+heads.npz from the projection form; run the parity check in ONNX Runtime (parity.py);
+optionally build TensorRT engines; write manifest.json last.
 
-Atomicity: everything is written into a hidden temporary sibling folder
-(``.<name>.partial-*``) that is renamed to the bundle folder only after the parity check passed
-and the manifest was written; a failure at any step removes it. An existing bundle at the target
-is replaced (renamed aside, then deleted); an existing non-empty folder that is not a bundle is
-refused.
+Where it writes: ``--out``, or ``export/<run name>`` with the checkpoint's run name turned into
+one plain folder name (a checkpoint is untrusted data: ``../x`` or ``/etc`` must not choose the
+folder). An existing target is replaced only when it is empty or an earlier bundle holding
+nothing its manifest does not list; a file, a symlink or a folder with other files is refused,
+so a user's files are never deleted.
+
+Atomicity: everything is written into a hidden sibling folder (``.<name>.partial-*``, modes
+from the umask) that is renamed to the bundle folder only after the parity check passed and
+the manifest was written; a failure at any step removes it. An earlier bundle is swapped out in
+one step (Linux ``renameat2(RENAME_EXCHANGE)``; elsewhere two renames) and then deleted.
 """
 from __future__ import annotations
 
+import ctypes
 import dataclasses
+import errno
+import json
 import os
+import re
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -24,13 +33,14 @@ import onnx
 import torch
 from tqdm import tqdm
 
+from tal_infer.atomic import make_sibling_dir
 from tal_infer.errors import TalError
 from tal_infer.hashing import file_sha256
 from tal_train.checkpoint import CheckpointError, load_checkpoint
 from tal_train.models import TALConfig, TALModel, build_model
 
 from . import manifest as mf
-from .extractor_export import export_program, onnx_graph
+from .extractor_export import export_program, onnx_graph, save_program
 from .fold import fold_model, output_names
 from .matcher import build_matcher
 from .parity import folder_images, generated_images, judge, parity_report
@@ -83,23 +93,73 @@ def _check_options(opset: int, max_batch: int) -> None:
         raise TalError(f"--max-batch must be at least 1, got {max_batch}")
 
 
+def folder_name(run_name: str) -> str:
+    """A checkpoint's run name as one plain folder name: runs of characters other than
+    letters, digits, ``.``, ``_`` and ``-`` (path separators included) become ``-``; leading
+    and trailing dots and dashes go, so ``/srv/x`` -> ``srv-x`` and ``../../x`` -> ``x``."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", run_name).strip(".-")[:100] or "model"
+
+
 def _check_target(out: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise TalError(f"{out}: exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not (out / mf.MANIFEST).is_file():
+    """Refuse a target that is not new, empty or an earlier bundle (see module doc)."""
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise TalError(f"{out}: exists and is not a folder; refusing to replace it (choose "
+                       "another --out)")
+    entries = {p.name for p in out.iterdir()} if out.is_dir() else set()
+    if entries and mf.MANIFEST not in entries:
         raise TalError(f"{out}: folder exists, is not empty and is not an export bundle; "
                        "refusing to overwrite it (choose another --out)")
+    foreign = sorted(entries - {mf.MANIFEST} - _listed_files(out))
+    if foreign:
+        raise TalError(f"{out}: holds {foreign[0]!r}, which its manifest does not list; "
+                       "refusing to replace the folder (move that file away or choose another "
+                       "--out)")
+
+
+def _listed_files(bundle: Path) -> set[str]:
+    """Names the ``files`` section of an earlier bundle's manifest lists (none if unreadable)."""
+    try:
+        files = json.loads((bundle / mf.MANIFEST).read_text(encoding="utf-8")).get("files")
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+        return set()
+    return {name for name in files if isinstance(name, str)} if isinstance(files, dict) \
+        else set()
 
 
 def _move_into_place(tmp: Path, out: Path) -> None:
-    """Rename the finished temporary folder to `out`, replacing an earlier bundle there."""
-    if not out.exists():
+    """Rename the finished folder to `out` (absent or empty), or swap it with the earlier
+    bundle there and delete that one."""
+    try:
         os.replace(tmp, out)
         return
-    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-    os.replace(out, old / out.name)
-    os.replace(tmp, out)
-    shutil.rmtree(old, ignore_errors=True)
+    except OSError as err:
+        if err.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+            raise
+    _exchange(tmp, out)
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _exchange(a: Path, b: Path) -> None:
+    """Swap two folders: atomically where the OS can, else by two renames (then a reader can
+    find ``b`` missing for a moment; a crash leaves the old bundle in ``a``)."""
+    if _swap_atomically(a, b):
+        return
+    aside = make_sibling_dir(b, "old")
+    os.replace(b, aside / b.name)
+    os.replace(a, b)
+    os.replace(aside / b.name, a)
+    aside.rmdir()
+
+
+def _swap_atomically(a: Path, b: Path) -> bool:
+    """Linux ``renameat2(..., RENAME_EXCHANGE)``; False where the C library or the file system
+    lacks it."""
+    at_fdcwd, rename_exchange = -100, 2
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, TypeError, AttributeError):
+        return False
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
 
 
 def _save_onnx(model: onnx.ModelProto, path: Path) -> None:
@@ -120,7 +180,7 @@ def _write_graphs(model: TALModel, folder: Path, fp16: bool, opset: int, max_bat
     size = model.config.image_size
     bar.set_postfix_str(STEPS[1])
     program = export_program(fold_model(model), size, max_batch)
-    torch.export.save(program, str(folder / "extractor.pt2"))
+    save_program(program, folder / "extractor.pt2", size)
     if fp16:
         program = export_program(fold_model(model, fp16=True), size, max_batch)
     bar.update()
@@ -173,12 +233,12 @@ def export_bundle(checkpoint: str | os.PathLike, out_dir: str | os.PathLike | No
     with tqdm(total=len(STEPS), desc="tal-export", unit="step", disable=not progress) as bar:
         bar.set_postfix_str(STEPS[0])
         model, ckpt = load_model(checkpoint, image_size)
-        run_name = str(ckpt.get("run_name") or checkpoint.stem)
+        run_name = folder_name(str(ckpt.get("run_name") or checkpoint.stem))
         out = Path(out_dir) if out_dir is not None else Path("export") / run_name
         _check_target(out)
         out.parent.mkdir(parents=True, exist_ok=True)
         bar.update()
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+        tmp = make_sibling_dir(out, "partial")
         try:
             form = _write_graphs(model, tmp, fp16, opset, max_batch, bar)
             bar.set_postfix_str(STEPS[4])

@@ -17,10 +17,11 @@ Examples:
 """
 
 
-@click.command(epilog=EPILOG)
+@click.command(epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("checkpoint", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
-              help="Bundle folder [default: export/<run-name>].")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path),
+              help="Bundle folder [default: export/<run-name>]. An existing folder is replaced "
+                   "only if it is empty or an earlier bundle.")
 @click.option("--fp16", is_flag=True, help="fp16 weights and activations where safe.")
 @click.option("--opset", default=18, show_default=True, type=int, help="ONNX opset.")
 @click.option("--image-size", type=SizeType(example="384x128"),

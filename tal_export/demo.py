@@ -8,11 +8,13 @@
    the model never saw, rank lists and QAConv correspondences.
 
 Everything lands in the work folder (default: the current one): ``data/synthetic``,
-``runs/demo``, ``export/demo``, ``demo-report``, ``demo-ranks.json``. Existing data is reused;
-``--skip-train`` reuses the checkpoint too.
+``runs/demo``, ``export/demo``, ``demo-report``, ``demo-ranks.json``. Existing data is reused
+when it was generated with the same options (else regenerated, with a line saying which options
+differ); ``--skip-train`` reuses the checkpoint too.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -88,17 +90,26 @@ def main(workdir: Path, identities: int, epochs: int, iters: int, batch_size: in
 
 
 def make_data(folder: Path, identities: int, seed: int, progress: bool) -> None:
-    """Generate the network unless a generated one is already there (then it is reused)."""
-    manifest = folder / "synthesis.json"
-    if manifest.is_file():
-        config = json.loads(manifest.read_text()).get("config", {})
-        if config.get("domains") == DOMAINS:
-            click.echo(f"      reusing {folder}")
-            return
+    """Generate the network, or reuse the one in ``folder`` when it was generated with exactly
+    these options; one made with other options is regenerated, saying which options differ."""
     from tal_train.data.synthetic import SyntheticConfig, synthesize
 
-    synthesize(folder, SyntheticConfig(identities=identities, domains=DOMAINS, seed=seed),
-               overwrite=True, progress=progress)
+    config = SyntheticConfig(identities=identities, domains=DOMAINS, seed=seed)
+    wanted = json.loads(json.dumps(dataclasses.asdict(config)))  # tuples as JSON lists
+    manifest = folder / "synthesis.json"
+    if manifest.is_file():
+        try:
+            found = json.loads(manifest.read_text()).get("config", {})
+        except (OSError, ValueError, AttributeError):
+            found = {}
+        if found == wanted:
+            click.echo(f"      reusing {folder}")
+            return
+        changes = ", ".join(f"{k} {found.get(k)} -> {v}" for k, v in wanted.items()
+                            if found.get(k) != v)
+        click.echo(f"      {folder} was generated with other options ({changes}); "
+                   "regenerating it")
+    synthesize(folder, config, overwrite=True, progress=progress)
 
 
 def train_model(data: Path, out: Path, epochs: int, iters: int, batch_size: int,

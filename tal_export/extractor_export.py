@@ -5,17 +5,22 @@ dynamo=True)``, which needs ``onnxscript``). It is the exporter PyTorch maintain
 TorchScript one is deprecated and warns on every call); it takes the same ExportedProgram that
 is saved as extractor.pt2, so both artifacts come from one trace. The batch dimension is
 symbolic in both; the ONNX graph gets the names of docs/bundle.md (input ``images``, outputs
-``<stream>_<scale>``).
+``<stream>_<scale>``). extractor.pt2 is saved without example inputs (``torch.export.save``
+pickles them) and read back with the runtime's reader, `tal_infer.torch_program`, so an export
+never writes a program that the torch backend would refuse.
 """
 from __future__ import annotations
 
 import contextlib
 import logging
 import warnings
+from pathlib import Path
 from typing import Iterator
 
 import torch
 from onnx import ModelProto
+
+from tal_infer.torch_program import load_program
 
 from .fold import FoldedExtractor
 
@@ -46,6 +51,19 @@ def export_program(extractor: FoldedExtractor, image_size: tuple[int, int],
     batch = torch.export.Dim("batch", min=1, max=max(max_batch, 2 ** 16))
     with _quiet_exporter():
         return torch.export.export(extractor, (example,), dynamic_shapes=({0: batch},))
+
+
+def save_program(program: torch.export.ExportedProgram, path: Path,
+                 image_size: tuple[int, int]) -> None:
+    """Write ``program`` as extractor.pt2 with no pickled entry, then check that the runtime's
+    reader accepts it and that it runs (on the meta device: no arithmetic)."""
+    example = program.example_inputs
+    program.example_inputs = None
+    try:
+        torch.export.save(program, str(path))
+    finally:
+        program.example_inputs = example
+    load_program(path, "cpu").dry_run((EXAMPLE_BATCH, *image_size, 3))
 
 
 def onnx_graph(program: torch.export.ExportedProgram, output_names: list[str],

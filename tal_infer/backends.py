@@ -4,13 +4,16 @@
 |---|---|---|
 | ``onnxruntime`` | extractor.onnx | onnxruntime (CPU; CUDA / TensorRT execution providers when onnxruntime-gpu is installed) |
 | ``tensorrt`` | extractor.plan (+ matcher.plan for matching) | tensorrt >= 10.9 + torch with CUDA (device buffers are torch tensors, no pycuda; tensorrt_runtime.py) |
-| ``torch`` | extractor.pt2 | torch (`torch.export.load`); fp16 autocast on CUDA |
+| ``torch`` | extractor.pt2 | torch (read as data by `torch_program`, never `torch.export.load`); fp16 autocast on CUDA |
 
 ``auto`` takes, on CUDA, the TensorRT engine, then the torch program, then ONNX Runtime's CUDA
 provider; on the CPU, ONNX Runtime (faster than PyTorch eager on CPU, DESIGN.md Sec. 7). It says
-which it chose in one log line. Every backend returns ``{output name: float32 array}`` in the
-extractor's own layout (docs/bundle.md); heavy imports happen only when a backend is opened.
-`open_matcher` pairs the matching with the extractor (TensorRT: matcher.plan).
+which it chose in one log line; a backend that cannot open is skipped, but a bundle file refused
+as unsafe (`UnsafeBundleError`) refuses the bundle. Every backend returns ``{output name:
+float32 array}`` in the extractor's own layout (docs/bundle.md), and the ONNX Runtime and torch
+backends check their graph's outputs against the manifest when they open; heavy imports happen
+only when a backend is opened. `open_matcher` pairs the matching with the extractor (TensorRT:
+matcher.plan).
 """
 from __future__ import annotations
 
@@ -20,7 +23,7 @@ from typing import TYPE_CHECKING, Callable, Protocol
 import numpy as np
 
 from .bundle import Bundle
-from .errors import BundleError, TalError
+from .errors import BundleError, TalError, UnsafeBundleError
 from .scoring import Scorer
 
 if TYPE_CHECKING:
@@ -77,6 +80,8 @@ def open_extractor(bundle: Bundle, backend: str = "auto", device: str = "auto") 
             try:
                 extractor = _OPENERS[name](bundle, device)
                 break
+            except UnsafeBundleError:
+                raise
             except TalError as err:
                 reasons.append(f"{name}: {err}")
         if extractor is None:
@@ -109,6 +114,8 @@ class OnnxRuntimeExtractor:
                               f"({str(err).splitlines()[0][:200]})") from None
         self.outputs = [o.name for o in self.session.get_outputs()]
         self.input = self.session.get_inputs()[0].name
+        bundle.check_outputs({o.name: [d if isinstance(d, int) else None for d in o.shape]
+                              for o in self.session.get_outputs()}, bundle.file("extractor.onnx"))
         self.name, self.device = f"onnxruntime[{self.session.get_providers()[0]}]", device
 
     def __call__(self, images: np.ndarray) -> dict[str, np.ndarray]:
@@ -117,24 +124,27 @@ class OnnxRuntimeExtractor:
 
 
 class TorchExtractor:
-    """extractor.pt2 (a `torch.export` program); fp16 autocast on CUDA."""
+    """extractor.pt2 interpreted by `tal_infer.torch_program` (no unpickling, no code from the
+    bundle), weights created on the device; fp16 autocast on CUDA."""
 
     def __init__(self, bundle: Bundle, device: str):
         if not bundle.has("extractor.pt2"):
             raise TalError(f"{bundle.file('extractor.pt2')} is not in the bundle")
         try:
-            import torch
+            from .torch_program import load_program
         except ImportError:
             raise TalError("the torch backend needs torch installed") from None
-        import tal_plugins.torch_op  # noqa: F401  (registers tal:: ops the program may contain)
-
+        path = bundle.file("extractor.pt2")
+        self.program = load_program(path, device)
         try:
-            program = torch.export.load(str(bundle.file("extractor.pt2")))
-        except Exception as err:  # torch raises many types for a bad archive
-            raise BundleError(f"{bundle.file('extractor.pt2')}: torch cannot load it "
-                              f"({str(err).splitlines()[0][:200]})") from None
-        self.module = program.module().to(device)
+            shapes = self.program.dry_run((2, bundle.height, bundle.width, 3))
+        except BundleError as err:
+            raise BundleError(f"{path}: {err}") from None
         self.names = list(bundle.features)
+        if len(shapes) != len(self.names):
+            raise BundleError(f"{path}: the program has {len(shapes)} outputs, the manifest "
+                              f"lists {len(self.names)} features")
+        bundle.check_outputs(dict(zip(self.names, shapes)), path)
         self.name, self.device = "torch" + ("[fp16]" if device == "cuda" else ""), device
 
     def __call__(self, images: np.ndarray) -> dict[str, np.ndarray]:
@@ -143,10 +153,8 @@ class TorchExtractor:
         x = torch.from_numpy(np.ascontiguousarray(images)).to(self.device)
         with torch.no_grad(), torch.autocast("cuda", torch.float16,
                                              enabled=self.device == "cuda"):
-            out = self.module(x)
-        if not isinstance(out, dict):
-            out = dict(zip(self.names, out if isinstance(out, (tuple, list)) else [out]))
-        return {k: v.float().cpu().numpy() for k, v in out.items()}
+            out = self.program(x)
+        return {k: v.float().cpu().numpy() for k, v in zip(self.names, out)}
 
 
 def open_tensorrt(bundle: Bundle, device: str) -> Extractor:

@@ -1,20 +1,28 @@
 """Reading an export bundle (docs/bundle.md, format version 1) without the training code.
 
-`load_bundle` checks the manifest (format, version, the sections the runtime needs) and turns
-it into a `Bundle`: input size and preprocessing, the feature outputs with their match-layout
-shapes, and the matching section. File hashes are verified on request only (hashing a large
-extractor on every start would cost seconds); `find_latest_bundle` picks the default model
-for the CLI. `Bundle.fingerprint` ties a gallery index to the features a bundle produces.
+`load_bundle` checks the manifest (format, version, the sections the runtime needs, their types
+and ranges) and turns it into a `Bundle`: input size and preprocessing, the feature outputs
+with their match-layout shapes, and the matching section. File hashes are verified on request
+only (hashing a large extractor on every start would cost seconds); `find_latest_bundle` picks
+the default model for the CLI. `Bundle.fingerprint` ties a gallery index to the features a
+bundle produces.
+
+A bundle is untrusted data (docs/bundle.md): every file the runtime opens goes through
+`Bundle.file`, which refuses a name that is absolute, climbs with ``..`` or resolves (through a
+symlink) outside the bundle folder, so no size or hash of an outside file is ever read; the
+manifest's ``files`` keys are checked the same way when the bundle is opened.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import re
+import zipfile
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -71,10 +79,11 @@ class Bundle:
         return self.manifest["matching"]
 
     def file(self, name: str) -> Path:
-        return self.path / name
+        """The path of a bundle file; BundleError if it would lie outside the bundle folder."""
+        return _inside(self.path, name)
 
     def has(self, name: str) -> bool:
-        return (self.path / name).is_file()
+        return self.file(name).is_file()
 
     @cached_property
     def heads(self) -> dict[str, np.ndarray]:
@@ -85,8 +94,25 @@ class Bundle:
                 return {k: np.asarray(npz[k], dtype=np.float32) for k in npz.files}
         except FileNotFoundError:
             raise BundleError(f"{path}: missing (the bundle has no matching heads)") from None
-        except (OSError, ValueError) as err:
-            raise BundleError(f"{path}: not a readable npz file ({err})") from None
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+            raise BundleError(f"{path}: not a readable npz file, damaged or truncated "
+                              f"({str(err)[:200]})") from None
+
+    def check_outputs(self, shapes: Mapping[str, Sequence[int | None]], source: Path) -> None:
+        """Refuse an extractor whose outputs (name -> shape with the batch dimension; None for
+        a dynamic size) are not the manifest's ``features``, so a disagreement is found when
+        the bundle is opened rather than deep inside matching."""
+        if set(shapes) != set(self.features):
+            raise BundleError(f"{source}: outputs {sorted(shapes)} differ from the manifest "
+                              f"features {sorted(self.features)}")
+        for name, spec in self.features.items():
+            got = tuple(shapes[name])[1:]
+            if len(got) != len(spec.shape) or any(
+                    g is not None and g != want for g, want in zip(got, spec.shape)):
+                shown = ", ".join("?" if g is None else str(g) for g in got)
+                raise BundleError(f"{self.path / MANIFEST}: feature {name} has shape "
+                                  f"{[-1, *spec.shape]}, but {source.name} gives "
+                                  f"[N, {shown}]; the bundle is inconsistent")
 
     @cached_property
     def fingerprint(self) -> str:
@@ -104,7 +130,7 @@ class Bundle:
             path = self.file(name)
             if not path.is_file():
                 raise BundleError(f"{path}: listed in the manifest but missing")
-            if "bytes" in entry and path.stat().st_size != int(entry["bytes"]):
+            if "bytes" in entry and path.stat().st_size != entry["bytes"]:
                 raise BundleError(f"{path}: size {path.stat().st_size} bytes differs from the "
                                   f"manifest ({entry['bytes']}); the bundle is damaged")
             if "sha256" in entry and _file_sha256(path) != entry["sha256"]:
@@ -117,9 +143,9 @@ def load_bundle(path: str | os.PathLike, verify: bool = False) -> Bundle:
     path = Path(path)
     if path.name == MANIFEST and path.is_file():
         path = path.parent
-    manifest_path = path / MANIFEST
     if not path.is_dir():
         raise BundleError(f"{path}: model bundle folder not found")
+    manifest_path = _inside(path, MANIFEST)
     try:
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -136,7 +162,7 @@ def load_bundle(path: str | os.PathLike, verify: bool = False) -> Bundle:
                           "toolkit version")
     try:
         bundle = _parse(path, manifest)
-    except (KeyError, TypeError, ValueError, IndexError) as err:
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as err:
         raise BundleError(f"{manifest_path}: malformed manifest ({type(err).__name__}: "
                           f"{err})") from None
     if not bundle.has(EXTRACTOR):
@@ -160,26 +186,89 @@ def find_latest_bundle(root: str | os.PathLike = "export") -> Path:
 
 
 def _parse(path: Path, manifest: dict[str, Any]) -> Bundle:
-    spec = manifest["input"]
+    """The manifest's sections as a Bundle; ValueError/KeyError/TypeError name the field."""
+    spec = _section(manifest, "input")
     if spec.get("layout", "NHWC") != "NHWC" or spec.get("color", "BGR") != "BGR" or \
             spec.get("dtype", "uint8") != "uint8":
         raise ValueError(f"input must be uint8 NHWC BGR, the manifest says {spec}")
+    height, width = (_positive(spec[k], f"input.{k}") for k in ("height", "width"))
     features = {}
-    for name, entry in manifest["features"].items():
-        shape = tuple(int(d) for d in entry["shape"][1:])
-        hw = tuple(int(d) for d in entry.get("hw", shape[-2:]))
-        if name.startswith("ds_") and len(shape) != 4 or name.startswith("di_") and \
-                len(shape) != 3 or not name.startswith(("ds_", "di_")):
+    for name, entry in _section(manifest, "features").items():
+        if not isinstance(entry, dict) or not isinstance(entry.get("shape"), list):
+            raise ValueError(f"features.{name} needs a shape list")
+        shape = tuple(_positive(d, f"features.{name}.shape") for d in entry["shape"][1:])
+        if not (name.startswith("ds_") and len(shape) == 4 or
+                name.startswith("di_") and len(shape) == 3):
             raise ValueError(f"feature {name!r} has shape {entry['shape']}")
+        hw = tuple(entry.get("hw", shape[-2:]))
+        if hw != shape[-2:]:
+            raise ValueError(f"features.{name}.hw {list(hw)} is not the shape's h, w "
+                             f"{list(shape[-2:])}")
         features[name] = FeatureSpec(name, shape, hw)
-    matching = manifest["matching"]
+    matching = _section(manifest, "matching")
     for stream in matching["score"]:
         if stream not in matching["streams"]:
             raise KeyError(f"matching.streams lacks {stream!r}")
         for scale in matching["scales"]:
             if f"{stream}_{scale}" not in features:
                 raise KeyError(f"features lack {stream}_{scale}")
-    return Bundle(path, manifest, int(spec["height"]), int(spec["width"]), features)
+    _check_file_names(path, manifest)
+    return Bundle(path, manifest, height, width, features)
+
+
+def _section(manifest: dict[str, Any], key: str) -> dict[str, Any]:
+    value = manifest[key]
+    if not isinstance(value, dict):
+        raise TypeError(f"{key!r} must be an object, not {type(value).__name__}")
+    return value
+
+
+def _positive(value: Any, field: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{field} must be a positive integer, not {value!r}")
+    return value
+
+
+def _check_file_names(path: Path, manifest: dict[str, Any]) -> None:
+    """Every file name the manifest gives (``files`` keys, ``tensorrt.*.file``) must stay inside
+    the bundle, and ``files`` entries must be {sha256: hex, bytes: int}."""
+    files = manifest.get("files", {})
+    if not isinstance(files, dict):
+        raise TypeError(f"'files' must map file names to {{sha256, bytes}}, not a "
+                        f"{type(files).__name__}")
+    for name, entry in files.items():
+        _inside(path, name, key=f"files key {name!r}")
+        if not isinstance(entry, dict) or not isinstance(entry.get("sha256", ""), str) or \
+                not _non_negative_int(entry.get("bytes", 0)):
+            raise TypeError(f"files[{name!r}] must be {{sha256: hex string, bytes: integer}}")
+    engines = manifest.get("tensorrt") or {}
+    for part, entry in (engines.items() if isinstance(engines, dict) else ()):
+        if isinstance(entry, dict) and "file" in entry:
+            _inside(path, entry["file"], key=f"tensorrt.{part}.file {entry['file']!r}")
+
+
+def _non_negative_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _inside(root: Path, name: Any, key: str | None = None) -> Path:
+    """``root / name`` when it stays inside ``root`` (no absolute name, no ``..``, no symlink
+    leading out); otherwise BundleError naming ``key`` (a manifest field) or the path."""
+    if not isinstance(name, str) or not name or "\0" in name:
+        reason = "is not a file name"
+    elif os.path.isabs(name) or re.match(r"^[A-Za-z]:", name):
+        reason = "is an absolute path"
+    elif ".." in re.split(r"[/\\]", name):
+        reason = "climbs out with '..'"
+    else:
+        path = root / name
+        resolved, base = path.resolve(), root.resolve()
+        if resolved == base or base not in resolved.parents:
+            reason = "resolves outside the bundle folder (symlink?)"
+        else:
+            return path
+    where = f"{root / MANIFEST}: {key}" if key else f"{root}: file {name!r}"
+    raise BundleError(f"{where} {reason}; refusing the bundle")
 
 
 def _file_sha256(path: Path) -> str:

@@ -7,11 +7,16 @@ from __future__ import annotations
 
 from tal_plugins.errors import TalError
 
-__all__ = ["TalError", "BundleError", "DataError"]
+__all__ = ["TalError", "BundleError", "UnsafeBundleError", "DataError"]
 
 
 class BundleError(TalError):
     """A missing, corrupt or incompatible export bundle."""
+
+
+class UnsafeBundleError(BundleError):
+    """Bundle content refused because loading it could run code (a pickle, a library, an
+    operator that touches files): the bundle is refused, never worked around."""
 
 
 class DataError(TalError):

@@ -21,18 +21,22 @@ metrics            list of per-epoch metric dicts (each with an ``epoch`` key)
 =================  ============================================================================
 
 Writes go to a temporary file in the same folder followed by ``os.replace``, so a kill at any
-moment leaves either the old checkpoint or the new one, never a torn file.
+moment leaves either the old checkpoint or the new one, never a torn file; the file gets the
+umask's mode, like any file written with ``open()``. Loading uses ``weights_only=True`` only: a
+file holding anything else is refused, and the message never suggests loading it otherwise.
 """
 from __future__ import annotations
 
 import os
-import tempfile
+import pickle
+import re
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from tal_infer import __version__
+from tal_infer.atomic import atomic_file
 from tal_infer.errors import TalError
 
 CKPT_FORMAT = "tal-reid-checkpoint"
@@ -65,16 +69,8 @@ def save_checkpoint(path: str | os.PathLike, *, model_state: dict, config: dict,
         "train_args": train_args,
         "metrics": metrics or [],
     }
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as f:
+        torch.save(payload, f)
     return path
 
 
@@ -85,6 +81,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise CheckpointError(f"{path}: checkpoint not found")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:  # weights_only=True refused the file
+        raise CheckpointError(f"{path}: {_refusal(str(err))}") from None
     except Exception as err:  # torch raises many types for truncated/foreign files
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(f"{path}: not a readable tal-reid checkpoint ({first})") from None
@@ -97,3 +95,15 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if missing:
         raise CheckpointError(f"{path}: checkpoint lacks {', '.join(missing)}")
     return ckpt
+
+
+def _refusal(message: str) -> str:
+    """torch's weights_only refusal retold in one line, without its advice to retry with
+    ``weights_only=False``, which would run whatever code the file carries."""
+    found = re.search(r"GLOBAL ([\w.]+)", message)
+    if found:
+        return (f"holds the Python object {found[1]}, not only tensors and plain containers; "
+                "refused, because loading it could run code")
+    details = [line.strip() for line in message.splitlines() if line.strip()
+               and "weights_only" not in line and not line.startswith("Check the documentation")]
+    return f"not a readable tal-reid checkpoint ({details[0] if details else 'damaged'})"

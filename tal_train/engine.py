@@ -26,7 +26,6 @@ import json
 import logging
 import os
 import random
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +35,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from tal_infer.atomic import atomic_file
 from tal_infer.errors import TalError
 
 from . import distributed
@@ -224,10 +224,8 @@ def _restore_rng(state: dict[str, Any] | None) -> None:
 
 def write_json(path: Path, data: Any) -> None:
     """Atomic JSON write (temp file + rename), so readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
+    with atomic_file(path, "w") as f:
         json.dump(data, f, indent=2)
-    os.replace(tmp, path)
 
 
 def _read_train_log(folder: Path, before_epoch: int) -> list[dict]:

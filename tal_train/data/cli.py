@@ -29,7 +29,7 @@ overwrite_option = click.option("--overwrite", is_flag=True,
 quiet_option = click.option("--quiet", is_flag=True, help="No progress bar.")
 
 
-@click.group(epilog="""\b
+@click.group(context_settings={"help_option_names": ["-h", "--help"]}, epilog="""\b
 Examples:
   tal-data synthesize data/synthetic
   tal-data stats data/synthetic

@@ -17,6 +17,7 @@ from tal_export import ParityError, bundle, export_bundle, parity
 from tal_export.cli import main
 from tal_export.parity import judge, ranking_agreement, reference_input, top1_beyond_ties
 from tal_infer.errors import TalError
+from tal_infer.torch_program import load_program
 from tal_train.checkpoint import CheckpointError
 from tal_train.data.synthetic import SyntheticConfig, synthesize
 
@@ -109,12 +110,13 @@ def test_bundle_graphs_and_heads_match_the_model(fp32_bundle, tiny_model):
 
 
 def test_pt2_program_equals_model_extract(fp32_bundle, tiny_model):
+    """extractor.pt2 as the runtime runs it (its own reader, never torch.export.load)."""
     out, _ = fp32_bundle
-    program = torch.export.load(str(out / "extractor.pt2"))
+    program = load_program(out / "extractor.pt2")
     images = images_for(tiny_model, 3, seed=8)
     ref = tiny_model.extract(reference_input(images, tiny_model.config.mean, tiny_model.config.std))
     with torch.no_grad():
-        got = program.module()(torch.from_numpy(images))
+        got = program(torch.from_numpy(images))
     for value, key in zip(got, ref):
         torch.testing.assert_close(value, ref[key], atol=2e-5, rtol=0)
 
