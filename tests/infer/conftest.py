@@ -5,12 +5,22 @@ from pathlib import Path
 
 import pytest
 
+from fake_clock import FakeClock
 from runtime_fixtures import GALLERY_NAMES, QUERY_NAMES, write_crops, write_fake_bundle
+from tal_infer import batching
 
 
 @pytest.fixture(scope="session")
 def fake_bundle(tmp_path_factory) -> Path:
     return write_fake_bundle(tmp_path_factory.mktemp("bundles") / "fake-0")
+
+
+@pytest.fixture()
+def fake_clock(monkeypatch) -> FakeClock:
+    """The clock of every MicroBatcher created in the test (see fake_clock.py)."""
+    clock = FakeClock()
+    monkeypatch.setattr(batching, "time", clock)
+    return clock
 
 
 @pytest.fixture()
