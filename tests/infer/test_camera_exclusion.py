@@ -11,6 +11,8 @@ from tal_infer import Gallery, ReIDEngine
 from tal_infer.bundle import load_bundle
 from tal_infer.scoring import Scorer, exclude_same_camera, feature_chunks, rank_gallery
 
+from runtime_fixtures import random_features
+
 Q_CAMS = np.array([0, 1, -1, 2])
 G_CAMS = np.array([0, 1, -1, 0, 2, -1, 3])
 # Q_CAMS[i] == G_CAMS[j] with a known (>= 0) query camera; -1 == -1 is no exclusion.
@@ -33,18 +35,10 @@ def test_exclusion_mask_written_out():
     np.testing.assert_array_equal(scores, want)
 
 
-def _features(bundle, n: int, rng) -> dict[str, np.ndarray]:
-    out = {}
-    for key, spec in bundle.features.items():
-        x = rng.standard_normal((n, *spec.match_shape)).astype(np.float32)
-        out[key] = x / np.linalg.norm(x, axis=-1, keepdims=True)
-    return out
-
-
 def test_streaming_ranking_keeps_exactly_the_allowed_columns(fake_bundle):
     bundle = load_bundle(fake_bundle)
     rng = np.random.default_rng()
-    q, g = _features(bundle, 4, rng), _features(bundle, 7, rng)
+    q, g = random_features(bundle, 4, rng), random_features(bundle, 7, rng)
     scorer = Scorer(bundle)
     full = scorer.scores(q, g)
     ranking = rank_gallery(scorer, q, feature_chunks(g, 3), 7, k=7, cameras=(Q_CAMS, G_CAMS))
@@ -59,7 +53,7 @@ def test_streaming_ranking_keeps_exactly_the_allowed_columns(fake_bundle):
 def test_engine_match_keeps_unknown_cameras_on_both_sides(fake_bundle):
     engine = ReIDEngine(fake_bundle, backend="onnxruntime", device="cpu")
     rng = np.random.default_rng()
-    q, g = _features(engine.bundle, 4, rng), _features(engine.bundle, 7, rng)
+    q, g = random_features(engine.bundle, 4, rng), random_features(engine.bundle, 7, rng)
     gallery = Gallery()
     ids = gallery.add(g, camera=[None if c < 0 else int(c) for c in G_CAMS])
     query_cameras = [None if c < 0 else int(c) for c in Q_CAMS]
