@@ -5,12 +5,22 @@ from pathlib import Path
 
 import pytest
 
+from fake_clock import FakeClock
 from runtime_fixtures import GALLERY_NAMES, QUERY_NAMES, write_crops, write_fake_bundle
+from tal_infer import batching
 
 
 @pytest.fixture(scope="session")
 def fake_bundle(tmp_path_factory) -> Path:
     return write_fake_bundle(tmp_path_factory.mktemp("bundles") / "fake-0")
+
+
+@pytest.fixture()
+def fake_clock(monkeypatch) -> FakeClock:
+    """The clock of every MicroBatcher created in the test (see fake_clock.py)."""
+    clock = FakeClock()
+    monkeypatch.setattr(batching, "time", clock)
+    return clock
 
 
 @pytest.fixture()
@@ -24,12 +34,10 @@ def crop_folders(tmp_path) -> tuple[Path, Path]:
 @pytest.fixture(scope="session")
 def exported(tmp_path_factory):
     """A tiny random-weight TAL model, its checkpoint and its bundle from `export_bundle`:
-    (model, bundle folder). Skipped while the export package lacks `export_bundle`."""
+    (model, bundle folder). Skipped only where torch is not installed (a runtime-only
+    machine); any other ImportError, e.g. a broken tal_export, fails the tests using it."""
     torch = pytest.importorskip("torch")
-    try:
-        from tal_export import export_bundle
-    except ImportError as err:
-        pytest.skip(f"tal_export.export_bundle is not available yet ({err})")
+    from tal_export import export_bundle
     from tal_train.checkpoint import save_checkpoint
     from tal_train.models import TALConfig, build_model
 

@@ -103,6 +103,15 @@ def write_fake_bundle(folder: Path, seed: int = 0) -> Path:
     return folder
 
 
+def random_features(bundle, n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """n random feature items per key of a loaded bundle, match layout, unit-length C-vectors."""
+    out = {}
+    for key, spec in bundle.features.items():
+        x = rng.standard_normal((n, *spec.match_shape)).astype(np.float32)
+        out[key] = x / np.linalg.norm(x, axis=-1, keepdims=True)
+    return out
+
+
 def person_crop(pid: int, rng: np.random.Generator, size=(48, 24)) -> np.ndarray:
     """A crop whose colours depend on the identity (so ranks are not pure noise) plus noise."""
     base = np.random.default_rng(pid).integers(0, 255, (4, 1, 3))

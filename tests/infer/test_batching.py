@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import threading
-import time
 
 import pytest
 
@@ -40,7 +39,7 @@ def test_every_caller_gets_its_own_result_across_threads():
             t.start()
         for t in threads:
             t.join()
-        assert batcher(-3) == 9
+        assert batcher(-3, timeout=5) == 9
     assert len(results) == 400 and all(v == k * k for k, v in results.items())
     seen = [x for batch in fn.batches for x in batch]
     assert sorted(seen) == sorted(list(results) + [-3])
@@ -64,17 +63,23 @@ def test_batches_are_full_under_load():
     assert sizes[0] == 1 and sizes[1:] == [8, 8, 8, 8, 8, 3]
 
 
-def test_latency_bound_when_idle():
+def test_idle_item_waits_for_company_until_its_deadline(fake_clock):
     fn = Recorder()
-    latency = 0.05
-    with MicroBatcher(fn, max_batch=64, max_latency_s=latency) as batcher:
-        for _ in range(3):
-            start = time.monotonic()
-            assert batcher(3, timeout=5) == 9
-            elapsed = time.monotonic() - start
-            # waits for company until the deadline, then runs alone; 0.2 s slack for busy CPUs
-            assert latency * 0.9 <= elapsed < latency + 0.2
-    assert [len(b) for b in fn.batches] == [1, 1, 1]
+    with MicroBatcher(fn, max_batch=64, max_latency_s=0.05) as batcher:
+        first = batcher.submit(3)  # at t = 0: deadline 0.05
+        fake_clock.set(0.049)
+        fake_clock.wait_for_worker()
+        assert not fn.entered.is_set()
+        second = batcher.submit(4)  # joins; the deadline stays the oldest item's
+        fake_clock.set(0.05)
+        assert first.result(5) == 9 and second.result(5) == 16
+        late = batcher.submit(5)  # at t = 0.05 and alone: deadline 0.1
+        fake_clock.set(0.0999)
+        fake_clock.wait_for_worker()
+        assert not late.done()
+        fake_clock.set(0.1)
+        assert late.result(5) == 25
+    assert fn.batches == [[3, 4], [5]]
 
 
 def test_exception_reaches_exactly_the_callers_of_that_batch():
@@ -97,15 +102,14 @@ def test_wrong_result_count_is_an_error_for_the_callers():
             batcher(1, timeout=5)
 
 
-def test_close_runs_queued_items_then_refuses_new_ones():
-    gate = threading.Event()
-    fn = Recorder(gate)
-    batcher = MicroBatcher(fn, max_batch=4, max_latency_s=10.0)  # would wait 10 s if idle
-    futures = [batcher.submit(x) for x in range(6)]
-    gate.set()
-    start = time.monotonic()
-    batcher.close()
-    assert time.monotonic() - start < 2  # close flushes instead of waiting out the latency
+def test_close_runs_queued_items_then_refuses_new_ones(fake_clock):
+    fn = Recorder()
+    batcher = MicroBatcher(fn, max_batch=4, max_latency_s=10.0)
+    futures = [batcher.submit(x) for x in range(6)]  # 4 run at once; 2 wait for t = 10
+    closing = threading.Thread(target=batcher.close, daemon=True)
+    closing.start()
+    closing.join(10)  # the clock stays at 0: only a flush on close lets this return
+    assert not closing.is_alive()
     assert [f.result(0) for f in futures] == [x * x for x in range(6)]
     assert not batcher._worker.is_alive()
     with pytest.raises(RuntimeError, match="closed"):

@@ -80,18 +80,14 @@ def test_csv_with_same_camera_excluded_and_rerank(fake_bundle, crop_folders, tmp
     assert len(rows) == 4 * 11  # one gallery crop per query shares its camera (c1)
 
 
-def test_index_is_incremental_and_matches_in_memory_scores(fake_bundle, crop_folders, tmp_path):
+def test_index_is_incremental(fake_bundle, crop_folders, tmp_path):
     queries, gallery = crop_folders
     index = tmp_path / "idx"
     args = base(fake_bundle, crop_folders, "--index", index, "--scores", tmp_path / "s.npz")
     res = run(*args, "--report", tmp_path / "rep")
     assert res.exit_code == 0 and "12 added, 0 updated, 0 removed, 0 unchanged" in res.stderr
     assert len(list((tmp_path / "rep" / "correspondences").glob("*.png"))) == 4
-    indexed = np.load(tmp_path / "s.npz")["scores"]
-    run(*base(fake_bundle, crop_folders, "--scores", tmp_path / "m.npz"))
-    in_memory = np.load(tmp_path / "m.npz")["scores"]
-    np.testing.assert_allclose(indexed, in_memory, rtol=0,
-                               atol=1e-2 * (1 + np.abs(in_memory).max()))  # fp16 storage
+    # indexed scores vs in-memory ones: test_index_scores.py (fp16-rounded features, 1e-5)
     (gallery / "0005_c2s1_000051_00.jpg").unlink()
     write_crops(gallery, ["0006_c3s1_000061_00.jpg"], seed=5)
     res = run(*args)

@@ -13,17 +13,11 @@ from tal_infer.scoring import Scorer, TopK, exclude_same_camera, feature_chunks,
     rank_gallery
 from tal_plugins import qaconv_match_reference_numpy
 
+from runtime_fixtures import random_features
+
 
 def _tolerance(expected: np.ndarray, rel: float = 1e-4) -> float:
     return rel * (1 + float(np.abs(expected).max()))
-
-
-def _random_features(bundle, n: int, rng) -> dict[str, np.ndarray]:
-    out = {}
-    for key, spec in bundle.features.items():
-        x = rng.standard_normal((n, *spec.match_shape)).astype(np.float32)
-        out[key] = x / np.linalg.norm(x, axis=-1, keepdims=True)
-    return out
 
 
 def _reference_scores(bundle, q, g) -> np.ndarray:
@@ -55,7 +49,7 @@ def _reference_scores(bundle, q, g) -> np.ndarray:
 def test_scores_equal_einsum_reference_on_fresh_features(fake_bundle):
     bundle = load_bundle(fake_bundle)
     rng = np.random.default_rng()
-    q, g = _random_features(bundle, 5, rng), _random_features(bundle, 9, rng)
+    q, g = random_features(bundle, 5, rng), random_features(bundle, 9, rng)
     got = Scorer(bundle).scores(q, g)
     want = _reference_scores(bundle, q, g)
     assert got.shape == (5, 9) and got.dtype == np.float32
@@ -65,7 +59,7 @@ def test_scores_equal_einsum_reference_on_fresh_features(fake_bundle):
 def test_chunked_streaming_topk_equals_full_sort(fake_bundle):
     bundle = load_bundle(fake_bundle)
     rng = np.random.default_rng()
-    q, g = _random_features(bundle, 4, rng), _random_features(bundle, 23, rng)
+    q, g = random_features(bundle, 4, rng), random_features(bundle, 23, rng)
     scorer = Scorer(bundle)
     full = scorer.scores(q, g)
     q_cams, g_cams = rng.integers(0, 3, 4), rng.integers(-1, 3, 23)
@@ -140,7 +134,7 @@ def test_cuda_scores_equal_cpu_scores(fake_bundle):
         pytest.skip("no CUDA device")
     bundle = load_bundle(fake_bundle)
     rng = np.random.default_rng()
-    q, g = _random_features(bundle, 6, rng), _random_features(bundle, 40, rng)
+    q, g = random_features(bundle, 6, rng), random_features(bundle, 40, rng)
     want = Scorer(bundle).scores(q, g)
     got = Scorer(bundle, "cuda").scores(q, g)
     np.testing.assert_allclose(got, want, rtol=0, atol=_tolerance(want))
