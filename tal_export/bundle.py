@@ -1,8 +1,9 @@
 """`export_bundle`: checkpoint -> export bundle folder (docs/bundle.md, docs/export.md).
 
-Steps: load and check the checkpoint; fold the model (fold.py); torch.export the fp32 folded
-extractor (extractor.pt2, written without pickles and read back by the runtime's reader) and
-convert it, or its fp16 twin, to extractor.onnx; build matcher.onnx / matcher_trt.onnx and
+Steps: load and check the checkpoint; fold the model (fold.py), with the distilled global
+descriptor as an extra output when the checkpoint has one (descriptor.py, `tal-distill`);
+torch.export the fp32 folded extractor (extractor.pt2, written without pickles and read back by
+the runtime's reader) and convert it, or its fp16 twin, to extractor.onnx; build matcher.onnx / matcher_trt.onnx and
 heads.npz from the projection form; run the parity check in ONNX Runtime (parity.py);
 optionally build TensorRT engines; write manifest.json last.
 
@@ -37,11 +38,14 @@ from tal_infer.atomic import make_sibling_dir
 from tal_infer.errors import TalError
 from tal_infer.hashing import file_sha256
 from tal_train.checkpoint import CheckpointError, load_checkpoint
+from tal_train.distill import load_descriptor
 from tal_train.models import TALConfig, TALModel, build_model
+from tal_train.models.descriptor import DescriptorHead
 
 from . import manifest as mf
+from .descriptor import WithDescriptor, manifest_section
 from .extractor_export import export_program, onnx_graph, save_program
-from .fold import fold_model, output_names
+from .fold import fold_model
 from .matcher import build_matcher
 from .parity import folder_images, generated_images, judge, parity_report
 
@@ -173,19 +177,26 @@ def _session(path: Path):
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
 
-def _write_graphs(model: TALModel, folder: Path, fp16: bool, opset: int, max_batch: int,
-                  bar: tqdm) -> dict:
+def _extractor(model: TALModel, head: DescriptorHead | None, fp16: bool = False) -> torch.nn.Module:
+    """The folded extractor, with the descriptor output when there is a head."""
+    folded = fold_model(model, fp16=fp16)
+    return folded if head is None else WithDescriptor(folded, head)
+
+
+def _write_graphs(model: TALModel, head: DescriptorHead | None, folder: Path, fp16: bool,
+                  opset: int, max_batch: int, bar: tqdm) -> dict:
     """extractor.pt2, extractor.onnx, matcher.onnx, matcher_trt.onnx, heads.npz; returns
     the projection form (manifest ``matching`` + heads arrays)."""
     size = model.config.image_size
     bar.set_postfix_str(STEPS[1])
-    program = export_program(fold_model(model), size, max_batch)
+    extractor = _extractor(model, head)
+    program = export_program(extractor, size, max_batch)
     save_program(program, folder / "extractor.pt2", size)
     if fp16:
-        program = export_program(fold_model(model, fp16=True), size, max_batch)
+        program = export_program(_extractor(model, head, fp16=True), size, max_batch)
     bar.update()
     bar.set_postfix_str(STEPS[2])
-    _save_onnx(onnx_graph(program, output_names(model), opset), folder / "extractor.onnx")
+    _save_onnx(onnx_graph(program, extractor.names, opset), folder / "extractor.onnx")
     bar.update()
     bar.set_postfix_str(STEPS[3])
     form = model.projection_form()
@@ -201,15 +212,15 @@ def _write_graphs(model: TALModel, folder: Path, fp16: bool, opset: int, max_bat
     return form
 
 
-def _parity(model: TALModel, folder: Path, fp16: bool, verify: bool,
-            verify_images: str | os.PathLike | None, max_batch: int) -> dict:
+def _parity(model: TALModel, head: DescriptorHead | None, folder: Path, fp16: bool,
+            verify: bool, verify_images: str | os.PathLike | None, max_batch: int) -> dict:
     if not verify:
         return {"skipped": True, "passed": None}
     size = model.config.image_size
     images, source = (folder_images(verify_images, size) if verify_images is not None
                       else generated_images(size))
     report = parity_report(model, _session(folder / "extractor.onnx"),
-                           _session(folder / "matcher.onnx"), images, source, max_batch)
+                           _session(folder / "matcher.onnx"), images, source, max_batch, head)
     return judge(report, fp16)
 
 
@@ -233,6 +244,7 @@ def export_bundle(checkpoint: str | os.PathLike, out_dir: str | os.PathLike | No
     with tqdm(total=len(STEPS), desc="tal-export", unit="step", disable=not progress) as bar:
         bar.set_postfix_str(STEPS[0])
         model, ckpt = load_model(checkpoint, image_size)
+        head = load_descriptor(ckpt, model)
         run_name = folder_name(str(ckpt.get("run_name") or checkpoint.stem))
         out = Path(out_dir) if out_dir is not None else Path("export") / run_name
         _check_target(out)
@@ -240,16 +252,17 @@ def export_bundle(checkpoint: str | os.PathLike, out_dir: str | os.PathLike | No
         bar.update()
         tmp = make_sibling_dir(out, "partial")
         try:
-            form = _write_graphs(model, tmp, fp16, opset, max_batch, bar)
+            form = _write_graphs(model, head, tmp, fp16, opset, max_batch, bar)
             bar.set_postfix_str(STEPS[4])
-            parity = _parity(model, tmp, fp16, verify, verify_images, max_batch)
+            parity = _parity(model, head, tmp, fp16, verify, verify_images, max_batch)
             bar.update()
             features = mf.feature_specs(model)
             manifest = mf.build_manifest(
                 config=model.config, run_name=run_name, checkpoint=checkpoint,
                 checkpoint_sha256=file_sha256(checkpoint), epoch=int(ckpt["epoch"]),
                 features=features, matching=form["matching"], fp16=fp16, opset=opset,
-                parity=parity)
+                parity=parity, descriptor=None if head is None else manifest_section(
+                    head, ckpt["descriptor"].get("distillation", {})))
             if trt:
                 bar.set_postfix_str(STEPS[5])
                 from .tensorrt_build import build_engines

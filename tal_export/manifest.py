@@ -12,7 +12,7 @@ from tal_train.models import TALConfig, TALModel
 from .fold import FP32_PARTS
 
 BUNDLE_FORMAT = "tal-reid-bundle"
-BUNDLE_VERSION = 1
+BUNDLE_VERSION = 2  # 2: the global descriptor (section "descriptor", extractor output)
 MANIFEST = "manifest.json"
 
 
@@ -36,10 +36,11 @@ def precision(fp16: bool) -> dict:
 
 def build_manifest(*, config: TALConfig, run_name: str, checkpoint: Path, checkpoint_sha256: str,
                    epoch: int, features: dict, matching: dict, fp16: bool, opset: int,
-                   parity: dict) -> dict:
-    """The manifest dict without ``files`` (added last, `file_entries`) and ``tensorrt``."""
+                   parity: dict, descriptor: dict | None = None) -> dict:
+    """The manifest dict without ``files`` (added last, `file_entries`) and ``tensorrt``;
+    ``descriptor`` only when the extractor has that output."""
     height, width = config.image_size
-    return {
+    manifest = {
         "format": BUNDLE_FORMAT,
         "format_version": BUNDLE_VERSION,
         "toolkit_version": __version__,
@@ -60,6 +61,9 @@ def build_manifest(*, config: TALConfig, run_name: str, checkpoint: Path, checkp
         "model_config": config.to_dict(),
         "parity": parity,
     }
+    if descriptor is not None:
+        manifest["descriptor"] = descriptor
+    return manifest
 
 
 def file_entries(folder: Path) -> dict[str, dict]:

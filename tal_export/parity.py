@@ -17,8 +17,12 @@ tal_train.data.synthetic), features come from ``extractor.onnx`` and from ``TALM
   top-1 flip, between two crops 0.0025 apart on scores of about 15 (gap 2e-4 relative), and the
   same mAP to 0.01 points. With a few dozen crops one such near-tie is 2% of the queries.
 
+* ``descriptor`` (bundles with the global descriptor): ``max_abs`` of the ONNX output against
+  the distilled head run on the PyTorch model's maps (unit vectors, so absolute error).
+
 Tolerances (the export fails past them): fp32, scores ``max_rel < 1e-4``; fp16,
-``top1_agreement_beyond_ties >= 0.99``.
+``top1_agreement_beyond_ties >= 0.99``; the descriptor ``max_abs`` below DESCRIPTOR_ABS (fp32
+1e-5; fp16 5e-3: the fp16 maps carry about 1e-3 relative error into the head).
 """
 from __future__ import annotations
 
@@ -28,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from tal_infer.bundle import DESCRIPTOR
 from tal_infer.errors import TalError
 from tal_infer.images import list_images, read_image, resize_batch
 from tal_train.models import TALModel
@@ -38,6 +43,7 @@ TIE_REL = 1e-3              # fp16 score resolution, relative to the score scale
 GENERATED_IDENTITIES = 32   # x 3 images each: one flip is ~1% of the queries
 MAX_FOLDER_IMAGES = 256
 MATCH_BUDGET_BYTES = 256 * 2 ** 20
+DESCRIPTOR_ABS = {False: 1e-5, True: 5e-3}  # by fp16
 
 
 class ParityError(TalError):
@@ -126,9 +132,9 @@ def _ranked(scores: np.ndarray) -> np.ndarray:
 
 
 def parity_report(model: TALModel, extractor, matcher, images: np.ndarray, source: str,
-                  batch: int) -> dict:
+                  batch: int, descriptor_head: torch.nn.Module | None = None) -> dict:
     """The manifest's ``parity`` section (without ``passed``) for ONNX Runtime sessions
-    `extractor` and `matcher` against the eval-mode `model`."""
+    `extractor` and `matcher` against the eval-mode `model` (and its descriptor head)."""
     cfg = model.config
     onnx_feats = run_extractor(extractor, images, batch)
     ref_feats = {}
@@ -141,12 +147,18 @@ def parity_report(model: TALModel, extractor, matcher, images: np.ndarray, sourc
     scores = run_matcher(matcher, onnx_feats, onnx_feats)
     top1, top10 = ranking_agreement(scores, ref_scores)
     tolerance = TIE_REL * float(np.abs(ref_scores).max())
-    return {"images": source, "count": int(len(images)),
-            "features": _errors([(onnx_feats[n], ref_feats[n].double().numpy()) for n in ref_feats]),
-            "scores": _errors([(scores, ref_scores)]),
-            "top1_agreement": top1, "top10_agreement": top10,
-            "top1_agreement_beyond_ties": top1_beyond_ties(scores, ref_scores, tolerance),
-            "tie_tolerance": tolerance}
+    report = {"images": source, "count": int(len(images)),
+              "features": _errors([(onnx_feats[n], ref_feats[n].double().numpy())
+                                   for n in ref_feats]),
+              "scores": _errors([(scores, ref_scores)]),
+              "top1_agreement": top1, "top10_agreement": top10,
+              "top1_agreement_beyond_ties": top1_beyond_ties(scores, ref_scores, tolerance),
+              "tie_tolerance": tolerance}
+    if descriptor_head is not None:
+        with torch.no_grad():
+            ref = descriptor_head(ref_feats).double().numpy()
+        report["descriptor"] = _errors([(onnx_feats[DESCRIPTOR], ref)])
+    return report
 
 
 def judge(report: dict, fp16: bool) -> dict:
@@ -157,6 +169,9 @@ def judge(report: dict, fp16: bool) -> dict:
     else:
         criterion = f"scores.max_rel < {FP32_SCORE_REL:g}"
         passed = report["scores"]["max_rel"] < FP32_SCORE_REL
+    if "descriptor" in report:
+        criterion += f" and descriptor.max_abs < {DESCRIPTOR_ABS[fp16]:g}"
+        passed = passed and report["descriptor"]["max_abs"] < DESCRIPTOR_ABS[fp16]
     report = {**report, "criterion": criterion, "passed": bool(passed)}
     if not passed:
         raise ParityError(
@@ -165,5 +180,12 @@ def judge(report: dict, fp16: bool) -> dict:
             f"{report['scores']['max_rel']:.2e}, features max_abs "
             f"{report['features']['max_abs']:.2e}, top-1 agreement {report['top1_agreement']:.3f} "
             f"({report['top1_agreement_beyond_ties']:.3f} beyond ties of "
-            f"{report['tie_tolerance']:.2g}); no bundle was written")
+            f"{report['tie_tolerance']:.2g}){_descriptor_error(report)}; no bundle was "
+            "written")
     return report
+
+
+def _descriptor_error(report: dict) -> str:
+    if "descriptor" not in report:
+        return ""
+    return f", descriptor max_abs {report['descriptor']['max_abs']:.2e}"

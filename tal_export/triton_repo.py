@@ -25,6 +25,7 @@ import re
 import shutil
 from pathlib import Path
 
+from tal_infer.bundle import DESCRIPTOR
 from tal_infer.errors import TalError
 
 TRITON_TYPES = {"uint8": "TYPE_UINT8", "float32": "TYPE_FP32", "float16": "TYPE_FP16"}
@@ -81,8 +82,9 @@ def extractor_config(name: str, manifest: dict, platform: str, max_batch: int) -
     """config.pbtxt of the extractor (batch dimension implicit)."""
     inp = manifest["input"]
     inputs = [_tensor(inp["name"], inp["dtype"], [inp["height"], inp["width"], 3])]
-    outputs = [_tensor(n, manifest["dtype"], spec["shape"][1:])
-               for n, spec in manifest["features"].items()]
+    specs = {**manifest["features"], **({DESCRIPTOR: manifest["descriptor"]}
+                                         if "descriptor" in manifest else {})}
+    outputs = [_tensor(n, manifest["dtype"], spec["shape"][1:]) for n, spec in specs.items()]
     preferred = sorted({max(1, max_batch // 2), max_batch})
     batching = (f"dynamic_batching {{\n  preferred_batch_size: [ {', '.join(map(str, preferred))} ]"
                 f"\n  max_queue_delay_microseconds: {QUEUE_DELAY_US}\n}}\n")

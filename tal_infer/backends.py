@@ -140,10 +140,10 @@ class TorchExtractor:
             shapes = self.program.dry_run((2, bundle.height, bundle.width, 3))
         except BundleError as err:
             raise BundleError(f"{path}: {err}") from None
-        self.names = list(bundle.features)
+        self.names = list(bundle.output_shapes)  # graph order: maps, then the descriptor
         if len(shapes) != len(self.names):
             raise BundleError(f"{path}: the program has {len(shapes)} outputs, the manifest "
-                              f"lists {len(self.names)} features")
+                              f"lists {len(self.names)}")
         bundle.check_outputs(dict(zip(self.names, shapes)), path)
         self.name, self.device = "torch" + ("[fp16]" if device == "cuda" else ""), device
 

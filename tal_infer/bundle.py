@@ -2,7 +2,9 @@
 
 `load_bundle` checks the manifest (format, version, the sections the runtime needs, their types
 and ranges) and turns it into a `Bundle`: input size and preprocessing, the feature outputs
-with their match-layout shapes, and the matching section. File hashes are verified on request
+with their match-layout shapes, the global descriptor (version 2; docs/scale.md) and the
+matching section. Version 1 bundles (no descriptor) still load; only two-stage retrieval
+needs the descriptor. File hashes are verified on request
 only (hashing a large extractor on every start would cost seconds); `find_latest_bundle` picks
 the default model for the CLI. `Bundle.fingerprint` ties a gallery index to the features a
 bundle produces.
@@ -30,9 +32,11 @@ from .errors import BundleError
 from .hashing import file_sha256
 
 FORMAT = "tal-reid-bundle"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # 2 added the global descriptor output
 MANIFEST = "manifest.json"
 EXTRACTOR = "extractor.onnx"
+DESCRIPTOR = "descriptor"  # the extractor output holding the global descriptor
 
 
 @dataclass(frozen=True)
@@ -59,12 +63,24 @@ class FeatureSpec:
 
 @dataclass(frozen=True)
 class Bundle:
-    """A validated bundle folder; arrays are read lazily."""
+    """A validated bundle folder; arrays are read lazily. ``descriptor_dim`` is the length of
+    the global descriptor (0: the bundle has none)."""
     path: Path
     manifest: dict[str, Any]
     height: int
     width: int
     features: dict[str, FeatureSpec] = field(default_factory=dict)
+    descriptor_dim: int = 0
+
+    @property
+    def output_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Every extractor output without N, in graph order: the feature maps, then the
+        descriptor when there is one. Per-item shapes as the runtime passes them on (match
+        layout for the maps)."""
+        shapes = {name: spec.match_shape for name, spec in self.features.items()}
+        if self.descriptor_dim:
+            shapes[DESCRIPTOR] = (self.descriptor_dim,)
+        return shapes
 
     @property
     def name(self) -> str:
@@ -102,9 +118,15 @@ class Bundle:
         """Refuse an extractor whose outputs (name -> shape with the batch dimension; None for
         a dynamic size) are not the manifest's ``features``, so a disagreement is found when
         the bundle is opened rather than deep inside matching."""
-        if set(shapes) != set(self.features):
+        wanted = {**self.features, **({DESCRIPTOR: None} if self.descriptor_dim else {})}
+        if set(shapes) != set(wanted):
             raise BundleError(f"{source}: outputs {sorted(shapes)} differ from the manifest "
-                              f"features {sorted(self.features)}")
+                              f"features {sorted(wanted)}")
+        if self.descriptor_dim and tuple(shapes[DESCRIPTOR])[1:] not in (
+                (self.descriptor_dim,), (None,)):
+            raise BundleError(f"{self.path / MANIFEST}: descriptor has {self.descriptor_dim} "
+                              f"values, but {source.name} gives shape {list(shapes[DESCRIPTOR])}; "
+                              "the bundle is inconsistent")
         for name, spec in self.features.items():
             got = tuple(shapes[name])[1:]
             if len(got) != len(spec.shape) or any(
@@ -121,6 +143,7 @@ class Bundle:
         digest = hashlib.sha256()
         digest.update(_file_sha256(self.file(EXTRACTOR)).encode())
         keys = ("input", "features", "dtype", "streams", "scales", "domains")
+        keys += ("descriptor",) if "descriptor" in self.manifest else ()  # v1 prints unchanged
         digest.update(json.dumps({k: self.manifest.get(k) for k in keys}, sort_keys=True).encode())
         return f"{self.name}:{digest.hexdigest()[:16]}"
 
@@ -155,11 +178,11 @@ def load_bundle(path: str | os.PathLike, verify: bool = False) -> Bundle:
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise BundleError(f"{manifest_path}: not a {FORMAT} manifest (format "
                           f"{manifest.get('format') if isinstance(manifest, dict) else None!r})")
-    if manifest.get("format_version") != FORMAT_VERSION:
+    if manifest.get("format_version") not in READABLE_VERSIONS:
         raise BundleError(f"{manifest_path}: bundle format version "
                           f"{manifest.get('format_version')!r} is not supported (this runtime "
-                          f"reads version {FORMAT_VERSION}); re-export the model with this "
-                          "toolkit version")
+                          f"reads versions {', '.join(map(str, READABLE_VERSIONS))}); re-export "
+                          "the model with this toolkit version")
     try:
         bundle = _parse(path, manifest)
     except (KeyError, TypeError, ValueError, IndexError, AttributeError) as err:
@@ -213,7 +236,19 @@ def _parse(path: Path, manifest: dict[str, Any]) -> Bundle:
             if f"{stream}_{scale}" not in features:
                 raise KeyError(f"features lack {stream}_{scale}")
     _check_file_names(path, manifest)
-    return Bundle(path, manifest, height, width, features)
+    return Bundle(path, manifest, height, width, features, _descriptor_dim(manifest))
+
+
+def _descriptor_dim(manifest: dict[str, Any]) -> int:
+    """Length of the global descriptor (section ``descriptor``, format version 2), 0 without."""
+    if "descriptor" not in manifest:
+        return 0
+    if manifest["format_version"] < 2:
+        raise ValueError("a descriptor section needs format version 2")
+    shape = _section(manifest, "descriptor")["shape"]
+    if not isinstance(shape, list) or len(shape) != 2:
+        raise ValueError(f"descriptor.shape must be [-1, D], not {shape!r}")
+    return _positive(shape[1], "descriptor.shape")
 
 
 def _section(manifest: dict[str, Any], key: str) -> dict[str, Any]:

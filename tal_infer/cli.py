@@ -11,6 +11,9 @@ from typing import Iterator
 import click
 import numpy as np
 
+from .candidates import SEARCH_KINDS, CandidateSearch, SearchOptions, load_faiss
+from .bundle import DESCRIPTOR
+from .cascade import Shortlists, descriptors, require_descriptor, shortlist
 from .cli_common import device_option, friendly_errors
 from .engine import ReIDEngine
 from .errors import TalError
@@ -28,6 +31,7 @@ Examples:
   tal-infer --gallery g/ --queries q/ --model export/p2-market1501 --topk 5 --report report/
   tal-infer --gallery g/ --queries q/ --index g.index --scores scores.npz --exclude-same-camera
   tal-infer --gallery g/ --queries q/ --backend onnxruntime --device cpu --on-error skip
+  tal-infer --gallery big/ --queries q/ --index big.index --candidates 200
 """
 
 
@@ -62,6 +66,13 @@ Examples:
 @click.option("--exclude-same-camera", "exclude_cameras", is_flag=True,
               help="Leave gallery crops from the query's camera out of the rank lists.")
 @click.option("--rerank", is_flag=True, help="k-reciprocal re-ranking (Zhong et al. 2017).")
+@click.option("--candidates", default=0, show_default=True, type=click.IntRange(0),
+              help="Two-stage retrieval: the TAL score only on each query's top M gallery "
+                   "entries by global descriptor (FAISS); 0 scores every entry.")
+@click.option("--candidate-search", default="exact", show_default=True,
+              type=click.Choice(SEARCH_KINDS),
+              help="Stage-1 index with --candidates: exact inner product, or approximate "
+                   "(ivf, hnsw) for very large galleries.")
 @click.option("--verify", is_flag=True, help="Check the bundle's file hashes first.")
 @click.option("--max-pixels", default=DEFAULT_MAX_PIXELS, show_default=True,
               type=click.IntRange(0),
@@ -73,8 +84,8 @@ Examples:
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @friendly_errors
 def main(gallery_dir, query_dir, model, topk, out, scores_out, report_dir, report_queries,
-         backend, device, index_dir, rebuild_index, batch, exclude_cameras, rerank, verify,
-         max_pixels, on_error, quiet):
+         backend, device, index_dir, rebuild_index, batch, exclude_cameras, rerank, candidates,
+         candidate_search, verify, max_pixels, on_error, quiet):
     """Match every query crop against a gallery with an exported TAL model.
 
     Prints mAP and CMC when the file names carry identities and cameras (Market-1501 style:
@@ -82,6 +93,10 @@ def main(gallery_dir, query_dir, model, topk, out, scores_out, report_dir, repor
     and counted. Grayscale, BGRA and 16-bit images are converted; unreadable, empty, tiny or
     oversized images stop the run with one line naming the file (or, with --on-error skip, are
     left out and listed). Output paths and the index are checked before any work.
+
+    With --candidates M, FAISS picks each query's M best gallery entries by the global
+    descriptor and only those are scored; everything else (camera exclusion, re-ranking,
+    reports, metrics) works as without it. --scores then holds NaN for entries not scored.
     """
     check_output_file(out, "--out", (".json", ".csv"))
     check_output_file(scores_out, "--scores", (".npz",))
@@ -91,6 +106,9 @@ def main(gallery_dir, query_dir, model, topk, out, scores_out, report_dir, repor
                         max_pixels=max_pixels or None)
     click.echo(f"model: {engine.bundle.path}; extractor: {engine.extractor.name} on "
                f"{engine.extractor.device}; matching on {engine.device}", err=True)
+    if candidates:
+        load_faiss()  # missing FAISS or descriptor: one line now, not after the extraction
+        require_descriptor(engine.bundle.output_shapes)
     query_paths, gallery_paths = ([os.path.abspath(p) for p in list_images(d)]
                                   for d in (query_dir, gallery_dir))
     index = None if index_dir is None else _open_index(engine, index_dir, rebuild_index)
@@ -112,19 +130,27 @@ def main(gallery_dir, query_dir, model, topk, out, scores_out, report_dir, repor
         if (cameras[0] < 0).all() or (cameras[1] < 0).all():
             click.echo("warning: --exclude-same-camera: file names carry no cameras; nothing "
                        "excluded", err=True)
-    keep = scores_out is not None or labelled or rerank
-    ranking = rank_gallery(engine.scorer, queries.features,
-                           gallery.chunks(engine.scorer.chunk_size(len(queries.paths))),
-                           gallery.size, topk, cameras, keep_scores=keep, progress=progress)
-    scores, top = ranking.scores, ranking.topk
-    if rerank:
-        scores = _reranked(engine, queries.features, gallery, scores, progress)
-        top = TopK(len(queries.paths), topk)
-        masked = scores.copy()
-        if cameras is not None:
-            exclude_same_camera(masked, *cameras)
-        top.update(0, masked)
-    rows = top.rows()
+    if candidates:
+        lists, ranked = _two_stage(engine, queries.features, gallery, candidates,
+                                   candidate_search, cameras, rerank, labelled, progress)
+        rows = lists.rows(topk)
+        scores = lists.dense(gallery.size) if scores_out is not None else None
+    else:
+        keep = scores_out is not None or labelled or rerank
+        ranking = rank_gallery(engine.scorer, queries.features,
+                               gallery.chunks(engine.scorer.chunk_size(len(queries.paths))),
+                               gallery.size, topk, cameras, keep_scores=keep,
+                               progress=progress)
+        scores, top = ranking.scores, ranking.topk
+        if rerank:
+            scores = _reranked(engine, queries.features,
+                               gallery.features_of(np.arange(gallery.size)), scores, progress)
+            top = TopK(len(queries.paths), topk)
+            masked = scores.copy()
+            if cameras is not None:
+                exclude_same_camera(masked, *cameras)
+            top.update(0, masked)
+        rows, ranked = top.rows(), scores
 
     if out is not None:
         with writing(out, "--out"):
@@ -136,7 +162,7 @@ def main(gallery_dir, query_dir, model, topk, out, scores_out, report_dir, repor
                      gallery=np.array(gallery.paths))
         click.echo(f"wrote {scores_out}", err=True)
     if labelled:
-        _print_metrics(scores, q_ids, g_ids)
+        _print_metrics(ranked, q_ids, g_ids)
     if out is None and scores_out is None:
         _print_top1(queries.paths, gallery.paths, rows)
     if report_dir is not None:
@@ -165,13 +191,18 @@ class _GallerySet:
             return self.contents.iter_chunks(size)
         return feature_chunks(self.features, size)
 
-    def features_of(self, columns):
-        """Features of the given gallery columns, as float32."""
+    def features_of(self, columns, keys=None):
+        """Features of the given gallery columns (all outputs, or ``keys``), as float32."""
         columns = np.asarray(columns, np.int64)
         if self.contents is not None:
-            rows = self.contents.rows[columns]
-            return {k: np.asarray(v[rows], np.float32) for k, v in self.contents.features.items()}
-        return {k: v[columns] for k, v in self.features.items()}
+            return self.contents.gather(columns, keys)
+        return {k: v[columns] for k, v in self.features.items() if keys is None or k in keys}
+
+    def descriptors(self):
+        """Global descriptors of every gallery column, float32 [N, D]."""
+        if self.contents is not None:
+            return self.contents.gather(np.arange(self.size), [DESCRIPTOR])[DESCRIPTOR]
+        return descriptors(self.features)
 
 
 @contextlib.contextmanager
@@ -186,7 +217,7 @@ def _rebuild_hint() -> Iterator[None]:
 
 
 def _open_index(engine, index_dir, rebuild) -> GalleryIndex:
-    shapes = {k: s.match_shape for k, s in engine.bundle.features.items()}
+    shapes = engine.bundle.output_shapes  # the descriptor too, when the bundle has one
     with _rebuild_hint():
         return GalleryIndex(index_dir, engine.bundle.fingerprint, shapes, rebuild=rebuild)
 
@@ -223,13 +254,46 @@ def _cameras(paths) -> np.ndarray:
     return np.array([-1 if p is None else p.camid for p in _parsed(paths)], np.int64)
 
 
-def _reranked(engine, query, gallery, scores, progress):
-    """k-reciprocal re-ranking on 1 - sigmoid(score) distances; returned as scores (1 - d)."""
-    g_all = gallery.features_of(np.arange(gallery.size))
+def _reranked(engine, query, g_feats, scores, progress):
+    """k-reciprocal re-ranking of the gallery items ``g_feats`` (``scores`` = query x those)
+    on 1 - sigmoid(score) distances; returned as scores (1 - d)."""
     to_dist = lambda s: 1.0 / (1.0 + np.exp(s.astype(np.float64)))  # noqa: E731  1 - sigmoid
     dist = k_reciprocal(to_dist(scores), to_dist(engine.scores(query, query)),
-                        to_dist(engine.scores(g_all, g_all)), progress=progress)
+                        to_dist(engine.scores(g_feats, g_feats)), progress=progress)
     return (1.0 - dist).astype(np.float32)
+
+
+def _two_stage(engine, queries, gallery, m, kind, cameras, rerank, labelled, progress):
+    """(`Shortlists`, the ranking matrix for the metrics when ``labelled``) of two-stage
+    retrieval. Re-ranking works on the union of the queries' candidate lists (its neighbour
+    sets need gallery-gallery scores; with camera exclusion, the union of the lists with and
+    without it, as exhaustive re-ranking sees every camera), then orders each query's own
+    list. As in exhaustive matching, camera exclusion shapes the rank lists, not the metrics:
+    with both, the metrics come from a second shortlist that excludes nothing."""
+    g_desc = gallery.descriptors()
+    search = CandidateSearch(g_desc, SearchOptions(kind, device=engine.device))
+    click.echo(f"stage 1: {kind} search over {gallery.size} descriptors on {search.where}; "
+               f"stage 2: TAL score on {min(m, gallery.size)} candidates per query", err=True)
+    keys = engine.scorer.keys
+
+    def ranked(exclude) -> Shortlists:
+        lists = shortlist(engine.scorer, queries, lambda cols: gallery.features_of(cols, keys),
+                          search, m, exclude, progress)
+        if not rerank:
+            return lists
+        near = lists.columns if exclude is None else lists.columns + search.search(
+            descriptors(queries), m)
+        union = np.unique(np.concatenate(near))
+        g_union = gallery.features_of(union, keys)
+        rescored = _reranked(engine, queries, g_union, engine.scores(queries, g_union), progress)
+        return Shortlists.ordered(lists.columns, [
+            rescored[i, np.searchsorted(union, cols)] for i, cols in enumerate(lists.columns)])
+
+    lists = ranked(cameras)
+    if not labelled:
+        return lists, None
+    for_metrics = lists if cameras is None else ranked(None)
+    return lists, for_metrics.rank_keys(descriptors(queries) @ g_desc.T)
 
 
 def _write_ranks(out: Path, q_paths, g_paths, rows) -> None:

@@ -8,7 +8,10 @@
         print([(m.id, m.score, m.camera) for m in hits])
 
 Features are dicts ``{output name: float32 array [N, ...]}`` in match layout
-(`tal_infer.scoring.match_layout`); `stack_features` joins several. Many threads embedding a
+(`tal_infer.scoring.match_layout`), the global descriptor included; `stack_features` joins
+several. ``match(..., candidates=M)`` retrieves in two stages (FAISS candidates by descriptor,
+then the TAL score on them only; `tal_infer.cascade`); ``remove_where`` and
+``drop_older_than`` take entries out by metadata or age (`tal_infer.lifecycle`). Many threads embedding a
 few crops each share the extractor through `ReIDEngine.batcher` (a `MicroBatcher`): their crops
 run as full batches, and no crop waits longer than ``max_latency_s`` for its batch to start.
 """
@@ -25,9 +28,12 @@ from tqdm import tqdm
 
 from .backends import open_extractor, open_matcher, resolve_device
 from .batching import MicroBatcher
-from .bundle import Bundle, find_latest_bundle, load_bundle
+from .bundle import DESCRIPTOR, Bundle, find_latest_bundle, load_bundle
+from .candidates import CandidateSearch, SearchOptions
+from .cascade import shortlist
 from .errors import TalError
 from .images import DEFAULT_MAX_PIXELS, ImageError, read_image, resize_batch, to_bgr_uint8
+from .lifecycle import EntryFilter
 from .scoring import Features, feature_chunks, match_layout, rank_gallery
 
 
@@ -66,7 +72,9 @@ def _per_item(values: Any, n: int, what: str) -> list:
 class Gallery:
     """In-memory gallery of embedded crops with camera, timestamp and free metadata (thread-safe).
 
-    Rows are appended; `remove` drops rows by id. Ids are unique for the gallery's lifetime.
+    Rows are appended; `remove` drops rows by id, `remove_where` by metadata, `drop_older_than`
+    by timestamp; dropped rows leave the arrays (nothing keeps them). Ids are unique for the
+    gallery's lifetime.
     """
 
     def __init__(self) -> None:
@@ -74,6 +82,7 @@ class Gallery:
         self._ids = itertools.count()
         self._parts: list[Features] = []
         self._features: Features | None = None
+        self._search: tuple[SearchOptions, CandidateSearch] | None = None  # for this content
         self.ids = np.zeros(0, np.int64)
         self.cameras = np.zeros(0, np.int64)  # -1 = unknown
         self.timestamps = np.zeros(0, np.float64)  # NaN = unknown
@@ -95,7 +104,7 @@ class Gallery:
                                f"gallery's {sorted(self._parts[0])} (another model?)")
             new = [next(self._ids) for _ in range(n)]
             self._parts.append({k: np.asarray(v, np.float32) for k, v in features.items()})
-            self._features = None
+            self._features, self._search = None, None
             self.ids = np.concatenate([self.ids, new])
             self.cameras = np.concatenate([self.cameras, cams])
             self.timestamps = np.concatenate([self.timestamps, times])
@@ -106,22 +115,58 @@ class Gallery:
         """Drop entries by id; returns how many were removed (unknown ids are ignored)."""
         wanted = np.atleast_1d(np.asarray(ids if np.isscalar(ids) else list(ids), np.int64))
         with self._lock:
-            drop = np.isin(self.ids, wanted)
-            keep = ~drop
-            features = self._consolidated()
-            if features is not None:
-                self._parts = [{k: v[keep] for k, v in features.items()}]
-                self._features = None
-            self.ids, self.cameras = self.ids[keep], self.cameras[keep]
-            self.timestamps = self.timestamps[keep]
-            self.meta = [m for m, k in zip(self.meta, keep) if k]
+            return self._drop(np.isin(self.ids, wanted))
+
+    def remove_where(self, entries: EntryFilter) -> int:
+        """Drop the entries the filter selects; its fields are ``camera`` and the keys of dict
+        metadata (e.g. ``EntryFilter({"track": 7})``). Returns how many were removed."""
+        with self._lock:
+            drop = [entries.matches(_fields(cam, meta), None if np.isnan(t) else float(t))
+                    for cam, t, meta in zip(self.cameras, self.timestamps, self.meta)]
+            return self._drop(np.array(drop, dtype=bool))
+
+    def drop_older_than(self, cutoff: float) -> int:
+        """Retention: drop entries whose timestamp is before ``cutoff`` (same clock as the
+        timestamps given to `add`; entries without one stay). Returns how many left."""
+        return self.remove_where(EntryFilter(before=cutoff))
+
+    def searchable_snapshot(self, options: SearchOptions
+                            ) -> tuple[tuple, CandidateSearch | None]:
+        """(`snapshot`, stage-1 search over exactly those entries; None while the gallery is
+        empty). The search is kept until the gallery changes."""
+        with self._lock:
+            snapshot = self._snapshot()
+            features = snapshot[0]
+            if features is None:
+                return snapshot, None
+            if self._search is None or self._search[0] != options:
+                if DESCRIPTOR not in features:
+                    raise TalError("two-stage matching needs gallery entries with the global "
+                                   "descriptor (a bundle exported with this toolkit version)")
+                self._search = options, CandidateSearch(features[DESCRIPTOR], options)
+            return snapshot, self._search[1]
+
+    def _drop(self, drop: np.ndarray) -> int:
+        """Remove the rows where ``drop`` is set (under the lock)."""
+        if not drop.any():
+            return 0
+        keep = ~drop
+        features = self._consolidated()
+        if features is not None:
+            self._parts = [{k: v[keep] for k, v in features.items()}]
+            self._features, self._search = None, None
+        self.ids, self.cameras = self.ids[keep], self.cameras[keep]
+        self.timestamps = self.timestamps[keep]
+        self.meta = [m for m, k in zip(self.meta, keep) if k]
         return int(drop.sum())
 
     def snapshot(self) -> tuple[Features | None, np.ndarray, np.ndarray, np.ndarray, list]:
         """(features, ids, cameras, timestamps, meta), consistent with each other."""
         with self._lock:
-            return (self._consolidated(), self.ids, self.cameras, self.timestamps,
-                    list(self.meta))
+            return self._snapshot()
+
+    def _snapshot(self) -> tuple[Features | None, np.ndarray, np.ndarray, np.ndarray, list]:
+        return self._consolidated(), self.ids, self.cameras, self.timestamps, list(self.meta)
 
     def _consolidated(self) -> Features | None:
         if self._features is None and self._parts:
@@ -156,8 +201,8 @@ class ReIDEngine:
     def embed(self, crops: Sequence[np.ndarray]) -> Features:
         """Features of numpy crops (BGR as OpenCV gives them, any size; gray/BGRA/16-bit ok)."""
         if len(crops) == 0:
-            return {k: np.zeros((0, *s.match_shape), np.float32)
-                    for k, s in self.bundle.features.items()}
+            return {k: np.zeros((0, *shape), np.float32)
+                    for k, shape in self.bundle.output_shapes.items()}
         parts = []
         for start in range(0, len(crops), self.batch_size):
             batch = resize_batch(crops[start:start + self.batch_size], self.bundle.height,
@@ -198,23 +243,40 @@ class ReIDEngine:
         return ranking.scores
 
     def match(self, queries: Features, gallery: Gallery, k: int = 10,
-              query_cameras: Iterable[int] | None = None) -> list[list[Match]]:
+              query_cameras: Iterable[int] | None = None, candidates: int = 0,
+              search: SearchOptions | str = "exact") -> list[list[Match]]:
         """Top-``k`` gallery entries per query, best first. With ``query_cameras``, entries
-        from a query's own camera are left out (cross-camera linking)."""
-        features, ids, cams, times, meta = gallery.snapshot()
+        from a query's own camera are left out (cross-camera linking). ``candidates=M > 0``:
+        two-stage retrieval, the TAL score only on each query's top M by descriptor (found
+        with FAISS, ``search`` "exact", "ivf", "hnsw" or `SearchOptions`); 0 scores every
+        entry."""
+        if candidates < 0:
+            raise TalError(f"candidates must be >= 0, got {candidates}")
+        options = search if isinstance(search, SearchOptions) else SearchOptions(
+            search, device=self.device)
         nq = _count(queries)
+        stage1 = None
+        if candidates and nq:
+            (features, ids, cams, times, meta), stage1 = gallery.searchable_snapshot(options)
+        else:
+            features, ids, cams, times, meta = gallery.snapshot()
         if features is None or nq == 0:
             return [[] for _ in range(nq)]
         cameras = None
         if query_cameras is not None:
             cameras = (np.array([-1 if c is None else c for c in _per_item(query_cameras, nq,
                                                                            "camera")]), cams)
-        ranking = rank_gallery(self.scorer, queries,
-                               feature_chunks(features, self.scorer.chunk_size(nq)), len(ids),
-                               k, cameras)
+        if stage1 is not None:
+            rows = shortlist(self.scorer, queries, lambda cols: {key: features[key][cols] for
+                                                                  key in self.scorer.keys},
+                             stage1, candidates, cameras).rows(k)
+        else:
+            rows = rank_gallery(self.scorer, queries,
+                                feature_chunks(features, self.scorer.chunk_size(nq)), len(ids),
+                                k, cameras).topk.rows()
         return [[Match(int(ids[c]), s, None if cams[c] < 0 else int(cams[c]),
                        None if np.isnan(times[c]) else float(times[c]), meta[c])
-                 for c, s in row] for row in ranking.topk.rows()]
+                 for c, s in row] for row in rows]
 
     def batcher(self, max_batch: int | None = None, max_latency_s: float = 0.01
                 ) -> MicroBatcher[np.ndarray, Features]:
@@ -228,6 +290,14 @@ class ReIDEngine:
 
         return MicroBatcher(run, max_batch or self.batch_size, max_latency_s,
                             name="reid-embedder", check=_checked_crop)
+
+
+def _fields(camera: int, meta: Any) -> dict[str, Any]:
+    """What an `EntryFilter` compares for one in-memory entry."""
+    fields = dict(meta) if isinstance(meta, dict) else {}
+    if camera >= 0:
+        fields["camera"] = int(camera)
+    return fields
 
 
 def _checked_crop(crop: np.ndarray) -> np.ndarray:

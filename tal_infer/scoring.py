@@ -7,7 +7,8 @@ projections of one chunk fit a memory budget (on CUDA: a share of the free devic
 `TopK` keeps each query's best entries as chunks arrive, so huge galleries never need a full
 score matrix unless the caller asks for one.
 
-Features travel in match layout: DS ``[N, K, HW, C]``, DI ``[N, HW, C]`` (`match_layout`).
+Features travel in match layout: DS ``[N, K, HW, C]``, DI ``[N, HW, C]`` (`match_layout`);
+the global descriptor ``[N, D]`` travels beside them and is not used here (`tal_infer.cascade`).
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from tqdm import tqdm
 
 from tal_plugins import qaconv_match
 
-from .bundle import Bundle
+from .bundle import DESCRIPTOR, Bundle
 from .errors import BundleError
 
 Features = dict[str, np.ndarray]
@@ -29,7 +30,10 @@ CUDA_MEMORY_SHARE = 0.25          # of the free device memory, for one chunk (fe
 
 def match_layout(name: str, maps: np.ndarray) -> np.ndarray:
     """Extractor output -> match layout: ds [N, K, C, h, w] -> [N, K, HW, C]; di [N, C, h, w]
-    -> [N, HW, C] (a view; `np.ascontiguousarray` it where contiguity matters)."""
+    -> [N, HW, C] (a view; `np.ascontiguousarray` it where contiguity matters); the descriptor
+    [N, D] as it is."""
+    if name == DESCRIPTOR:
+        return maps
     if name.startswith("ds_"):
         n, k, c = maps.shape[:3]
         return maps.reshape(n, k, c, -1).swapaxes(2, 3)

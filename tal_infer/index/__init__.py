@@ -3,7 +3,9 @@ from __future__ import annotations
 
 from .catalog import IndexRecord
 from .errors import GalleryIndexError, IndexDamagedError, IndexMismatchError
-from .gallery import GalleryIndex, IndexContents, SyncReport, market_metadata
+from .gallery import (GalleryIndex, IndexContents, RemovalReport, SyncReport, entry_time,
+                      market_metadata, record_matches)
 
 __all__ = ["GalleryIndex", "GalleryIndexError", "IndexContents", "IndexDamagedError",
-           "IndexMismatchError", "IndexRecord", "SyncReport", "market_metadata"]
+           "IndexMismatchError", "IndexRecord", "RemovalReport", "SyncReport", "entry_time",
+           "market_metadata", "record_matches"]

@@ -58,9 +58,12 @@ class Info(NamedTuple):
 
 
 def connect(path: Path) -> sqlite3.Connection:
-    """A connection in autocommit mode; transactions are explicit (`transaction`)."""
+    """A connection in autocommit mode; transactions are explicit (`transaction`). Deleted
+    rows are overwritten with zeros (``secure_delete``): a removed entry's path and metadata
+    do not linger in the file's free pages."""
     con = sqlite3.connect(path, timeout=30, isolation_level=None)
     con.execute("PRAGMA synchronous=FULL")
+    con.execute("PRAGMA secure_delete=ON")
     return con
 
 

@@ -9,10 +9,17 @@ Crash safety (a SIGKILL at any point resumes to the result of a clean build):
 - appending: feature rows are written past the committed row count and fsynced, then one
   SQLite transaction inserts their catalog rows and raises the count; a crash before the
   commit leaves bytes nobody references, cut off by the next append;
-- removing and metadata updates are single transactions; replaced rows become dead space;
+- a sync's removals and metadata updates are single transactions; replaced rows become dead
+  space;
 - compaction (when dead rows exceed half the live ones, or on request) writes a new feature
   generation in path order, commits the switch, then deletes the old one; leftovers of an
   interrupted compaction are deleted by the next writer;
+- erasure (`remove`, `remove_where`, `drop_older_than`) is a compaction without the erased
+  entries: their catalog rows leave in the same transaction as the switch, so a killed
+  removal either did nothing or is complete; the old generation, the last file holding
+  their features, is deleted right after the commit, or by the next writer of the index
+  (every writer first deletes generations the catalog does not name). Catalog rows are
+  deleted with SQLite's ``secure_delete`` (zeroed, not left in free pages);
 - readers see one committed catalog snapshot and map exactly its rows; a writer never
   modifies committed bytes, so readers need no lock. One writer at a time (a lock file).
 
@@ -43,6 +50,7 @@ from tqdm import tqdm
 
 from ..errors import DataError, TalError
 from ..hashing import file_sha256
+from ..lifecycle import EntryFilter
 from ..naming import parse_market_name
 from . import catalog
 from .catalog import IndexRecord
@@ -71,6 +79,16 @@ class SyncReport:
     removed: int = 0
     unchanged: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)
+
+
+@dataclass
+class RemovalReport:
+    """What an erasure did: the paths removed, the entries left, and the bytes of the feature
+    files before and after (they shrink by the removed rows, dead rows included)."""
+    removed: list[str] = field(default_factory=list)
+    kept: int = 0
+    bytes_before: int = 0
+    bytes_after: int = 0
 
 
 @dataclass(frozen=True)
@@ -103,6 +121,17 @@ class IndexContents:
         for start in range(0, len(self), size):
             stop = min(start + size, len(self))
             yield start, stop, self.chunk(start, stop)
+
+    def gather(self, columns: np.ndarray, keys: Iterable[str] | None = None
+               ) -> dict[str, np.ndarray]:
+        """float32 features of ``records[columns]`` (any order), reading only their rows of
+        the feature files (in file order, for locality)."""
+        rows = self.rows[np.asarray(columns, np.int64)]
+        order = np.argsort(rows, kind="stable")
+        inverse = np.empty_like(order)
+        inverse[order] = np.arange(len(order))
+        wanted = self.features if keys is None else {k: self.features[k] for k in keys}
+        return {k: np.asarray(v[rows[order]], np.float32)[inverse] for k, v in wanted.items()}
 
 
 def market_metadata(path: str) -> dict[str, Any]:
@@ -138,6 +167,22 @@ class GalleryIndex:
             with self._writer():
                 self._open_for_writing(rebuild)
 
+    @classmethod
+    def open(cls, directory: str | os.PathLike) -> "GalleryIndex":
+        """An existing index for maintenance (erasure, retention, compaction, statistics),
+        whatever model built it: fingerprint and shapes come from its own catalog."""
+        if not (Path(directory) / CATALOG).is_file():
+            raise GalleryIndexError(f"{directory}: not a gallery index (no {CATALOG})")
+        with _connection(Path(directory)) as con:
+            raw = catalog.read_info(con)
+        if not raw:
+            raise GalleryIndexError(f"{directory}: the index was never initialized")
+        try:
+            info = catalog.parse_info(raw)
+        except ValueError as err:
+            raise damaged(directory, str(err)) from None
+        return cls(directory, info.fingerprint, info.shapes)
+
     def sync(self, paths: Iterable[str | os.PathLike], extract_fn: ExtractFn,
              metadata_fn: MetadataFn = market_metadata, batch_size: int = 64,
              on_error: str = "fail", progress: bool = False) -> SyncReport:
@@ -154,8 +199,7 @@ class GalleryIndex:
         wanted = sorted(dict.fromkeys(os.path.abspath(os.fspath(p)) for p in paths))
         report = SyncReport()
         with self._writer(), self._connect() as con:
-            info = self._open_for_writing(rebuild=False)
-            self.store.remove_other_generations(info.generation)
+            self._open_for_writing(rebuild=False)
             current = {rec.path: (rec, row) for rec, row in catalog.read_items(con)}
             gone = sorted(set(current) - set(wanted))
             with catalog.transaction(con):
@@ -172,7 +216,7 @@ class GalleryIndex:
             info = catalog.parse_info(catalog.read_info(con))
             live = con.execute("SELECT COUNT(*) FROM items").fetchone()[0]
             if info.rows - live > live // 2:
-                self._compact(con)
+                self._rewrite(con)
         report.skipped.sort()
         return report
 
@@ -189,24 +233,33 @@ class GalleryIndex:
         """Rewrite the features densely in path order (dead rows dropped, chunks contiguous)."""
         with self._writer(), self._connect() as con:
             self._open_for_writing(rebuild=False)
-            self._compact(con)
+            self._rewrite(con)
+
+    def remove(self, paths: Iterable[str | os.PathLike]) -> RemovalReport:
+        """Erase entries by path (their id in the index): catalog rows and feature rows leave
+        the files (see the module doc). Unknown paths are ignored."""
+        wanted = {os.path.abspath(os.fspath(p)) for p in paths}
+        return self._erase(lambda rec: rec.path in wanted)
+
+    def remove_where(self, entries: EntryFilter) -> RemovalReport:
+        """Erase the entries a filter selects; its fields are ``camera``, ``label`` and the
+        extra metadata keys, its ``before`` compares `entry_time`."""
+        return self._erase(lambda rec: record_matches(entries, rec))
+
+    def drop_older_than(self, cutoff: float) -> RemovalReport:
+        """Retention: erase entries whose `entry_time` (seconds since the epoch) is before
+        ``cutoff``."""
+        return self.remove_where(EntryFilter(before=cutoff))
+
+    def feature_bytes(self) -> int:
+        """Bytes of every feature file in the folder (all generations present)."""
+        return sum(f.stat().st_size for g in self.store.generations()
+                   for f in self.store.folder(g).glob("*.f16"))
 
     # -- internals ---------------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def _connect(self) -> Iterator[Any]:
-        """A catalog connection; SQLite failures (damaged file, locked) become one line."""
-        try:
-            con = catalog.connect(self._db)
-            try:
-                yield con
-            finally:
-                con.close()
-        except sqlite3.DatabaseError as err:
-            if str(getattr(err, "sqlite_errorname", "")).startswith(_DAMAGE_CODES):
-                raise damaged(self.directory, f"cannot use the index catalog {CATALOG} "
-                                              f"({err})") from None
-            raise GalleryIndexError(f"{self._db}: cannot use the index catalog ({err})") from None
+    def _connect(self) -> contextlib.AbstractContextManager[Any]:
+        return _connection(self.directory)
 
     @contextlib.contextmanager
     def _writer(self) -> Iterator[None]:
@@ -296,9 +349,25 @@ class GalleryIndex:
                                      f"the model gives {self.store.shapes}; rebuild it")
         return info
 
+    def _erase(self, select: Callable[[IndexRecord], bool]) -> RemovalReport:
+        """Rewrite the index without the entries ``select`` picks (one commit; module doc)."""
+        report = RemovalReport()
+        with self._writer(), self._connect() as con:
+            self._open_for_writing(rebuild=False)
+            report.bytes_before = self.feature_bytes()
+            items = catalog.read_items(con)
+            report.removed = [rec.path for rec, _ in items if select(rec)]
+            report.kept = len(items) - len(report.removed)
+            if report.removed:
+                self._rewrite(con, set(report.removed))
+            report.bytes_after = self.feature_bytes()
+        return report
+
     def _open_for_writing(self, rebuild: bool) -> catalog.Info:
-        """Under the writer lock: the checked committed state, a new catalog for a new index,
-        or (``rebuild``) an emptied one in place of a damaged or mismatched index."""
+        """Under the writer lock: the checked committed state (generations the catalog does not
+        name are deleted: leftovers of an interrupted compaction or erasure), a new catalog for
+        a new index, or (``rebuild``) an emptied one in place of a damaged or mismatched
+        index."""
         try:
             snapshot = self._snapshot(with_items=False)
         except (IndexDamagedError, IndexMismatchError):
@@ -312,6 +381,7 @@ class GalleryIndex:
             return self._initialize(generation)
         if snapshot is None:
             return self._initialize(max(self.store.generations(), default=-1) + 1)
+        self.store.remove_other_generations(snapshot[0].generation)
         return snapshot[0]
 
     def _initialize(self, generation: int) -> catalog.Info:
@@ -415,17 +485,53 @@ class GalleryIndex:
             out[key] = array
         return out
 
-    def _compact(self, con: Any) -> None:
+    def _rewrite(self, con: Any, erase: set[str] = frozenset()) -> None:
+        """Compaction: the live rows except those of ``erase`` densely in path order as a new
+        generation, then one commit that drops ``erase`` from the catalog and switches to it,
+        then the old generation is deleted."""
         info = catalog.parse_info(catalog.read_info(con))
-        items = catalog.read_items(con)
+        items = [(rec, row) for rec, row in catalog.read_items(con) if rec.path not in erase]
         generation = info.generation + 1
         order = np.array([row for _, row in items], dtype=np.int64)
         self.store.write_generation(generation, self.store.open(info.generation, info.rows),
                                     order)
         with catalog.transaction(con):
+            catalog.delete_items(con, sorted(erase))
             catalog.set_rows(con, [(rec.path, i) for i, (rec, _) in enumerate(items)])
             catalog.write_info(con, generation=generation, rows=len(items))
         self.store.remove_other_generations(generation)
+
+
+@contextlib.contextmanager
+def _connection(directory: Path) -> Iterator[Any]:
+    """A connection to the catalog of ``directory``; SQLite failures (damaged file, locked)
+    become one line."""
+    db = directory / CATALOG
+    try:
+        con = catalog.connect(db)
+        try:
+            yield con
+        finally:
+            con.close()
+    except sqlite3.DatabaseError as err:
+        if str(getattr(err, "sqlite_errorname", "")).startswith(_DAMAGE_CODES):
+            raise damaged(directory, f"cannot use the index catalog {CATALOG} ({err})") from None
+        raise GalleryIndexError(f"{db}: cannot use the index catalog ({err})") from None
+
+
+def entry_time(record: IndexRecord) -> float:
+    """When an entry was seen, in seconds since the epoch: its timestamp, or (without one, as
+    for crops synced from a folder) its file's modification time."""
+    return record.timestamp if record.timestamp is not None else record.mtime_ns / 1e9
+
+
+def record_matches(entries: EntryFilter, record: IndexRecord) -> bool:
+    """Whether a filter selects an entry: its fields are compared with the record's camera and
+    label (where known) and extra metadata, its ``before`` with `entry_time`."""
+    fields = dict(record.extra)
+    fields.update({k: v for k, v in (("camera", record.camera), ("label", record.label))
+                   if v is not None})
+    return entries.matches(fields, entry_time(record))
 
 
 def _record(path: str, st: os.stat_result, digest: str, metadata_fn: MetadataFn) -> IndexRecord:

@@ -15,6 +15,12 @@ def fake_bundle(tmp_path_factory) -> Path:
     return write_fake_bundle(tmp_path_factory.mktemp("bundles") / "fake-0")
 
 
+@pytest.fixture(scope="session")
+def fake_bundle_v2(tmp_path_factory) -> Path:
+    """The fake bundle with a global descriptor output (format version 2)."""
+    return write_fake_bundle(tmp_path_factory.mktemp("bundles") / "fake-desc", descriptor=True)
+
+
 @pytest.fixture()
 def fake_clock(monkeypatch) -> FakeClock:
     """The clock of every MicroBatcher created in the test (see fake_clock.py)."""

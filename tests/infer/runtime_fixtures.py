@@ -2,8 +2,10 @@
 
 The bundle follows docs/bundle.md without the export code: a small conv graph turns uint8 BGR
 images into L2-normalized maps ``ds_<scale>`` [N, K, C, h, w] / ``di_<scale>`` [N, C, h, w] at
-two scales, and heads.npz holds random projections (MSDA attention for DS, ms for DI). The
-runtime must work for any such bundle, so this is an independent check of the reader side.
+two scales, and heads.npz holds random projections (MSDA attention for DS, ms for DI). With
+``descriptor=True`` (format version 2) the graph also gives ``descriptor`` [N, DESCRIPTOR_DIM],
+the L2-normalized channel means of the res4 conv. The runtime must work for any such bundle,
+so this is an independent check of the reader side.
 """
 from __future__ import annotations
 
@@ -15,11 +17,12 @@ import cv2
 import numpy as np
 
 K, C, HIDDEN = 2, 8, 3
+DESCRIPTOR_DIM = (K + 1) * C
 HEIGHT, WIDTH = 32, 16
 SCALES = {"res4": (4, 2, 8), "res5": (2, 1, 16)}  # (h, w, stride)
 
 
-def _extractor(rng: np.random.Generator):
+def _extractor(rng: np.random.Generator, descriptor: bool = False):
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -52,6 +55,13 @@ def _extractor(rng: np.random.Generator):
                                                   ["N", K, C, h, w]),
                     helper.make_tensor_value_info(f"di_{scale}", TensorProto.FLOAT,
                                                   ["N", C, h, w])]
+    if descriptor:
+        inits.append(numpy_helper.from_array(np.array([2, 3], np.int64), "pool_axes"))
+        nodes += [helper.make_node("ReduceMean", ["raw_res4", "pool_axes"], ["pooled"],
+                                   keepdims=0),
+                  helper.make_node("LpNormalization", ["pooled"], ["descriptor"], axis=1, p=2)]
+        outputs.append(helper.make_tensor_value_info("descriptor", TensorProto.FLOAT,
+                                                     ["N", DESCRIPTOR_DIM]))
     graph = helper.make_graph(nodes, "fake_extractor", [helper.make_tensor_value_info(
         "images", TensorProto.UINT8, ["N", HEIGHT, WIDTH, 3])], outputs, inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
@@ -75,11 +85,12 @@ def _heads(rng: np.random.Generator) -> dict[str, np.ndarray]:
     return arrays
 
 
-def write_fake_bundle(folder: Path, seed: int = 0) -> Path:
-    """A bundle per docs/bundle.md with a random conv extractor and random heads."""
+def write_fake_bundle(folder: Path, seed: int = 0, descriptor: bool = False) -> Path:
+    """A bundle per docs/bundle.md with a random conv extractor and random heads (format
+    version 2 with a global descriptor output when ``descriptor``, else version 1)."""
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "extractor.onnx").write_bytes(_extractor(rng))
+    (folder / "extractor.onnx").write_bytes(_extractor(rng, descriptor))
     np.savez(folder / "heads.npz", **_heads(rng))
     features = {}
     for scale, (h, w, _) in SCALES.items():
@@ -89,7 +100,8 @@ def write_fake_bundle(folder: Path, seed: int = 0) -> Path:
                     "bytes": (folder / name).stat().st_size}
              for name in ("extractor.onnx", "heads.npz")}
     manifest = {
-        "format": "tal-reid-bundle", "format_version": 1, "toolkit_version": "0.1.0",
+        "format": "tal-reid-bundle", "format_version": 2 if descriptor else 1,
+        "toolkit_version": "0.1.0",
         "run_name": f"fake-{seed}",
         "input": {"name": "images", "dtype": "uint8", "layout": "NHWC", "color": "BGR",
                   "height": HEIGHT, "width": WIDTH, "resize": "bilinear",
@@ -99,6 +111,8 @@ def write_fake_bundle(folder: Path, seed: int = 0) -> Path:
         "matching": {"score": ["ds", "di"], "scales": list(SCALES),
                      "streams": {"ds": {"mode": "attention"}, "di": {"mode": "ms"}}},
         "files": files}
+    if descriptor:
+        manifest["descriptor"] = {"shape": [-1, DESCRIPTOR_DIM], "method": "pooled (test)"}
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=1))
     return folder
 

@@ -34,7 +34,9 @@ def _edit_manifest(folder, **changes):
 
 
 @pytest.mark.parametrize("changes, words", [
-    (dict(format_version=2), "format version 2 is not supported"),
+    (dict(format_version=3), "format version 3 is not supported"),
+    (dict(descriptor={"shape": [-1, 8]}), "descriptor section needs format version 2"),
+    (dict(format_version=2, descriptor={"shape": [8]}), "descriptor.shape must be"),
     (dict(format="something-else"), "not a tal-reid-bundle manifest"),
     (dict(features={"ds_res4": {"shape": [-1, 8]}}), "malformed manifest"),
     (dict(input={"height": 32}), "malformed manifest"),

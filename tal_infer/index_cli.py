@@ -1,0 +1,157 @@
+"""tal-index: look after a gallery index folder (erasure, retention, compaction, statistics).
+
+Works on any index folder `tal-infer --index` wrote, without the model: the fingerprint and
+feature shapes come from the index itself. Erasure rewrites the feature files without the
+removed entries (`GalleryIndex.remove`; docs/scale.md "Gallery lifecycle").
+"""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Callable
+
+import click
+
+from .cli_common import friendly_errors
+from .errors import TalError
+from .index import GalleryIndex, IndexRecord, RemovalReport, entry_time, record_matches
+from .lifecycle import EntryFilter, parse_duration, parse_time
+
+EPILOG = """\b
+Examples:
+  tal-index info gallery.idx
+  tal-index remove gallery.idx --where label=17                 # one person, every camera
+  tal-index remove gallery.idx --where camera=3 --before 2026-11-01 --delete-files
+  tal-index remove gallery.idx --path cams/c3/0017_c3s1_000451_00.jpg
+  tal-index retain gallery.idx --max-age 30d --delete-files
+"""
+_INDEX = click.argument("index_dir", metavar="INDEX", type=click.Path(path_type=Path))
+_DELETE = click.option(
+    "--delete-files", is_flag=True,
+    help="Also delete the crop files of the removed entries (otherwise the next sync of the "
+         "gallery folder adds them again).")
+_DRY_RUN = click.option("--dry-run", is_flag=True,
+                        help="List what would be removed; change nothing.")
+
+
+@click.group(epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """Maintain a gallery index folder: erase entries (a person's crops, a camera, a time
+    span) so their features are gone from the index files, keep a retention window, compact,
+    and show what it holds."""
+
+
+@main.command(epilog=EPILOG)
+@_INDEX
+@friendly_errors
+def info(index_dir: Path) -> None:
+    """Entries, cameras, time span and bytes of an index."""
+    index = GalleryIndex.open(index_dir)
+    contents = index.load()
+    records = contents.records
+    feature_bytes = index.feature_bytes()
+    click.echo(f"index {index_dir}: {len(records)} entries, model {index.fingerprint}")
+    click.echo(f"features: {', '.join(f'{k} {list(v)}' for k, v in index.store.shapes.items())}")
+    per_entry = sum(index.store.row_bytes.values())
+    click.echo(f"feature files: {feature_bytes:,} bytes ({per_entry:,} per entry; "
+               f"{_dead_rows(contents)} dead rows)")
+    if records:
+        cameras = sorted({r.camera for r in records if r.camera is not None})
+        times = [entry_time(r) for r in records]
+        click.echo(f"cameras: {', '.join(map(str, cameras)) or 'unknown'}")
+        click.echo(f"entry times: {_when(min(times))} .. {_when(max(times))}")
+
+
+@main.command(epilog=EPILOG)
+@_INDEX
+@click.option("--path", "paths", multiple=True, type=click.Path(path_type=Path),
+              help="An entry's crop file (its id in the index); repeatable.")
+@click.option("--where", "where", multiple=True, metavar="KEY=VALUE",
+              help="Metadata condition (camera, label or an extra key); repeatable, all must "
+                   "hold. VALUE is read as JSON where it parses (3, \"x\"), else as text.")
+@click.option("--before", metavar="TIME",
+              help="Entry time (timestamp, else file time) before TIME: seconds since the "
+                   "epoch or an ISO 8601 date/time (UTC unless it says).")
+@_DELETE
+@_DRY_RUN
+@friendly_errors
+def remove(index_dir: Path, paths: tuple[Path, ...], where: tuple[str, ...], before: str | None,
+           delete_files: bool, dry_run: bool) -> None:
+    """Erase entries by crop path, or by metadata and time: their catalog rows and feature rows
+    leave the index files (rewritten), in one crash-safe step."""
+    if paths and (where or before):
+        raise TalError("give either --path or --where/--before, not both")
+    index = GalleryIndex.open(index_dir)
+    if paths:
+        wanted = {os.path.abspath(p) for p in paths}
+        _erase(index, lambda rec: rec.path in wanted, delete_files, dry_run)
+    else:
+        _erase(index, EntryFilter.parse(where, before), delete_files, dry_run)
+
+
+@main.command(epilog=EPILOG)
+@_INDEX
+@click.option("--max-age", required=True, metavar="DURATION",
+              help="Keep entries seen within this long (90s, 15m, 12h, 30d, 2w).")
+@click.option("--now", metavar="TIME", help="Reference time instead of the clock.")
+@_DELETE
+@_DRY_RUN
+@friendly_errors
+def retain(index_dir: Path, max_age: str, now: str | None, delete_files: bool,
+           dry_run: bool) -> None:
+    """Retention window: erase entries whose time (timestamp, else file time) is older than
+    --max-age."""
+    cutoff = (time.time() if now is None else parse_time(now)) - parse_duration(max_age)
+    _erase(GalleryIndex.open(index_dir), EntryFilter(before=cutoff), delete_files, dry_run)
+
+
+@main.command(epilog=EPILOG)
+@_INDEX
+@friendly_errors
+def compact(index_dir: Path) -> None:
+    """Rewrite the feature files without dead rows (space of replaced or vanished crops)."""
+    index = GalleryIndex.open(index_dir)
+    before = index.feature_bytes()
+    index.compact()
+    click.echo(f"compacted {index_dir}: feature files {before:,} -> {index.feature_bytes():,} "
+               "bytes")
+
+
+def _erase(index: GalleryIndex, select: EntryFilter | Callable[[IndexRecord], bool],
+           delete_files: bool, dry_run: bool) -> None:
+    """Crop files first (when asked), then the index: a run killed in between leaves entries
+    that the same command, run again, still selects."""
+    if isinstance(select, EntryFilter):
+        entries = select
+        select = lambda rec: record_matches(entries, rec)  # noqa: E731
+    chosen = [r.path for r in index.load().records if select(r)]
+    if dry_run:
+        for path in chosen:
+            click.echo(path)
+        click.echo(f"would remove {len(chosen)} entries (dry run; nothing changed)")
+        return
+    if delete_files:
+        for path in chosen:
+            Path(path).unlink(missing_ok=True)
+    report = index.remove(chosen)
+    _print_report(index, report, delete_files)
+
+
+def _print_report(index: GalleryIndex, report: RemovalReport, deleted: bool) -> None:
+    click.echo(f"removed {len(report.removed)} entries ({report.kept} left); feature files "
+               f"{report.bytes_before:,} -> {report.bytes_after:,} bytes")
+    left = [p for p in report.removed if os.path.exists(p)]
+    if left and not deleted:
+        click.echo(f"note: {len(left)} removed entries' crop files still exist; the next sync "
+                   "of their gallery folder adds them again (use --delete-files to erase the "
+                   "crops too)", err=True)
+
+
+def _dead_rows(contents) -> int:
+    stored = len(next(iter(contents.features.values()))) if contents.features else 0
+    return stored - len(contents)
+
+
+def _when(seconds: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(seconds))

@@ -1,0 +1,83 @@
+"""Which gallery entries leave: metadata filters and retention cut-offs (docs/scale.md).
+
+One `EntryFilter` serves the in-memory `Gallery` and the persistent `GalleryIndex`: every
+condition it names must hold (camera, label, any extra metadata key, a timestamp before a
+cut-off). An empty filter is refused, so a typo can never erase a whole gallery. The CLI
+builds filters from ``--where KEY=VALUE`` (values read as JSON where they parse, else as
+text: ``camera=3`` is the number 3, ``name=ann`` the text "ann") and ``--before TIME``.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping
+
+from .errors import TalError
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
+_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+@dataclass(frozen=True)
+class EntryFilter:
+    """Entries whose metadata equals every item of ``fields`` and, with ``before``, whose
+    timestamp is earlier (entries without a timestamp never match ``before``)."""
+    fields: Mapping[str, Any] = field(default_factory=dict)
+    before: float | None = None
+
+    def __post_init__(self) -> None:
+        if not self.fields and self.before is None:
+            raise TalError("a removal filter needs at least one condition (a field value or a "
+                           "time); refusing to select every entry")
+
+    def matches(self, metadata: Mapping[str, Any], timestamp: float | None) -> bool:
+        if self.before is not None and (timestamp is None or math.isnan(timestamp)
+                                        or timestamp >= self.before):
+            return False
+        return all(key in metadata and metadata[key] == value
+                   for key, value in self.fields.items())
+
+    @classmethod
+    def parse(cls, where: Iterable[str], before: str | None = None) -> "EntryFilter":
+        """From ``KEY=VALUE`` strings and a time (`parse_time`); `TalError` on bad syntax."""
+        fields = {}
+        for item in where:
+            key, sep, text = item.partition("=")
+            if not sep or not key.strip():
+                raise TalError(f"--where {item!r}: expected KEY=VALUE, e.g. camera=3")
+            fields[key.strip()] = _value(text)
+        return cls(fields, None if before is None else parse_time(before))
+
+
+def _value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def parse_time(text: str) -> float:
+    """Seconds since the epoch from a number or an ISO 8601 date/time (UTC unless it says)."""
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        moment = datetime.datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise TalError(f"{text!r} is not a time: give seconds since the epoch or an ISO 8601 "
+                       "date, e.g. 2026-11-30 or 2026-11-30T08:00:00+01:00") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=datetime.timezone.utc)
+    return moment.timestamp()
+
+
+def parse_duration(text: str) -> float:
+    """Seconds from ``90``, ``90s``, ``15m``, ``12h``, ``30d`` or ``2w``."""
+    m = _DURATION.match(text)
+    if m is None:
+        raise TalError(f"{text!r} is not a duration: a number with s, m, h, d or w, e.g. 30d")
+    return float(m.group(1)) * _SECONDS[m.group(2)]

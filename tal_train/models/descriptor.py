@@ -1,0 +1,75 @@
+"""The global descriptor head: one compact vector per crop for stage-1 retrieval (docs/scale.md).
+
+Two-stage retrieval (DESIGN.md section 6) shortlists gallery crops by the inner product of a
+global descriptor and re-scores the shortlist with the full TAL score, so the descriptor's job
+is to rank like the TAL score. It reads the same L2-normalized stream maps the QAConv heads
+match (every expert and the DI stream, every scale, in the extractor's output layout): per
+scale, one shared linear map reduces every location's C channels to ``reduced``; the reduced
+maps of all streams, flattened (the location layout is kept, as QAConv keeps it), go through
+one linear layer to ``dim`` values, L2-normalized.
+
+It is trained after TAL, by distillation from the model's own inference score
+(`tal_train.distill`), with the TAL model frozen: the score, and so the accuracy of the
+re-scored ranking, cannot change. **Why learned, and why this head** (measured on the demo
+model, 8,181 generated gallery crops of unseen domains, 200 queries; recall of the exhaustive
+top-10 inside the top 200 by descriptor): average-pooled stream maps 0.73-0.75, stripe-pooled
+(2 to 8 horizontal stripes) 0.77-0.82, a random linear projection of the flattened maps 0.77;
+the distilled head 0.98-0.99 (docs/scale.md has the table).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+DESCRIPTOR_FORMAT = 1
+
+
+class DescriptorHead(nn.Module):
+    """Stream maps -> L2-normalized descriptor ``[N, dim]`` (see the module doc).
+
+    ``inputs`` maps each extractor output name to its per-item shape: ``ds_<scale>``
+    (K, C, h, w) and ``di_<scale>`` (C, h, w), as ``TALModel.extract`` gives them.
+    """
+
+    def __init__(self, inputs: Mapping[str, tuple[int, ...]], dim: int = 256,
+                 reduced: int = 16):
+        super().__init__()
+        if dim < 1 or reduced < 1 or not inputs:
+            raise ValueError(f"descriptor head needs inputs, dim >= 1 and reduced >= 1 (got "
+                             f"{dict(inputs)}, {dim}, {reduced})")
+        self.inputs = {name: tuple(int(d) for d in shape) for name, shape in inputs.items()}
+        self.dim, self.reduced = dim, reduced
+        channels = {_scale(name): shape[-3] for name, shape in self.inputs.items()}
+        self.reduce = nn.ModuleDict({s: nn.Linear(c, reduced, bias=False)
+                                     for s, c in channels.items()})
+        width = sum(math.prod(shape[:-3]) * shape[-2] * shape[-1] * reduced
+                    for shape in self.inputs.values())
+        self.project = nn.Linear(width, dim)
+
+    def forward(self, maps: Mapping[str, Tensor]) -> Tensor:
+        parts = []
+        for name in self.inputs:
+            x = maps[name].float().flatten(-2).transpose(-1, -2)  # [N, (K,) HW, C]
+            parts.append(self.reduce[_scale(name)](x).flatten(1))
+        return F.normalize(self.project(torch.cat(parts, dim=1)), dim=1)
+
+    def spec(self) -> dict[str, Any]:
+        """Plain-typed description (stored in checkpoints beside the weights)."""
+        return {"format": DESCRIPTOR_FORMAT, "inputs": {k: list(v) for k, v in self.inputs.items()},
+                "dim": self.dim, "reduced": self.reduced}
+
+    @classmethod
+    def from_spec(cls, spec: Mapping[str, Any]) -> "DescriptorHead":
+        if spec.get("format") != DESCRIPTOR_FORMAT:
+            raise ValueError(f"descriptor format {spec.get('format')!r} is not supported "
+                             f"(this toolkit reads {DESCRIPTOR_FORMAT})")
+        return cls({k: tuple(v) for k, v in spec["inputs"].items()}, int(spec["dim"]),
+                   int(spec["reduced"]))
+
+
+def _scale(name: str) -> str:
+    return name.split("_", 1)[1]
