@@ -183,8 +183,8 @@ def _extractor(model: TALModel, head: DescriptorHead | None, fp16: bool = False)
     return folded if head is None else WithDescriptor(folded, head)
 
 
-def _write_graphs(model: TALModel, head: DescriptorHead | None, folder: Path, fp16: bool,
-                  opset: int, max_batch: int, bar: tqdm) -> dict:
+def _write_graphs(model: TALModel, folder: Path, fp16: bool, opset: int, max_batch: int,
+                  bar: tqdm, head: DescriptorHead | None = None) -> dict:
     """extractor.pt2, extractor.onnx, matcher.onnx, matcher_trt.onnx, heads.npz; returns
     the projection form (manifest ``matching`` + heads arrays)."""
     size = model.config.image_size
@@ -212,8 +212,9 @@ def _write_graphs(model: TALModel, head: DescriptorHead | None, folder: Path, fp
     return form
 
 
-def _parity(model: TALModel, head: DescriptorHead | None, folder: Path, fp16: bool,
-            verify: bool, verify_images: str | os.PathLike | None, max_batch: int) -> dict:
+def _parity(model: TALModel, folder: Path, fp16: bool, verify: bool,
+            verify_images: str | os.PathLike | None, max_batch: int,
+            head: DescriptorHead | None = None) -> dict:
     if not verify:
         return {"skipped": True, "passed": None}
     size = model.config.image_size
@@ -252,9 +253,9 @@ def export_bundle(checkpoint: str | os.PathLike, out_dir: str | os.PathLike | No
         bar.update()
         tmp = make_sibling_dir(out, "partial")
         try:
-            form = _write_graphs(model, head, tmp, fp16, opset, max_batch, bar)
+            form = _write_graphs(model, tmp, fp16, opset, max_batch, bar, head)
             bar.set_postfix_str(STEPS[4])
-            parity = _parity(model, head, tmp, fp16, verify, verify_images, max_batch)
+            parity = _parity(model, tmp, fp16, verify, verify_images, max_batch, head)
             bar.update()
             features = mf.feature_specs(model)
             manifest = mf.build_manifest(

@@ -100,7 +100,7 @@ def distill_descriptor(model: TALModel, paths: Sequence[str | os.PathLike],
                 loss.backward()
                 optimizer.step()
                 schedule.step()
-                losses.append(float(loss))
+                losses.append(loss.item())
                 bar.update()
     head.eval()
     maps, teacher = _teacher_block(model, [paths[i] for i in holdout], device)

@@ -38,3 +38,12 @@ def randomized_model(seed: int = 0, **overrides) -> TALModel:
 def write_checkpoint(path: Path, model: TALModel, run_name: str = "tiny-run") -> Path:
     return save_checkpoint(path, model_state=model.state_dict(), config=model.config.to_dict(),
                            epoch=3, run_name=run_name)
+
+
+def random_descriptor_head(model: TALModel, dim: int = 32, seed: int = 0):
+    """A descriptor head for ``model`` with random weights (what distillation would train)."""
+    from tal_train.distill import _item_shapes
+    from tal_train.models.descriptor import DescriptorHead
+
+    torch.manual_seed(seed)
+    return DescriptorHead(_item_shapes(model), dim=dim, reduced=4).eval()

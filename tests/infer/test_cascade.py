@@ -1,0 +1,344 @@
+"""Two-stage retrieval: FAISS stage 1 (exact, IVF, HNSW, GPU sharding, camera exclusion),
+stage 2 on the candidates only, equality with exhaustive matching when M covers the gallery,
+and the CLI / Python API around it (tal_infer.candidates, tal_infer.cascade)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from tal_infer import Gallery, ReIDEngine
+from tal_infer import candidates as stage1
+from tal_infer.candidates import GPU_MAX_K, CandidateSearch, SearchOptions
+from tal_infer.cascade import Shortlists, rescore
+from tal_infer.cli import main
+from tal_infer.errors import TalError
+from tal_infer.index import IndexContents, IndexRecord
+
+from runtime_fixtures import GALLERY_NAMES, QUERY_NAMES, person_crop, write_crops
+
+faiss = pytest.importorskip("faiss")
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def unit_rows(n: int, d: int, rng: np.random.Generator) -> np.ndarray:
+    x = rng.standard_normal((n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def clustered(n: int, d: int, rng: np.random.Generator, clusters: int = 40) -> np.ndarray:
+    """Unit vectors around a few centres, as descriptors of people seen many times are."""
+    centres = unit_rows(clusters, d, rng)
+    x = centres[rng.integers(clusters, size=n)] + 0.3 * unit_rows(n, d, rng)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+@pytest.fixture(scope="module")
+def engine(fake_bundle_v2):
+    return ReIDEngine(fake_bundle_v2, backend="onnxruntime", device="cpu", batch_size=8)
+
+
+@pytest.fixture(scope="module")
+def embedded(engine):
+    """40 gallery crops of 10 people over 3 cameras, 6 query crops (features, cameras)."""
+    rng = np.random.default_rng(3)
+    gallery = engine.embed([person_crop(i % 10, rng) for i in range(40)])
+    queries = engine.embed([person_crop(i, rng) for i in range(6)])
+    return gallery, np.arange(40) % 3, queries
+
+
+# -- stage 1 -------------------------------------------------------------------------------
+
+def test_exact_search_gives_the_top_inner_products():
+    rng = np.random.default_rng()
+    gallery, queries = unit_rows(500, 32, rng), unit_rows(20, 32, rng)
+    got = CandidateSearch(gallery).search(queries, 25)
+    want = np.argsort(-(queries @ gallery.T), axis=1)[:, :25]
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g, w)
+
+
+def test_camera_exclusion_fills_the_shortlist_from_other_cameras():
+    rng = np.random.default_rng()
+    gallery, queries = unit_rows(300, 16, rng), unit_rows(4, 16, rng)
+    g_cams = np.where(np.arange(300) < 280, 0, 1 + np.arange(300) % 3)  # camera 0 holds 280
+    q_cams = np.array([0, 1, -1, 0])
+    got = CandidateSearch(gallery).search(queries, 12, exclude=(q_cams, g_cams))
+    sims = queries @ gallery.T
+    for row, cols in enumerate(got):
+        allowed = np.flatnonzero((g_cams != q_cams[row]) | (q_cams[row] < 0))
+        want = allowed[np.argsort(-sims[row, allowed])][:12]
+        np.testing.assert_array_equal(cols, want)
+    small = CandidateSearch(gallery).search(queries[:1], 50, exclude=(q_cams[:1], g_cams))
+    assert len(small[0]) == 20 and (g_cams[small[0]] != 0).all()  # all the other cameras hold
+
+
+@pytest.mark.parametrize("kind", ["ivf", "hnsw"])
+def test_approximate_searches_find_most_of_the_exact_shortlist(kind):
+    rng = np.random.default_rng(0)
+    gallery, queries = clustered(4000, 32, rng), clustered(50, 32, rng)
+    exact = CandidateSearch(gallery).search(queries, 20)
+    approx = CandidateSearch(gallery, SearchOptions(kind)).search(queries, 20)
+    overlap = np.mean([len(set(a) & set(e)) / 20 for a, e in zip(approx, exact)])
+    assert overlap > 0.9, overlap
+    assert all(len(a) == 20 and len(set(a)) == 20 and a.min() >= 0 for a in approx)
+
+
+def test_bad_search_requests_are_one_line_errors():
+    rng = np.random.default_rng()
+    search = CandidateSearch(unit_rows(10, 8, rng))
+    with pytest.raises(TalError, match="dimension 8"):
+        search.search(unit_rows(2, 4, rng), 3)
+    with pytest.raises(TalError, match=">= 1"):
+        search.search(unit_rows(2, 8, rng), 0)
+    with pytest.raises(TalError, match="unknown candidate search 'lsh'"):
+        SearchOptions("lsh")
+
+
+class _FakeGpuIndex:
+    """Stands for a FAISS GPU index: searches the CPU index, refuses k above GPU_MAX_K."""
+
+    def __init__(self, cpu_index):
+        self.cpu_index, self.ks = cpu_index, []
+
+    def search(self, queries, k):
+        self.ks.append(k)
+        assert k <= GPU_MAX_K, "FAISS GPU indexes refuse k > 2048"
+        return self.cpu_index.search(queries, k)
+
+
+@pytest.mark.parametrize("gpus", [1, 2])
+def test_cuda_search_goes_to_every_gpu_and_shards_over_several(monkeypatch, gpus):
+    calls = {}
+
+    def to_all(index, co):
+        calls["shard"] = co.shard
+        return _FakeGpuIndex(index)
+
+    def to_one(resources, device, index):
+        calls["device"] = device
+        return _FakeGpuIndex(index)
+
+    fake = types.SimpleNamespace(
+        **{name: getattr(faiss, name) for name in dir(faiss) if not name.startswith("_")})
+    fake.StandardGpuResources = object
+    fake.GpuMultipleClonerOptions = lambda: types.SimpleNamespace(shard=False)
+    fake.get_num_gpus = lambda: gpus
+    fake.index_cpu_to_all_gpus, fake.index_cpu_to_gpu = to_all, to_one
+    monkeypatch.setattr(stage1, "load_faiss", lambda: fake)
+
+    rng = np.random.default_rng()
+    gallery, queries = unit_rows(3000, 8, rng), unit_rows(3, 8, rng)
+    search = CandidateSearch(gallery, SearchOptions("exact", device="cuda"))
+    assert search.where == ("1 GPU" if gpus == 1 else "2 GPUs (sharded)")
+    assert calls == ({"device": 0} if gpus == 1 else {"shard": True})
+    want = np.argsort(-(queries @ gallery.T), axis=1)
+    for got, w in zip(search.search(queries, 30), want):
+        np.testing.assert_array_equal(got, w[:30])
+    big = search.search(queries, 2500)  # beyond the GPU limit: the CPU copy answers
+    assert all(len(b) == 2500 for b in big) and max(search.index.ks) <= GPU_MAX_K
+    hnsw = CandidateSearch(gallery, SearchOptions("hnsw", device="cuda"))
+    assert hnsw.where == "cpu"  # FAISS has no GPU HNSW
+
+
+# -- stage 2 and the result -----------------------------------------------------------------
+
+def test_shortlists_order_ties_by_column_and_rank_the_rest_by_stage_one():
+    lists = Shortlists.ordered([np.array([7, 2, 5])], [np.array([1.0, 3.0, 1.0], np.float32)])
+    assert lists.rows(3) == [[(2, 3.0), (5, 1.0), (7, 1.0)]]
+    dense = lists.dense(9)
+    assert np.isnan(dense).sum() == 6 and dense[0, 2] == 3.0
+    stage1_scores = np.linspace(0.9, 0.1, 9)[None].astype(np.float32)  # column 0 best
+    keys = lists.rank_keys(stage1_scores)
+    order = np.argsort(-keys[0], kind="stable")
+    assert order.tolist() == [2, 5, 7, 0, 1, 3, 4, 6, 8]
+
+
+class _Recording:
+    """An array whose row reads are recorded (a feature file that knows what was read)."""
+
+    def __init__(self, array):
+        self.array, self.read = array, []
+
+    def __getitem__(self, rows):
+        self.read.extend(np.atleast_1d(np.arange(len(self.array))[rows]).tolist())
+        return self.array[rows]
+
+    def __len__(self):
+        return len(self.array)
+
+
+def test_stage_two_reads_and_scores_only_each_querys_candidates(engine, embedded):
+    gallery, _, queries = embedded
+    stored = {k: _Recording(v.astype(np.float16)) for k, v in gallery.items()}
+    contents = IndexContents([IndexRecord(f"/g/{i:03d}", 1, 1, "x", None, None, None, {})
+                              for i in range(40)], np.arange(40)[::-1].copy(), stored)
+    scored = []
+
+    class CountingScorer:
+        keys = engine.scorer.keys
+
+        def scores(self, query, gallery_feats):
+            scored.append(len(next(iter(gallery_feats.values()))))
+            return engine.scorer.scores(query, gallery_feats)
+
+    cand = [np.array([3, 17, 9]), np.array([0, 39]), np.array([], np.int64),
+            np.array([5]), np.array([22, 21, 20]), np.array([1, 2])]
+    lists = rescore(CountingScorer(), queries,
+                    lambda cols: contents.gather(cols, engine.scorer.keys), cand)
+    assert scored == [3, 2, 1, 3, 2]  # the empty list is not scored
+    for key in engine.scorer.keys:
+        assert sorted(stored[key].read) == sorted(contents.rows[np.concatenate(cand)].tolist())
+    assert "descriptor" not in engine.scorer.keys and stored["descriptor"].read == []
+    want = engine.scores(queries, {k: v.astype(np.float16).astype(np.float32)  # stored rows
+                                   for k, v in gallery.items()})
+    for q, (cols, sc) in enumerate(zip(lists.columns, lists.scores)):
+        assert sorted(cols.tolist()) == sorted(cand[q].tolist())
+        np.testing.assert_allclose(sc, want[q, contents.rows[cols]], rtol=1e-5, atol=1e-6)
+        assert (np.diff(sc) <= 0).all()
+
+
+@pytest.mark.parametrize("cameras", [False, True])
+def test_engine_cascade_equals_exhaustive_when_m_covers_the_gallery(engine, embedded, cameras):
+    features, cams, queries = embedded
+    gallery = Gallery()
+    gallery.add(features, camera=cams)
+    q_cams = [0, 1, 2, 0, 1, 2] if cameras else None
+    exhaustive = engine.match(queries, gallery, k=15, query_cameras=q_cams)
+    for m in (40, 100):
+        cascade = engine.match(queries, gallery, k=15, query_cameras=q_cams, candidates=m)
+        for a, b in zip(exhaustive, cascade):
+            assert [x.id for x in a] == [x.id for x in b]
+            np.testing.assert_allclose([x.score for x in a], [x.score for x in b], rtol=1e-5)
+            assert [x.camera for x in a] == [x.camera for x in b]
+
+
+def test_engine_cascade_ranks_stage_one_candidates_by_tal_score(engine, embedded):
+    features, cams, queries = embedded
+    gallery = Gallery()
+    ids = gallery.add(features, camera=cams, meta=[{"n": i} for i in range(40)])
+    hits = engine.match(queries, gallery, k=5, candidates=7)
+    top7 = np.argsort(-(queries["descriptor"] @ features["descriptor"].T), axis=1)[:, :7]
+    full = engine.scores(queries, features)
+    for q, row in enumerate(hits):
+        cols = [ids.index(m.id) for m in row]
+        assert set(cols) <= set(top7[q].tolist())
+        best = top7[q][np.argsort(-full[q, top7[q]], kind="stable")][:5]
+        assert cols == best.tolist() and [m.meta["n"] for m in row] == cols
+    gallery.remove(ids[:20])  # the cached stage-1 index follows the gallery
+    later = engine.match(queries, gallery, k=40, candidates=40)
+    assert all(m.id >= 20 for row in later for m in row) and len(later[0]) == 20
+
+
+def test_engine_cascade_needs_a_descriptor(fake_bundle):
+    engine = ReIDEngine(fake_bundle, backend="onnxruntime", device="cpu")
+    rng = np.random.default_rng(0)
+    gallery = Gallery()
+    gallery.add(engine.embed([person_crop(1, rng), person_crop(2, rng)]))
+    with pytest.raises(TalError, match="global descriptor"):
+        engine.match(engine.embed([person_crop(1, rng)]), gallery, candidates=1)
+    with pytest.raises(TalError, match="candidates must be >= 0"):
+        engine.match(engine.embed([person_crop(1, rng)]), gallery, candidates=-1)
+
+
+# -- tal-infer --candidates ----------------------------------------------------------------
+
+@pytest.fixture()
+def folders(tmp_path):
+    names = GALLERY_NAMES + [f"{p:04d}_c{c}s1_{p * 100 + c:06d}_00.jpg" for p in (6, 7, 8)
+                             for c in (1, 2, 3)]
+    write_crops(tmp_path / "q", QUERY_NAMES, seed=1)
+    write_crops(tmp_path / "g", names, seed=2)
+    return tmp_path / "q", tmp_path / "g", len(names)
+
+
+def infer(bundle, folders, *extra):
+    q, g, _ = folders
+    return CliRunner().invoke(main, [str(a) for a in ("--gallery", g, "--queries", q, "--model",
+                                                      bundle, "--quiet", "--device", "cpu",
+                                                      *extra)])
+
+
+def _ranks(path: Path) -> list:
+    return [[(m["gallery"], round(m["score"], 4)) for m in q["matches"]]
+            for q in json.loads(path.read_text())]
+
+
+@pytest.mark.parametrize("extra", [[], ["--exclude-same-camera", "--rerank"]])
+def test_cli_cascade_equals_exhaustive_when_m_covers_the_gallery(fake_bundle_v2, folders,
+                                                                 tmp_path, extra):
+    n = folders[2]
+    runs = {}
+    for m in (0, n, 5):
+        out = tmp_path / f"r{m}.json"
+        res = infer(fake_bundle_v2, folders, "--index", tmp_path / "idx", "--candidates", m,
+                    "--topk", 5, "--out", out, "--scores", tmp_path / f"s{m}.npz",
+                    "--report", tmp_path / f"rep{m}", *extra)
+        assert res.exit_code == 0, res.output
+        runs[m] = (_ranks(out), [line for line in res.stdout.splitlines() if "mAP" in line])
+    assert runs[n] == runs[0]
+    assert runs[0][1] and runs[5][1]  # metrics printed in both modes
+    nan = np.isnan(np.load(tmp_path / "s5.npz")["scores"])
+    assert (nan.sum(axis=1) == n - 5).all()
+    scored = np.load(tmp_path / f"s{n}.npz")
+    same_camera = np.array([[_camera(q) == _camera(g) for g in scored["gallery"]]
+                            for q in scored["queries"]])
+    # every entry is scored, except (with exclusion) the query's own camera, never a candidate
+    assert (np.isnan(scored["scores"]) == (same_camera & bool(extra))).all()
+    assert all(len(r) == 5 for r in runs[5][0])
+    assert (tmp_path / "rep5" / "index.html").is_file()
+
+
+def _camera(path: str) -> str:
+    return Path(path).name.split("_")[1][:2]
+
+
+def test_cli_candidates_with_a_bundle_without_descriptor_is_one_line(fake_bundle, folders):
+    res = infer(fake_bundle, folders, "--candidates", 5)
+    assert res.exit_code == 2
+    assert "no global descriptor" in res.stderr and "Traceback" not in res.stderr
+
+
+BLOCK_FAISS = """
+import sys, importlib.abc
+class _Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] == 'faiss':
+            raise ModuleNotFoundError('blocked for this test: faiss')
+sys.meta_path.insert(0, _Block())
+from tal_infer.cli import main
+main(sys.argv[1:])
+"""
+
+
+def test_without_faiss_candidates_say_how_to_install_and_exhaustive_runs(fake_bundle_v2,
+                                                                         folders):
+    q, g, _ = folders
+    args = ["--gallery", str(g), "--queries", str(q), "--model", str(fake_bundle_v2),
+            "--quiet", "--device", "cpu"]
+    run = lambda *extra: subprocess.run(  # noqa: E731
+        [sys.executable, "-c", BLOCK_FAISS, *args, *extra], capture_output=True, text=True,
+        cwd=ROOT)
+    refused = run("--candidates", "5")
+    assert refused.returncode == 2, refused.stderr
+    errors = [line for line in refused.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "pip install faiss-cpu" in errors[0]
+    assert "Traceback" not in refused.stderr and "queries" not in refused.stderr
+    exhaustive = run("--candidates", "0")
+    assert exhaustive.returncode == 0, exhaustive.stderr
+    assert "mAP" in exhaustive.stdout
+
+
+def test_a_checkpoint_without_descriptor_exports_a_bundle_without_one(exported, folders):
+    _, folder = exported
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["format_version"] == 2 and "descriptor" not in manifest
+    assert "descriptor" not in ReIDEngine(folder, device="cpu").bundle.output_shapes
+    res = infer(folder, folders, "--candidates", 3)
+    assert res.exit_code == 2 and "re-export it" in res.stderr
