@@ -35,4 +35,4 @@ class WithDescriptor(nn.Module):
 def manifest_section(head: DescriptorHead, distillation: dict[str, Any]) -> dict[str, Any]:
     """Manifest ``descriptor``: output shape, how it is made, the distillation report."""
     return {"shape": [-1, head.dim], "method": "distilled", "inputs": list(head.inputs),
-            "reduced": head.reduced, "distillation": distillation}
+            "reduced": head.reduced, "hidden": head.hidden, "distillation": distillation}

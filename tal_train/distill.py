@@ -47,12 +47,13 @@ class DistillOptions:
     """Head size and the schedule (defaults: ~1 minute for the tiny preset on 2 CPU cores)."""
     dim: int = 256
     reduced: int = 16
+    hidden: int = 1024
     blocks: int = 8
     block_size: int = 480
     steps_per_block: int = 60
     batch_size: int = 256
     lr: float = 1e-3
-    teacher_temperature: float = 1.0
+    teacher_temperature: float = 4.0
     student_temperature: float = 0.05
     holdout_shortlist: int = 20
     seed: int = 0
@@ -60,7 +61,7 @@ class DistillOptions:
     def check(self, num_images: int) -> None:
         if num_images < 2 * self.block_size and num_images < 64:
             raise TalError(f"distillation needs at least 64 crops, found {num_images}")
-        for name in ("dim", "reduced", "blocks", "block_size", "steps_per_block",
+        for name in ("dim", "reduced", "hidden", "blocks", "block_size", "steps_per_block",
                      "batch_size", "holdout_shortlist"):
             if getattr(self, name) < 1:
                 raise TalError(f"distillation option {name} must be >= 1")
@@ -81,7 +82,8 @@ def distill_descriptor(model: TALModel, paths: Sequence[str | os.PathLike],
     block = min(options.block_size, len(paths) // 2)
     holdout, pool = order[:block], order[block:]
     batch = min(options.batch_size, block)
-    head = DescriptorHead(_item_shapes(model), options.dim, options.reduced).to(device)
+    head = DescriptorHead(_item_shapes(model), options.dim, options.reduced,
+                          options.hidden).to(device)
     optimizer = torch.optim.Adam(head.parameters(), lr=options.lr)
     total = options.blocks * options.steps_per_block
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, total)

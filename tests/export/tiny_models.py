@@ -46,4 +46,4 @@ def random_descriptor_head(model: TALModel, dim: int = 32, seed: int = 0):
     from tal_train.models.descriptor import DescriptorHead
 
     torch.manual_seed(seed)
-    return DescriptorHead(_item_shapes(model), dim=dim, reduced=4).eval()
+    return DescriptorHead(_item_shapes(model), dim=dim, reduced=4, hidden=64).eval()

@@ -1,0 +1,225 @@
+"""Two-stage retrieval at scale: the cascade (FAISS candidates by the global descriptor, then the
+TAL score on them) against exhaustive matching, on generated galleries (DESIGN.md section 7
+"Scale"; docs/scale.md).
+
+For each gallery size and each M: recall of the exhaustive top-10 inside the M candidates,
+mAP and top-1 of both rankings (the cascade ranks its candidates by TAL score, then the rest by
+descriptor), seconds per query of both (same queries, same CPU matching path, the gallery read
+from a gallery index), and the index's bytes per crop. Last line:
+``cascade: M=<m> recall@10=<r> mAP_exhaustive=<a> mAP_cascade=<b> speedup=<s>x`` for the
+largest gallery and ``--headline-m``.
+
+The model (unless ``--bundle``): the tal-demo recipe (tiny preset, p2 on generated domains
+a-c, 3 x 60 iterations), its descriptor distilled on crops of the same source domains, then
+exported. Galleries: generated domains never seen in training or distillation (another seed),
+all identities' crops (train-split identities act as distractors), subsampled to the size;
+queries: a fixed sample of the query crops. Everything is cached under ``--workdir``: the
+model, the crops, the gallery indexes and the exhaustive results (their timing is from the run
+that computed them, and the table says when), so a re-run only repeats the cascade.
+
+    python benchmarks/cascade.py                                   # 10,000 and 100,000 crops
+    python benchmarks/cascade.py --sizes 10000 --candidates 50,200 --queries 100
+    python benchmarks/cascade.py --sizes 100000 --search hnsw      # approximate stage 1
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import os
+import platform
+import time
+from pathlib import Path
+
+import click
+import numpy as np
+
+from tal_infer.bundle import DESCRIPTOR, load_bundle
+from tal_infer.candidates import CandidateSearch, SearchOptions
+from tal_infer.cascade import descriptors, shortlist
+from tal_infer.engine import ReIDEngine
+from tal_infer.images import list_images, read_image
+from tal_infer.index import GalleryIndex, market_metadata
+from tal_infer.metrics import evaluate_scores
+from tal_infer.naming import parse_market_name
+from tal_infer.scoring import rank_gallery
+
+IMAGES_PER_IDENTITY = 8  # the generator's default 6..10
+DOMAINS = 4
+
+
+def prepare_model(workdir: Path, progress: bool) -> Path:
+    """The demo model with a distilled descriptor, exported (each step reused when done)."""
+    from tal_export import export_bundle
+    from tal_export.bundle import load_model
+    from tal_export.demo import make_data, train_model
+    from tal_train.data.synthetic import SyntheticConfig, synthesize
+    from tal_train.distill import add_descriptor, distill_descriptor
+
+    bundle = workdir / "model" / "bundle"
+    if (bundle / "manifest.json").is_file() and load_bundle(bundle).descriptor_dim:
+        return bundle
+    data, runs = workdir / "model" / "data", workdir / "model" / "runs"
+    make_data(data, identities=40, seed=0, progress=progress)
+    ckpt = runs / "ckpt.pth"
+    if not ckpt.is_file():
+        ckpt = train_model(data, runs, epochs=3, iters=60, batch_size=32, image_size=None,
+                           seed=0, progress=progress)
+    extra = workdir / "model" / "distill-crops"
+    if not (extra / "synthesis.json").is_file():  # more unlabelled crops of the same domains
+        synthesize(extra, SyntheticConfig(identities=200, domains=DOMAINS, seed=0),
+                   overwrite=True, progress=progress)
+    sources = [f"domain-{c}" for c in "abc"]
+    paths = [p for root in (data, extra) for d in sources for p in list_images(root / d)]
+    model, _ = load_model(ckpt)
+    head, report = distill_descriptor(model, paths, progress=progress)
+    print(f"distilled the descriptor on {len(paths)} crops: held-out recall "
+          f"{report['holdout_recall']['recall']:.3f}", flush=True)
+    add_descriptor(ckpt, head, report)
+    return export_bundle(ckpt, bundle, progress=progress)
+
+
+def prepare_gallery(workdir: Path, size: int, num_queries: int, seed: int,
+                    progress: bool) -> tuple[list[str], list[str]]:
+    """(gallery paths, exactly ``size``; query paths) of generated unseen domains."""
+    from tal_train.data.synthetic import SyntheticConfig, synthesize
+
+    folder = workdir / f"crops-{size}"
+    if not (folder / "synthesis.json").is_file():
+        per_domain = math.ceil(1.3 * size / IMAGES_PER_IDENTITY / DOMAINS)
+        synthesize(folder, SyntheticConfig(identities=per_domain, domains=DOMAINS, seed=seed),
+                   overwrite=True, progress=progress)
+    domains = sorted(d for d in folder.iterdir() if d.is_dir())
+    gallery = sorted(p for d in domains for sub in ("bounding_box_test", "bounding_box_train")
+                     for p in list_images(d / sub))
+    queries = sorted(p for d in domains for p in list_images(d / "query"))
+    if len(gallery) < size:
+        raise click.ClickException(f"{folder} holds {len(gallery)} gallery crops, fewer than "
+                                   f"{size}; delete it to regenerate")
+    rng = np.random.default_rng(seed)
+    gallery = [gallery[i] for i in sorted(rng.choice(len(gallery), size, replace=False))]
+    queries = [queries[i] for i in sorted(rng.choice(len(queries), num_queries, replace=False))]
+    return [os.path.abspath(p) for p in gallery], [os.path.abspath(p) for p in queries]
+
+
+def labels(paths: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    parsed = [parse_market_name(Path(p).name) for p in paths]
+    return np.array([p.pid for p in parsed]), np.array([p.camid for p in parsed])
+
+
+def exhaustive(engine: ReIDEngine, contents, queries: dict, cache: Path, query_paths: list[str],
+               progress: bool) -> tuple[np.ndarray, float, str]:
+    """(scores [Nq, Ng], seconds, when measured): computed once, then read from ``cache``."""
+    key = {"queries": query_paths, "gallery": len(contents), "model": engine.bundle.fingerprint}
+    if cache.is_file():
+        with np.load(cache) as stored:
+            if json.loads(str(stored["key"])) == key:
+                return stored["scores"], float(stored["seconds"]), str(stored["when"])
+    scorer = engine.scorer
+    start = time.perf_counter()
+    ranking = rank_gallery(scorer, queries, contents.iter_chunks(scorer.chunk_size(
+        len(query_paths))), len(contents), k=10, keep_scores=True, progress=progress)
+    seconds = time.perf_counter() - start
+    when = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
+    np.savez(cache, scores=ranking.scores, seconds=seconds, when=when, key=json.dumps(key))
+    return ranking.scores, seconds, when
+
+
+def metrics(matrix: np.ndarray, q_labels, g_labels) -> tuple[float, float]:
+    m = evaluate_scores(matrix, q_labels[0], g_labels[0], q_labels[1], g_labels[1])
+    return 100 * m["mAP"], 100 * float(m["cmc"][0])
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores"
+
+
+def load() -> str:
+    return " ".join(f"{x:.1f}" for x in os.getloadavg())
+
+
+@click.command()
+@click.option("--workdir", type=click.Path(path_type=Path), default=Path(".cache/cascade"),
+              show_default=True, help="Cache of the model, crops, indexes, exhaustive results.")
+@click.option("--bundle", type=click.Path(path_type=Path), default=None,
+              help="Use this bundle (it needs a descriptor) instead of building the demo model.")
+@click.option("--sizes", default="10000,100000", show_default=True, help="Gallery sizes.")
+@click.option("--candidates", default="50,100,200,500", show_default=True, help="Values of M.")
+@click.option("--headline-m", default=200, show_default=True, help="M of the last line.")
+@click.option("--queries", "num_queries", default=200, show_default=True, type=int)
+@click.option("--search", default="exact", show_default=True,
+              type=click.Choice(["exact", "ivf", "hnsw"]), help="Stage-1 FAISS index.")
+@click.option("--seed", default=7, show_default=True, type=int,
+              help="Seed of the gallery domains (the model's are seed 0).")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def main(workdir: Path, bundle: Path | None, sizes: str, candidates: str, headline_m: int,
+         num_queries: int, search: str, seed: int, quiet: bool) -> None:
+    """Print recall@10, mAP, top-1 and seconds per query of the cascade and of exhaustive
+    matching, for galleries of the given sizes."""
+    started, progress = time.time(), not quiet
+    workdir.mkdir(parents=True, exist_ok=True)
+    bundle = bundle or prepare_model(workdir, progress)
+    engine = ReIDEngine(bundle, backend="onnxruntime", device="cpu", batch_size=64)
+    ms = sorted(int(m) for m in candidates.split(","))
+    print(f"machine: {machine()}; load average at start {load()}")
+    print(f"model: {bundle} ({engine.bundle.descriptor_dim}-value descriptor); stage 1: "
+          f"FAISS {search}; stage 2 and exhaustive: the numpy CPU path", flush=True)
+    headline = None
+    for size in (int(s) for s in sizes.split(",")):
+        gallery_paths, query_paths = prepare_gallery(workdir, size, num_queries, seed, progress)
+        index = GalleryIndex(workdir / f"index-{size}", engine.bundle.fingerprint,
+                             engine.bundle.output_shapes, rebuild=True)  # another model: redo
+        index.sync(gallery_paths, lambda batch: engine.embed([read_image(p) for p in batch]),
+                   market_metadata, batch_size=64, progress=progress)
+        contents = index.load()
+        queries = engine.embed_files(query_paths).features
+        q_labels, g_labels = labels(query_paths), labels(contents.paths)
+        full, exhaustive_s, when = exhaustive(engine, contents, queries,
+                                              workdir / f"exhaustive-{size}.npz", query_paths,
+                                              progress)
+        best10 = np.argsort(-full, axis=1, kind="stable")[:, :10]
+        exh_map, exh_top1 = metrics(full, q_labels, g_labels)
+        g_desc = contents.gather(np.arange(len(contents)), [DESCRIPTOR])[DESCRIPTOR]
+        built = time.perf_counter()
+        stage1 = CandidateSearch(g_desc, SearchOptions(search))
+        built = time.perf_counter() - built
+        stage1_sims = descriptors(queries) @ g_desc.T
+        per_crop = sum(index.store.row_bytes.values())
+        print(f"\n## {size:,} gallery crops, {len(query_paths)} queries "
+              f"(exhaustive measured {when}; stage-1 index built in {built:.2f} s)")
+        print(f"index: {index.feature_bytes() / len(contents):,.0f} bytes per crop on disk "
+              f"({per_crop - index.store.row_bytes[DESCRIPTOR]:,} maps + "
+              f"{index.store.row_bytes[DESCRIPTOR]:,} descriptor, fp16)")
+        print("| M | recall@10 | mAP exhaustive | mAP cascade | top-1 exhaustive | top-1 cascade "
+              "| s/query exhaustive | s/query cascade | speedup |")
+        print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for m in ms:
+            start = time.perf_counter()
+            lists = shortlist(engine.scorer, queries,
+                              lambda cols: contents.gather(cols, engine.scorer.keys), stage1, m)
+            cascade_s = time.perf_counter() - start
+            recall = np.mean([len(set(b) & set(c)) / 10 for b, c in zip(best10, lists.columns)])
+            cas_map, cas_top1 = metrics(lists.rank_keys(stage1_sims), q_labels, g_labels)
+            speedup = exhaustive_s / cascade_s
+            print(f"| {m} | {recall:.4f} | {exh_map:.2f} | {cas_map:.2f} | {exh_top1:.1f} | "
+                  f"{cas_top1:.1f} | {exhaustive_s / len(query_paths):.4f} | "
+                  f"{cascade_s / len(query_paths):.4f} | {speedup:.0f}x |", flush=True)
+            if m == headline_m:
+                headline = (m, recall, exh_map, cas_map, speedup)
+    print(f"\nwall time {time.time() - started:.0f} s; load average at the end {load()}")
+    if headline is not None:
+        m, recall, a, b, s = headline
+        print(f"cascade: M={m} recall@10={recall:.4f} mAP_exhaustive={a:.2f} "
+              f"mAP_cascade={b:.2f} speedup={s:.0f}x")
+
+
+if __name__ == "__main__":
+    main()
