@@ -70,9 +70,9 @@ def require_descriptor(outputs: Iterable[str]) -> None:
     """`TalError` unless the extractor outputs include the global descriptor (bundles
     exported before it existed have none)."""
     if DESCRIPTOR not in outputs:
-        raise TalError("this model has no global descriptor (its bundle predates two-stage "
-                       "retrieval); re-export it with this toolkit version, or match "
-                       "exhaustively (--candidates 0)")
+        raise TalError("this model has no global descriptor, which two-stage retrieval needs: "
+                       "distil one (tal-distill CKPT --images CROPS) and re-export it with this "
+                       "toolkit version, or match exhaustively (--candidates 0)")
 
 
 def descriptors(features: Mapping[str, Any]) -> np.ndarray:

@@ -30,7 +30,7 @@ from .backends import open_extractor, open_matcher, resolve_device
 from .batching import MicroBatcher
 from .bundle import DESCRIPTOR, Bundle, find_latest_bundle, load_bundle
 from .candidates import CandidateSearch, SearchOptions
-from .cascade import shortlist
+from .cascade import require_descriptor, shortlist
 from .errors import TalError
 from .images import DEFAULT_MAX_PIXELS, ImageError, read_image, resize_batch, to_bgr_uint8
 from .lifecycle import EntryFilter
@@ -140,9 +140,7 @@ class Gallery:
             if features is None:
                 return snapshot, None
             if self._search is None or self._search[0] != options:
-                if DESCRIPTOR not in features:
-                    raise TalError("two-stage matching needs gallery entries with the global "
-                                   "descriptor (a bundle exported with this toolkit version)")
+                require_descriptor(features)
                 self._search = options, CandidateSearch(features[DESCRIPTOR], options)
             return snapshot, self._search[1]
 

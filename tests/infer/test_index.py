@@ -242,39 +242,15 @@ def test_second_writer_is_refused(tmp_path):
 # -- crash safety: a real subprocess, killed with SIGKILL ------------------------------------
 
 CHILD = """
-import contextlib, os, signal, sys, time
+import sys, time
 sys.path.insert(0, {here!r})
+import crash_points
 from test_index import SHAPES, extract_features
-from tal_infer.index import GalleryIndex, catalog, store
+from tal_infer.index import GalleryIndex
 
 index_dir, list_file = sys.argv[1], sys.argv[2]
 kill_at, delay = int(sys.argv[3]), float(sys.argv[4])
-points = 0
-real_fsync, real_remove, real_transaction = store._fsync, store._remove_tree, catalog.transaction
-
-def point():
-    global points
-    points += 1
-    if points == kill_at:
-        os.kill(os.getpid(), signal.SIGKILL)
-
-def fsync(fd):
-    real_fsync(fd)
-    point()
-
-def remove(folder):
-    point()
-    real_remove(folder)
-    point()
-
-@contextlib.contextmanager
-def transaction(con):
-    with real_transaction(con):
-        yield con
-        point()  # before COMMIT: SQLite must roll back
-    point()
-
-store._fsync, store._remove_tree, catalog.transaction = fsync, remove, transaction
+crash_points.install(kill_at)
 
 def extract(paths):
     time.sleep(delay)

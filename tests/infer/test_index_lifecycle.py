@@ -128,38 +128,14 @@ def test_filters_refuse_to_select_everything_and_parse_cli_values():
 # -- crash safety: a removal killed at every step --------------------------------------------
 
 CHILD = """
-import contextlib, os, signal, sys
+import sys
 sys.path.insert(0, {here!r})
+import crash_points
 from test_index import SHAPES
-from tal_infer.index import GalleryIndex, catalog, store
+from tal_infer.index import GalleryIndex
 
 index_dir, kill_at, victims = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
-points = 0
-real_fsync, real_remove, real_transaction = store._fsync, store._remove_tree, catalog.transaction
-
-def point():
-    global points
-    points += 1
-    if points == kill_at:
-        os.kill(os.getpid(), signal.SIGKILL)
-
-def fsync(fd):
-    real_fsync(fd)
-    point()
-
-def remove(folder):
-    point()
-    real_remove(folder)
-    point()
-
-@contextlib.contextmanager
-def transaction(con):
-    with real_transaction(con):
-        yield con
-        point()  # before COMMIT: SQLite must roll back
-    point()
-
-store._fsync, store._remove_tree, catalog.transaction = fsync, remove, transaction
+crash_points.install(kill_at)
 GalleryIndex(index_dir, "model-a", SHAPES).remove(victims)
 """
 
