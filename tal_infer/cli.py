@@ -11,8 +11,8 @@ from typing import Iterator
 import click
 import numpy as np
 
-from .candidates import SEARCH_KINDS, CandidateSearch, SearchOptions, load_faiss
 from .bundle import DESCRIPTOR
+from .candidates import SEARCH_KINDS, CandidateSearch, SearchOptions, load_faiss
 from .cascade import Shortlists, descriptors, require_descriptor, shortlist
 from .cli_common import device_option, friendly_errors
 from .engine import ReIDEngine

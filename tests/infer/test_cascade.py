@@ -295,6 +295,17 @@ def test_cli_cascade_equals_exhaustive_when_m_covers_the_gallery(fake_bundle_v2,
     assert (tmp_path / "rep5" / "index.html").is_file()
 
 
+@pytest.mark.parametrize("kind", ["ivf", "hnsw"])
+def test_cli_approximate_stage_one(fake_bundle_v2, folders, tmp_path, kind):
+    n = folders[2]
+    res = infer(fake_bundle_v2, folders, "--candidates", n, "--candidate-search", kind,
+                "--out", tmp_path / "a.json")
+    assert res.exit_code == 0, res.output
+    assert f"stage 1: {kind} search over {n} descriptors on cpu" in res.stderr
+    exhaustive = infer(fake_bundle_v2, folders, "--out", tmp_path / "e.json")
+    assert _ranks(tmp_path / "a.json") == _ranks(tmp_path / "e.json")  # M covers the gallery
+
+
 def _camera(path: str) -> str:
     return Path(path).name.split("_")[1][:2]
 
