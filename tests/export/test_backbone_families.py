@@ -37,18 +37,18 @@ FAMILIES = {
 
 
 @pytest.fixture(scope="module")
-def data_root(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("synthetic")
-    synthesize(root, SyntheticConfig(identities=8, domains=3, cameras=2, images_per_id=(3, 4),
-                                     size=(64, 32), distractors=0, junk=0), progress=False)
-    return root
+def domains(tmp_path_factory) -> list[Path]:
+    """Three synthetic domains of 8 identities at 64x32: train on a and b, check the export on c."""
+    config = SyntheticConfig(identities=8, domains=3, cameras=2, images_per_id=(3, 4),
+                             size=(64, 32), distractors=0, junk=0)
+    return synthesize(tmp_path_factory.mktemp("synthetic"), config, progress=False)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("family", FAMILIES)
-def test_block_type_trains_two_iterations_and_exports_with_parity(family, data_root, tmp_path):
+def test_block_type_trains_two_iterations_and_exports_with_parity(family, domains, tmp_path):
     name, overrides = FAMILIES[family]
-    options = TrainOptions(protocol="p2", data_root=str(data_root), target="domain-c",
+    options = TrainOptions(protocol="p2", data_root=str(domains[0].parent), target="domain-c",
                            preset="tiny", backbone=name, image_size=[64, 32], batch_size=8,
                            epochs=1, iters=2, out=str(tmp_path / "run"), progress=False,
                            **overrides)
@@ -65,7 +65,7 @@ def test_block_type_trains_two_iterations_and_exports_with_parity(family, data_r
     assert not torch.equal(trained, conv.weight.detach())
 
     bundle = export_bundle(result.checkpoint, tmp_path / "bundle", max_batch=8, progress=False,
-                           verify_images=data_root / "domain-c")
+                           verify_images=domains[0].parent / "domain-c")
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert manifest["model_config"]["backbone"] == name
     parity = manifest["parity"]
