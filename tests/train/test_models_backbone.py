@@ -41,7 +41,7 @@ def test_registered_names_and_unknown_name():
     assert all(name in message for name in backbone_names())
 
 
-@pytest.mark.parametrize("name", RESNETS + OSNETS)
+@pytest.mark.parametrize("name", backbone_names())
 def test_every_backbone_builds_and_runs_with_its_registered_strides_and_channels(name):
     spec = backbone_spec(name)
     x = torch.randn(1, 3, 64, 32, generator=torch.Generator().manual_seed(0))
