@@ -14,8 +14,12 @@ What folding does (all folding arithmetic in float64, rounded once to the comput
   convolution: its input channels are reversed and scaled by 1 / (255 std), and the graph only
   subtracts 255 * mean (BGR order) from the pixels. Zero padding of the shifted pixels equals
   zero padding of the normalized image, so this is exact.
-* **Shared stem.** Where the stem normalization is an instance norm (IBN-b), the stem does not
-  depend on the stream, so the batch is tiled after the stem's max-pool instead of before it.
+* **Shared stem.** Where the stem holds no `DomainNorm` (IBN-b's and OSNet-AIN's instance-norm
+  stems), it does not depend on the stream, so the batch is tiled after the stem.
+
+The backbone is used only through its contract (`tal_train.models.backbones.Backbone`: the
+stem's input convolution, ``forward_stem``, ``forward_stages``), so every registered backbone
+exports without code of its own here.
 
 fp16 (``dtype=torch.float16``): convolution weights, the folded tables and activations are fp16;
 these stay fp32 (see `FP32_PARTS`): instance-norm statistics, the DABN attention (GAP, FCs,
@@ -148,18 +152,15 @@ class FoldedExtractor(nn.Module):
         self.streams = model_streams(model)
         self.num_experts = cfg.num_domains if "ds" in cfg.streams else 0
         self.names = output_names(model)
-        self.scales = cfg.scales
         backbone = copy.deepcopy(model.backbone).eval().requires_grad_(False)
         necks = copy.deepcopy(model.necks).eval().requires_grad_(False)
         self.register_buffer("pixel_shift", _preprocessing_stem(
-            backbone.conv1, cfg.mean, cfg.std, dtype)[None, :, None, None])
-        self.shared_stem = isinstance(backbone.bn1, nn.InstanceNorm2d)
+            backbone.input_conv(), cfg.mean, cfg.std, dtype)[None, :, None, None])
+        self.shared_stem = not any(isinstance(m, DomainNorm) for stem in backbone.stem_modules()
+                                   for m in stem.modules())
         _fold_modules(backbone, self.streams, dtype)
         _fold_modules(necks, self.streams, dtype)
-        self.stem = nn.Sequential(backbone.conv1, backbone.bn1, backbone.relu, backbone.maxpool)
-        self.layers = nn.ModuleList(getattr(backbone, f"layer{i + 1}")
-                                    for i in range(len(backbone.channels)))
-        self.stage_names = list(backbone.channels)  # res2, res3, res4[, res5]
+        self.backbone = backbone
         self.necks = nn.ModuleDict({s: FoldedNeck(necks[s].conv, necks[s].bn) for s in necks})
 
     def _tile(self, x: Tensor) -> Tensor:
@@ -167,13 +168,11 @@ class FoldedExtractor(nn.Module):
 
     def forward(self, images: Tensor) -> tuple[Tensor, ...]:
         x = (images.permute(0, 3, 1, 2).float() - self.pixel_shift).to(self.dtype)
-        x = self._tile(self.stem(x)) if self.shared_stem else self.stem(self._tile(x))
-        maps = {}
-        for stage, layer in zip(self.stage_names, self.layers):
-            x = layer(x)
-            if stage in self.necks:
-                m = self.necks[stage](x)
-                maps[stage] = m.unflatten(0, (len(self.streams), -1))  # [S, N, C, h, w]
+        stem = self.backbone.forward_stem
+        x = self._tile(stem(x)) if self.shared_stem else stem(self._tile(x))
+        stages = self.backbone.forward_stages(x)
+        maps = {s: neck(stages[s]).unflatten(0, (len(self.streams), -1))  # [S, N, C, h, w]
+                for s, neck in self.necks.items()}
         out = []
         for name in self.names:
             stream, scale = name.split("_")

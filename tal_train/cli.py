@@ -11,6 +11,7 @@ from tal_infer.cli_common import SizeType, device_option, friendly_errors
 from tal_infer.errors import TalError
 
 from .engine import TrainOptions, resume_options, train
+from .models.backbones import backbone_names, backbone_spec
 from .models.config import DI_NORMS, DS_HEADS, PRESETS
 
 EPILOG = """\b
@@ -21,6 +22,8 @@ Examples:
             --epochs 3 --iters 60 --out runs/demo
   tal-train --protocol p2 --target domain-c --data-root data/synthetic --preset tiny \\
             --streams di --di-norm bn                       (the QAConv-GS baseline)
+  tal-train --protocol p2 --target domain-d --data-root data/synthetic --preset tiny \\
+            --backbone osnet_ain_x0_25                      (another backbone)
   tal-train --resume runs/p2-market1501/ckpt.pth --epochs 40
   torchrun --nproc_per_node 2 -m tal_train --protocol p2 --target market1501"""
 
@@ -54,8 +57,11 @@ def _milestones(value: str | None) -> list[int] | None:
 @click.option("--data-root", default="data", show_default=True,
               help="Folder holding the datasets by their usual folder names.")
 @click.option("--preset", type=click.Choice(list(PRESETS)), default="paper", show_default=True,
-              help="Model preset (paper: IBN-Net50-b, 384x128; tiny: ResNet-18-IBN-b at a "
-                   "quarter of the width, base width 16, 128x64, for CPU).")
+              help="Model preset (paper: resnet50_ibn_b, 384x128; tiny: resnet18_ibn_b_x0_25, "
+                   "ResNet-18-IBN-b at a quarter of the width, base width 16, 128x64, for CPU).")
+@click.option("--backbone", metavar="NAME",
+              help="Backbone instead of the preset's, one of: " + ", ".join(backbone_names())
+                   + " (docs/training.md).")
 @click.option("--streams", help="Ablation: ds, di or ds,di (default both).")
 @click.option("--scales", help="Ablation: res4, res5 or res4,res5 (default both).")
 @click.option("--di-norm", type=click.Choice(DI_NORMS), help="Ablation: DI-stream norm "
@@ -80,8 +86,9 @@ def _milestones(value: str | None) -> list[int] | None:
                    "all from random init, where batch-hard collapses; docs/training.md].")
 @click.option("--clip", default=512.0, show_default=True, type=float,
               help="Gradient-norm clip (0 = off).")
-@click.option("--pretrained", help="ImageNet weights (path or URL; 'none' = random init) "
-                                   "[default: official IBN-Net weights for paper, none for tiny].")
+@click.option("--pretrained", help="ImageNet weights in the backbone's upstream layout (path or "
+                                   "URL; 'none' = random init) [default: the backbone's "
+                                   "published weights for paper, none for tiny].")
 @click.option("--seed", default=0, show_default=True, type=int, help="Random seed.")
 @device_option
 @click.option("--amp", is_flag=True, help="Mixed precision (CUDA only).")
@@ -111,6 +118,8 @@ def main(**kw) -> None:
                  and ctx.get_parameter_source(k) == ParameterSource.COMMANDLINE}
         options = resume_options(kw["resume"], progress=kw["progress"], **given)
     else:
+        if kw["backbone"] is not None:
+            backbone_spec(kw["backbone"])  # an unknown name fails here, before any data is read
         options = TrainOptions(**kw)
     result = train(options)
     click.echo(f"{result.run_name}: {result.epoch} epochs in {result.seconds:.0f} s; "

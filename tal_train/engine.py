@@ -47,7 +47,7 @@ from .data.transforms import TrainImages
 from .epoch_plan import BatchPlanner
 from .evaluation import evaluate_target, format_metrics_table
 from .losses import DEFAULT_MARGIN
-from .models import TALConfig, TALModel, build_model, load_pretrained, pretrained_url
+from .models import TALConfig, TALModel, backbone_spec, build_model, load_pretrained
 from .phases import DEFAULT_CLIP, PhaseBatch, StepSettings, train_iteration
 from .samplers import Iteration
 from .schedule import (build_optimizer, build_scheduler, default_milestones,
@@ -70,6 +70,7 @@ class TrainOptions:
     target: str | None = None            # p2
     sources: list[str] | None = None     # p2 (None: every other dataset under data_root)
     preset: str = "paper"
+    backbone: str | None = None          # a registered name; None: the preset's
     streams: list[str] | None = None
     scales: list[str] | None = None
     di_norm: str | None = None
@@ -161,7 +162,7 @@ def default_run_name(options: TrainOptions) -> str:
 
 def model_config(options: TrainOptions, domains: Sequence[str]) -> TALConfig:
     overrides = {k: tuple(v) if isinstance(v, list) else v
-                 for k in ("streams", "scales", "di_norm", "ds_head", "image_size")
+                 for k in ("backbone", "streams", "scales", "di_norm", "ds_head", "image_size")
                  if (v := getattr(options, k)) is not None}
     return TALConfig.preset(options.preset, domains=tuple(domains), **overrides)
 
@@ -240,12 +241,12 @@ def _init_model(options: TrainOptions, config: TALConfig) -> tuple[TALModel, flo
     torch.manual_seed(options.seed)
     model = build_model(config)
     source = options.pretrained
-    if source is None and options.preset == "paper":
-        source, allow_random = pretrained_url(config.depth, config.ibn), True
+    if source is None and options.preset == "paper":  # the backbone's published weights, if any
+        source, allow_random = backbone_spec(config.backbone).weights, True
     else:
         allow_random = False
     if source is None or source == "none":
-        log.info("backbone starts from random initialization (no --pretrained)")
+        log.info("backbone %s starts from random initialization", config.backbone)
         return model, 1.0
     report = load_pretrained(model, source, allow_random=allow_random)
     return model, PRETRAINED_LR_MULT if report is not None else 1.0

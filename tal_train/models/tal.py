@@ -1,8 +1,10 @@
 """TALModel: the two-stream adaptive learning network (paper Sec. 3, Fig. 2; DESIGN.md section 2).
 
-One ResNet/IBN-Net whose convolutions are shared by every stream and whose BatchNorms are
-`DomainNorm`s: the DS stream is K experts (DSBN, one per source domain), the DI stream
-normalizes with DABN (or the Table 4 ablations). Per scale (res4 = layer3, res5 = layer4) a neck
+One registered backbone (``config.backbone``, `tal_train.models.backbones`; the paper's IBN-Net50)
+whose convolutions are shared by every stream and whose BatchNorms are `DomainNorm`s (injected
+as its norm factory): the DS stream is K experts (DSBN, one per source domain), the DI stream
+normalizes with DABN (or the Table 4 ablations). Per scale (the stage the registry names for
+res4 / res5: ResNet layer3 / layer4) a neck
 maps the stage output to ``neck_channels`` with a 3x3 convolution and a norm, then L2-normalizes
 every location over channels (as QAConv). **Neck norm reading:** the neck's BatchNorm is a
 `DomainNorm` too, like every BN of the backbone; DSBN replaces all of them, and the experts'
@@ -39,12 +41,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .backbones import NormFactory, backbone_spec
 from .config import TALConfig
 from .msda import MSDAQAConvHead
 from .norm import DomainNorm, Stream, use_stream
 from .projection import HeadProjection, projection_scores
 from .qaconv import MSQAConvHead, match_layout
-from .resnet import NormFactory, resnet
 
 PHASES = ("per_domain", "hybrid_ds", "hybrid_di")
 
@@ -83,9 +85,9 @@ class TALModel(nn.Module):
         k, scales = config.num_domains, config.scales
         norm = functools.partial(DomainNorm, num_domains=k, reduction=config.dabn_reduction,
                                  di_norm=config.di_norm if "di" in config.streams else None)
-        self.backbone = resnet(config.depth, config.ibn, norm, config.last_stride,
-                               config.base_width, last_scale=scales[-1])
-        self.necks = nn.ModuleDict({s: Neck(self.backbone.channels[s], config.neck_channels, norm)
+        spec = backbone_spec(config.backbone)
+        self.backbone = spec.build(norm, config.last_stride, last_scale=scales[-1])
+        self.necks = nn.ModuleDict({s: Neck(spec.scales[s].channels, config.neck_channels, norm)
                                     for s in scales})
         hw = [h * w for h, w in config.scale_sizes().values()]
         self.ds_head = MSQAConvHead(hw)
