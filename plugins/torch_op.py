@@ -8,13 +8,21 @@ where only numpy is. Registering at import, not on first call, keeps the registr
 code that torch.compile traces.
 
 Backends (`backend=` argument):
-  auto    CUDA tensors -> the Triton kernel (the blocked torch path where Triton is missing,
-          the dtype is float64 or C > 256); CPU tensors -> the blocked torch path.
+  auto    CUDA tensors -> the Triton kernel for `qaconv_match` (the blocked torch path where
+          Triton is missing, the dtype is float64 or C > 256) and the blocked torch path for
+          `qaconv_responses`; CPU tensors -> the blocked torch path.
   triton  the Triton kernel: CUDA tensors, or CPU tensors when TRITON_INTERPRET=1 (Triton's
           numpy interpreter: slow, for tests).
   torch   blocked GEMM + max (plugins/cpu.py), any device.
 Query and gallery of different dtypes are promoted to a common one. Outputs are fp32 (fp64
 when an input is fp64: that keeps gradcheck meaningful).
+
+**Why responses run on the torch path on CUDA.** `qaconv_responses` is the training op (the
+heads' batch-statistics BN needs whole response vectors), called per phase, scale and expert on
+batch-sized inputs, and its backward is the blocked torch path anyway. There the cuBLAS GEMM +
+max needs no compile and ran at 65-70 TFLOP/s on an H200 at training sizes (issue 12), while
+each kernel specialization costs a compile at the first iteration; `benchmarks/match.py
+--training` times both. `backend="triton"` still runs the kernel in responses mode.
 """
 from __future__ import annotations
 
@@ -31,9 +39,11 @@ BACKENDS = ("auto", "triton", "torch", "numpy")
 KERNEL_DTYPES = ("float16", "bfloat16", "float32")
 
 
-def resolve_backend(backend: str, device_type: str, dtype_name: str, channels: int) -> str:
-    """The backend that runs torch tensors of this device type, dtype and channel count
-    ('triton' or 'torch'); TalError for a choice that cannot run here."""
+def resolve_backend(backend: str, device_type: str, dtype_name: str, channels: int,
+                    responses: bool = False) -> str:
+    """The backend that runs torch tensors of this device type, dtype and channel count, for
+    the projected op or (`responses`) the responses op: 'triton' or 'torch'; TalError for a
+    choice that cannot run here."""
     if backend not in BACKENDS:
         raise TalError(f"unknown QAConvMatch backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if backend == "numpy":
@@ -41,7 +51,8 @@ def resolve_backend(backend: str, device_type: str, dtype_name: str, channels: i
                        "'auto', 'triton' or 'torch'")
     kernel_fits = dtype_name in KERNEL_DTYPES and channels <= KERNEL_MAX_CHANNELS
     if backend == "auto":
-        return "triton" if device_type == "cuda" and kernel_fits and triton_available() else "torch"
+        use_kernel = device_type == "cuda" and not responses and kernel_fits
+        return "triton" if use_kernel and triton_available() else "torch"
     if backend == "triton":
         if not triton_available():
             raise TalError("QAConvMatch backend 'triton' needs the triton package "
@@ -79,7 +90,7 @@ def _run(query, gallery, wq, wg, backend: str, responses: bool):
                        None if responses else wg.shape)
     query, gallery = _common_dtype(query, gallery)
     dtype_name = str(query.dtype).removeprefix("torch.")
-    if resolve_backend(backend, query.device.type, dtype_name, query.shape[2]) == "torch":
+    if resolve_backend(backend, query.device.type, dtype_name, query.shape[2], responses) == "torch":
         return cpu.torch_match(query, gallery, wq, wg, responses)
     from . import kernel
 
