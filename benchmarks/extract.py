@@ -123,25 +123,38 @@ def main(presets: str, batches: str, device: str, runtime: bool, min_time: float
             methods: dict[str, Callable | str] = {"torch eager fp32": eager(model, device)}
             if device == "cuda":
                 methods["torch eager fp16 autocast"] = eager(model, device, fp16=True)
-            if runtime:
-                methods.update(runtime_extractors(model, device, max(sizes), Path(tmp) / preset))
-            elif device == "cpu":
+            if device == "cpu" and not runtime:
                 sessions = {name: ort_session(model, fp16, Path(tmp))
                             for name, fp16 in (("ort fp32", False), ("ort fp16", True))}
                 methods.update({name: (lambda images, s=s: s.run(None, {"images": images}))
                                 for name, s in sessions.items()})
-            for batch in sizes:
-                images = np.random.default_rng(0).integers(0, 256, (batch, *model.config.image_size, 3),
-                                                           dtype=np.uint8)
-                base = None
-                for name, run in methods.items():
-                    if not callable(run):
-                        print(f"| {preset} | {batch} | {name} | not available: {run} | - |")
-                        continue
-                    t = seconds_per_call(lambda: run(images), min_time, min_calls)
-                    base = base or t
-                    print(f"| {preset} | {batch} | {name} | {batch / t:.1f} | {base / t:.2f} |",
-                          flush=True)
+            # Eager rows first: they print even if the export for --runtime runs out of time.
+            eager_seconds = time_methods(preset, model.config.image_size, sizes, methods,
+                                         min_time, min_calls)
+            if runtime:
+                backends = runtime_extractors(model, device, max(sizes), Path(tmp) / preset)
+                time_methods(preset, model.config.image_size, sizes, backends, min_time,
+                             min_calls, eager_seconds)
+
+
+def time_methods(preset: str, image_size: tuple[int, int], sizes: list[int],
+                 methods: dict[str, Callable | str], min_time: float, min_calls: int,
+                 base: dict[int, float] | None = None) -> dict[int, float]:
+    """Print a row per (batch, method); ratios against `base` seconds per batch (default: the
+    first method's). Returns the first method's seconds per batch."""
+    first: dict[int, float] = {}
+    for batch in sizes:
+        images = np.random.default_rng(0).integers(0, 256, (batch, *image_size, 3), dtype=np.uint8)
+        for name, run in methods.items():
+            if not callable(run):
+                print(f"| {preset} | {batch} | {name} | not available: {run} | - |", flush=True)
+                continue
+            t = seconds_per_call(lambda: run(images), min_time, min_calls)
+            first.setdefault(batch, t)
+            reference = (base or first)[batch]
+            print(f"| {preset} | {batch} | {name} | {batch / t:.1f} | {reference / t:.2f} |",
+                  flush=True)
+    return first
 
 
 if __name__ == "__main__":
