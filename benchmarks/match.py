@@ -26,14 +26,14 @@ Two more modes:
                 fp16 on CUDA): with an empty TRITON_CACHE_DIR it includes the compile, run again
                 with the same folder it shows a warm cache (DESIGN.md section 7 targets: <= 5 s
                 cold, <= 1 s warm).
-  --training    what training runs: `qaconv_responses` forward + backward at training batch
-                sizes (B x B pairs of one phase), fp32 and fp16 inputs, through each backend
-                (torch: GEMM + max; triton: the kernel's responses mode, same backward), so the
-                default on CUDA (torch_op.resolve_backend) can be checked against a measurement.
+  --training    what training runs: `qaconv_responses` forward + backward at a training batch
+                (B x B pairs of one phase): the torch path (GEMM + max) in fp32 and under fp16
+                autocast, and on CUDA the kernel's responses mode on fp16 maps (same backward),
+                so the default on CUDA (torch_op.resolve_backend) can be checked against a
+                measurement.
 """
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import functools
 import os
@@ -234,32 +234,30 @@ def first_calls(device: str, widths: list[int]) -> None:
 
 
 def bench_training(device: str, repeats: int) -> None:
-    """Print forward + backward of qaconv_responses at a training batch, per backend."""
+    """Print forward + backward of qaconv_responses at a training batch: the torch path in fp32
+    and under fp16 autocast (tal-train --amp; the maps stay fp32, the GEMMs run in fp16), and
+    on CUDA the kernel on fp16 maps (its fp32 variant compiles for over a minute)."""
     hw, b = HEIGHT * WIDTH, TRAINING_BATCH
     # forward GEMM, the backward's recomputed GEMM, and dS @ G, dS^T @ Q
     flops = 4 * 2.0 * hw * hw * CHANNELS * b * b
-    backends = ["torch"] + (["triton"] if device == "cuda" else [])
-    precisions = ["fp32", "amp"] if device == "cuda" else ["fp32"]
-    click.echo(f"qaconv_responses forward + backward, {b} x {b} pairs (one phase batch), "
-               f"maps {HEIGHT}x{WIDTH}, C {CHANNELS}; amp = fp16 autocast as tal-train --amp")
+    runs = [("fp32", "torch")] + ([("amp", "torch"), ("fp16", "triton")] if device == "cuda" else [])
     unit, scale = rate_unit(device)
+    click.echo(f"qaconv_responses forward + backward, {b} x {b} pairs (one phase batch), "
+               f"maps {HEIGHT}x{WIDTH}, C {CHANNELS}")
     click.echo(f"| precision | backend | first call (s) | ms per step | {unit} |\n|---|---|---|---|---|")
-    for precision in precisions:
-        for backend in backends:
-            q, g = (match_layout(features(b, device, torch.float32, seed)).requires_grad_()
-                    for seed in (0, 1))
-            grad = torch.randn(b, b, 2 * hw, device=device)
+    for precision, backend in runs:
+        dtype = torch.float16 if precision == "fp16" else torch.float32
+        q, g = (match_layout(features(b, device, dtype, seed)).requires_grad_() for seed in (0, 1))
+        grad = torch.randn(b, b, 2 * hw, device=device)
 
-            def step(q=q, g=g, grad=grad, backend=backend, precision=precision):
-                autocast = (torch.autocast(device, dtype=torch.float16) if precision == "amp"
-                            else contextlib.nullcontext())
-                with autocast:
-                    out = qaconv_responses(q, g, backend=backend)
-                torch.autograd.grad(out, (q, g), grad)
-            first = first_call_seconds(step, device)
-            seconds, _, _ = timed(step, device, repeats)
-            click.echo(f"| {precision} | {backend} | {first:.3f} | {1e3 * seconds:.2f} "
-                       f"| {flops / seconds / scale:.1f} |")
+        def step(q=q, g=g, grad=grad, backend=backend, amp=precision == "amp"):
+            with torch.autocast(device, dtype=torch.float16, enabled=amp):
+                out = qaconv_responses(q, g, backend=backend)
+            torch.autograd.grad(out, (q, g), grad)
+        first = first_call_seconds(step, device)
+        seconds, _, _ = timed(step, device, repeats)
+        click.echo(f"| {precision} | {backend} | {first:.3f} | {1e3 * seconds:.2f} "
+                   f"| {flops / seconds / scale:.1f} |")
 
 
 def measure_cpu_memory(rows: list[dict]) -> None:

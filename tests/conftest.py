@@ -8,11 +8,13 @@ import pytest
 
 
 def _cuda_device() -> str | None:
+    """The CUDA device's name, or None where torch is missing or sees no usable device."""
     try:
         import torch
-    except ImportError:
+
+        return torch.cuda.get_device_name() if torch.cuda.is_available() else None
+    except (ImportError, RuntimeError, AssertionError):  # no torch, or a CUDA that fails to start
         return None
-    return torch.cuda.get_device_name() if torch.cuda.is_available() else None
 
 
 def pytest_report_header(config) -> list[str]:

@@ -1,7 +1,9 @@
 """The compiled Triton kernel and the training op on a CUDA device (skipped without one).
 
 Every case is one kernel specialization (Triton compiles per map size, C, P range, dtype and
-mode, never per Nq or Ng): about ten compiles of a few seconds each, no autotuning.
+mode, never per Nq or Ng): nine compiles, 90 s together for sm_90 on a loaded 2-core CPU, no
+autotuning. fp32 runs at small sizes only: the three-pass tf32 kernel at 24x8 maps, C 128
+compiles for over a minute (why backend="auto" sends fp32 to cuBLAS).
 """
 from __future__ import annotations
 
@@ -16,11 +18,10 @@ from tal_plugins import kernel, qaconv_match_reference, tuning  # noqa: E402
 pytestmark = pytest.mark.gpu
 
 # (Nq, Ng, HWq, HWg, C, P, dtype): odd sizes in each dtype, then the model's maps (24 x 8,
-# C 128) at P 1 / 1 + 64 in fp16 and at P 1 in bf16 and fp32.
+# C 128) at P 1 / 1 + 64 in fp16 and at P 1 in bf16.
 CASES = [(3, 11, 20, 35, 24, 1, torch.float32), (5, 9, 33, 17, 40, 3, torch.bfloat16),
          (7, 130, 48, 48, 64, 65, torch.float16), (16, 301, 192, 192, 128, 1, torch.float16),
-         (16, 301, 192, 192, 128, 65, torch.float16), (16, 301, 192, 192, 128, 1, torch.bfloat16),
-         (16, 301, 192, 192, 128, 1, torch.float32)]
+         (16, 301, 192, 192, 128, 65, torch.float16), (16, 301, 192, 192, 128, 1, torch.bfloat16)]
 
 
 def cuda_inputs(inputs, size, dtype):
@@ -75,24 +76,32 @@ def test_batch_sizes_reuse_one_compiled_kernel_with_the_table_config(inputs):
     assert kernel._CHOSEN[(q.device.index or 0, key)] == tuning.choose(key, name)[0]
 
 
-@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
-def test_kernel_responses_on_gpu(inputs, dtype):
-    q, g, _, _ = cuda_inputs(inputs, (6, 23, 192, 192, 128, 1), dtype)
+@pytest.mark.parametrize("size, dtype", [((6, 23, 192, 192, 128, 1), torch.float16),
+                                         ((6, 23, 40, 48, 32, 1), torch.float32)])
+def test_kernel_responses_on_gpu(inputs, size, dtype):
+    q, g, _, _ = cuda_inputs(inputs, size, dtype)
     out = tal_plugins.qaconv_responses(q, g, backend="triton")
     s = torch.einsum("pic,gjc->pgij", q.double(), g.double())
     torch.testing.assert_close(out.double(), torch.cat([s.amax(3), s.amax(2)], -1), rtol=0, atol=1e-5)
 
 
-def test_auto_backend_uses_the_kernel_and_gradients_flow(inputs):
-    q, g, wq, wg = (t.requires_grad_() for t in cuda_inputs(inputs, (4, 9, 48, 48, 64, 3), torch.float32))
+def test_auto_backend_runs_half_precision_on_the_kernel_and_gradients_flow(inputs):
+    q, g, wq, wg = (t.requires_grad_() for t in cuda_inputs(inputs, (4, 9, 48, 48, 64, 3), torch.float16))
     out = tal_plugins.qaconv_match(q, g, wq, wg)
-    torch.testing.assert_close(out, tal_plugins.qaconv_match(q, g, wq, wg, backend="triton"))
+    torch.testing.assert_close(out, tal_plugins.qaconv_match(q, g, wq, wg, backend="triton"),
+                               rtol=0, atol=0)
     grad_out = torch.randn_like(out)
     ours = torch.autograd.grad(out, (q, g, wq, wg), grad_out)
     ref = torch.autograd.grad(qaconv_match_reference(q, g, wq, wg), (q, g, wq, wg), grad_out)
-    for a, b in zip(ours, ref):
+    for a, b in zip(ours, ref):  # fp16 gradients for the fp16 maps, fp32 for the projections
         assert a.device == b.device and a.dtype == b.dtype
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4 * (1 + b.abs().max().item()))
+        tol = 2e-3 if a.dtype == torch.float16 else 1e-4
+        torch.testing.assert_close(a, b, rtol=tol, atol=tol * (1 + b.abs().max().item()))
+    # fp32 features go to the cuBLAS path (no multi-minute compile of the tf32x3 kernel)
+    q32, g32 = q.detach().float(), g.detach().float()
+    torch.testing.assert_close(tal_plugins.qaconv_match(q32, g32, wq, wg),
+                               tal_plugins.qaconv_match(q32, g32, wq, wg, backend="torch"),
+                               rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("amp", [False, True], ids=["fp32", "amp"])
@@ -125,7 +134,7 @@ def test_tuner_times_candidates_and_writes_the_cache(tmp_path, monkeypatch):
     monkeypatch.setattr(tuning, "_READ", {})
     index = torch.cuda.current_device()
     name, arch = kernel.device_identity(index)
-    key = tuning.TuningKey(arch, 20, 20, 16, 1, "fp16")  # 3 candidates: one 16x16 tile
+    key = tuning.TuningKey(arch, 16, 16, 16, 1, "fp16")  # 3 candidates: one 16x16 tile
     result = tune_key(key, index, queries=4, galleries=16)
     assert len(result.timings) == len(tuning.tuning_candidates(key)) == 3
     assert result.best_ms > 0 and result.best in tuning.tuning_candidates(key)

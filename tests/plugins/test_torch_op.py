@@ -104,6 +104,10 @@ def test_backend_choice():
 def test_auto_backend_on_cuda_picks_the_kernel_only_where_it_runs():
     pytest.importorskip("triton")
     assert resolve_backend("auto", "cuda", "float16", 128) == "triton"
+    assert resolve_backend("auto", "cuda", "bfloat16", 128) == "triton"
+    # fp32: cuBLAS, no multi-minute compile of the three-pass tf32 kernel (backend="triton" can)
+    assert resolve_backend("auto", "cuda", "float32", 128) == "torch"
+    assert resolve_backend("triton", "cuda", "float32", 128) == "triton"
     assert resolve_backend("auto", "cuda", "float64", 128) == "torch"
     assert resolve_backend("auto", "cuda", "float16", 512) == "torch"
 
