@@ -161,7 +161,7 @@ summary_of() {
             outcomes "$OUT/$1" "(FAILED|ERROR)" | sed 's/^/    /' | head -n 60
             grep -E "^=+ .*(passed|failed|error).* in [0-9.]+s" "$OUT/$1" ;;
         demo.log) grep -E "^\[ *[0-9]+ s\] (\[|done|mAP|      training)|^epoch |rror" "$OUT/$1" ;;
-        *) grep -E "^\||^TRITON_CACHE_DIR|^qaconv_|^QAConvMatch|^torch |rror" "$OUT/$1" ;;
+        *) grep -E "^\||^measured |^TRITON_CACHE_DIR|^qaconv_|^QAConvMatch|^torch |rror" "$OUT/$1" ;;
     esac
 }
 

@@ -208,6 +208,9 @@ def bench_size(name: str, device: str, widths: list[int], repeats: int) -> list[
             del out
             rows.append(dict(size=name, P=p, method=label, seconds=seconds, peak=peak, run=full,
                              first=first))
+            # as it happens, so a run stopped early still shows what it measured
+            click.echo(f"measured {name} P={p} {label}: first call {first:.3f} s, "
+                       f"{seconds:.3f} s", err=True)
         reference = next(iter(results.values()))
         scale = reference.abs().max().item()
         for row in rows[-len(methods):]:

@@ -22,7 +22,7 @@ DTYPES = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}
 EPILOG = """\b
 Examples:
   python -m tal_plugins.tune                         # paper preset maps: 24x8, C 128, P 1 and 65, fp16
-  python -m tal_plugins.tune --hw 24x8 --hw 12x4 --p 1,33 --dtype fp16,fp32
+  python -m tal_plugins.tune --hw 24x8 --hw 12x4 --p 1,33 --dtype fp16,bf16
   python -m tal_plugins.tune --show                  # configs in effect, and where they come from
   TAL_QACONV_AUTOTUNE=1 tal-infer ...                # tune what the cache lacks, at first use
 """

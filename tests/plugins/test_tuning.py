@@ -147,3 +147,19 @@ def test_batch_sizes_do_not_create_kernel_specializations():
     assert set(kernel.RUNTIME_SIZES) == {"n_q", "n_g"}
     assert len(keys(kernel._kernel())) == 1
     assert len(keys(JITFunction(kernel.qaconv_match_tile))) > 1  # the check can fail
+
+
+def test_tune_cli_names_one_key_per_compiled_kernel_and_refuses_without_a_gpu(monkeypatch):
+    torch = pytest.importorskip("torch")
+    from click.testing import CliRunner
+
+    from tal_plugins.tune import main, requested_keys
+
+    keys = requested_keys("sm90", [(24, 8), (12, 4)], 128, [1, 65, 100], ["fp16", "bf16"], False)
+    assert len(keys) == 2 * 2 * 2  # P 65 and 100 share the range 65-128
+    assert {k.text() for k in requested_keys("sm90", [(24, 8)], 128, [1, 65], ["fp16"], True)} == \
+        {"sm90/hw192x192/c128/p1/fp16/responses"}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    res = CliRunner().invoke(main, ["--show"])
+    assert res.exit_code == 2 and res.output.strip() == \
+        "error: python -m tal_plugins.tune needs a CUDA GPU (torch.cuda.is_available() is False)"
