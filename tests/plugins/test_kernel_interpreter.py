@@ -82,3 +82,21 @@ def test_tile_candidates_for_sizes_without_exact_tiles():
     tiles = tuning.tile_candidates(20, 35)
     assert tiles == [(16, 16)]
     assert kernel.grid_size(5, 17, 8) == 5 * 3
+
+
+def test_compiles_go_through_tritons_on_disk_cache_in_its_configured_folder(tmp_path):
+    """A second process compiling the same specialization finds it in TRITON_CACHE_DIR and
+    writes nothing (the launch path compiles through the same `triton.compile`)."""
+    env = {**os.environ, "TRITON_CACHE_DIR": str(tmp_path / "triton")}
+    env.pop("TRITON_INTERPRET", None)
+    code = "from tal_plugins import kernel; kernel.compile_ptx('fp16', 20, 20, 16, 1, arch=90)"
+
+    def compile_in_a_new_process() -> dict:
+        res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                             text=True, timeout=300)
+        assert res.returncode == 0, res.stderr[-2000:]
+        return {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()}
+
+    first = compile_in_a_new_process()
+    assert any(p.suffix in (".ptx", ".cubin") for p in first)
+    assert compile_in_a_new_process() == first  # same files, none rewritten
