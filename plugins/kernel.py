@@ -18,8 +18,8 @@ in a small [RM_ROWS, BLOCK_I] register table (one row per ib block, updated with
 Operand rows past HWq / HWg load as 0, and the similarities they produce are masked to -inf
 before the maxima; the maxima at padded locations are then finite and meet zero rows of the
 masked wq / wg loads. In the last gallery run of a query, runs past Ng redo gallery Ng - 1.
-So any HW (not only powers of two) and any Nq, Ng work. The grid is 1-D, query-fastest, so programs running at the
-same time share one gallery run in L2.
+So any HW (not only powers of two) and any Nq, Ng work. The grid is 1-D, query-fastest, so
+programs running at the same time share one gallery run in L2.
 
 The same source serves three launchers: `launch` (torch tensors: CUDA, or CPU under
 TRITON_INTERPRET=1), `compile_ptx` (ahead-of-time PTX for the TensorRT plugin, plugins/trt.py),

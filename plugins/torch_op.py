@@ -19,7 +19,7 @@ Query and gallery of different dtypes are promoted to a common one. Outputs are 
 when an input is fp64: that keeps gradcheck meaningful).
 
 **Why float32 runs on the torch path on CUDA (auto).** The kernel takes fp32 features as three
-tf32 tensor-core passes; that specialization compiles for minutes, not seconds (24x8 maps, C 128,
+tf32 tensor-core passes; that specialization compiles for over a minute (24x8 maps, C 128,
 sm_90: 77-85 s on a 2-core CPU, against 5-20 s for fp16), which no first call may cost.
 cuBLAS's fp32 GEMM + max needs no compile and keeps fp32 accuracy; half-precision features are
 what the kernel is for. `backend="triton"` still runs it on fp32.
@@ -99,7 +99,8 @@ def _run(query, gallery, wq, wg, backend: str, responses: bool):
                        None if responses else wg.shape)
     query, gallery = _common_dtype(query, gallery)
     dtype_name = str(query.dtype).removeprefix("torch.")
-    if resolve_backend(backend, query.device.type, dtype_name, query.shape[2], responses) == "torch":
+    chosen = resolve_backend(backend, query.device.type, dtype_name, query.shape[2], responses)
+    if chosen == "torch":
         return cpu.torch_match(query, gallery, wq, wg, responses)
     from . import kernel
 
