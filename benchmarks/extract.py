@@ -140,8 +140,8 @@ def main(presets: str, batches: str, device: str, runtime: bool, min_time: float
 def time_methods(preset: str, image_size: tuple[int, int], sizes: list[int],
                  methods: dict[str, Callable | str], min_time: float, min_calls: int,
                  base: dict[int, float] | None = None) -> dict[int, float]:
-    """Print a row per (batch, method); ratios against `base` seconds per batch (default: the
-    first method's). Returns the first method's seconds per batch."""
+    """Print a row per (batch, method); ratios against `base` seconds per batch (default: those
+    of the first method that ran). Returns the first method's seconds per batch."""
     first: dict[int, float] = {}
     for batch in sizes:
         images = np.random.default_rng(0).integers(0, 256, (batch, *image_size, 3), dtype=np.uint8)
@@ -149,11 +149,17 @@ def time_methods(preset: str, image_size: tuple[int, int], sizes: list[int],
             if not callable(run):
                 print(f"| {preset} | {batch} | {name} | not available: {run} | - |", flush=True)
                 continue
-            t = seconds_per_call(lambda: run(images), min_time, min_calls)
+            try:
+                t = seconds_per_call(lambda: run(images), min_time, min_calls)
+            except Exception as err:  # a backend that opens but fails to run: say so, go on
+                message = (str(err).splitlines() or [""])[0][:160].replace("|", "/")
+                print(f"| {preset} | {batch} | {name} | failed: {type(err).__name__}: {message} "
+                      f"| - |", flush=True)
+                continue
             first.setdefault(batch, t)
-            reference = (base or first)[batch]
-            print(f"| {preset} | {batch} | {name} | {batch / t:.1f} | {reference / t:.2f} |",
-                  flush=True)
+            reference = (base or first).get(batch)
+            ratio = f"{reference / t:.2f}" if reference else "-"
+            print(f"| {preset} | {batch} | {name} | {batch / t:.1f} | {ratio} |", flush=True)
     return first
 
 
