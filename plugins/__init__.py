@@ -5,9 +5,10 @@ The op contract is in plugins/README.md. `qaconv_match` is the one entry point e
 lazily inside it, so `import tal_plugins` works with numpy alone.
 
 Modules: reference (the plain einsum + max definition), cpu (blocked torch / numpy paths),
-kernel (the Triton kernel and its launchers), torch_op (the `tal::` PyTorch custom ops and
-backend choice), backward (gradients), shapes (shape rules), trt (the TensorRT plugin), ptx
-(fitting its PTX to TensorRT: launch arguments, ISA version).
+kernel (the Triton kernel and its launchers), tuning (its launch-config table and per-GPU tuning
+cache), tune (the opt-in tuner, ``python -m tal_plugins.tune``), torch_op (the `tal::` PyTorch
+custom ops and backend choice), backward (gradients), shapes (shape rules), trt (the TensorRT
+plugin), ptx (fitting its PTX to TensorRT: launch arguments, ISA version).
 """
 from __future__ import annotations
 

@@ -162,4 +162,7 @@ def build_matcher(projection_form: dict, feature_specs: dict[str, dict], dtype: 
     opsets = [helper.make_opsetid("", opset)]
     if custom_op:
         opsets.append(helper.make_opsetid(plugin.ONNX_DOMAIN, 1))
-    return helper.make_model(graph, opset_imports=opsets, producer_name="tal-reid")
+    # The lowest IR version these opsets need, not the installed onnx's newest (onnx 1.23 writes
+    # IR 14, which ONNX Runtime 1.30 refuses to load).
+    return helper.make_model(graph, opset_imports=opsets, producer_name="tal-reid",
+                             ir_version=helper.find_min_ir_version_for(opsets, ignore_unknown=True))

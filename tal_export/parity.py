@@ -64,10 +64,14 @@ def folder_images(folder: str | Path, image_size: tuple[int, int]) -> tuple[np.n
     return resize_batch([read_image(p) for p in paths], *image_size), str(folder)
 
 
-def reference_input(images: np.ndarray, mean: tuple, std: tuple) -> torch.Tensor:
-    """uint8 BGR [N, H, W, 3] -> the model's input: float RGB [N, 3, H, W], mean/std normalized."""
-    x = torch.from_numpy(np.ascontiguousarray(images[..., ::-1])).permute(0, 3, 1, 2).float() / 255
-    return (x - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
+def reference_input(images: np.ndarray, mean: tuple, std: tuple,
+                    device: str | torch.device = "cpu") -> torch.Tensor:
+    """uint8 BGR [N, H, W, 3] -> the model's input: float RGB [N, 3, H, W], mean/std normalized,
+    computed on `device` (the uint8 batch is what crosses to it)."""
+    x = torch.from_numpy(np.ascontiguousarray(images)).to(device).flip(-1)
+    x = x.permute(0, 3, 1, 2).float() / 255
+    mean, std = (torch.tensor(v, device=device)[:, None, None] for v in (mean, std))
+    return (x - mean) / std
 
 
 def run_extractor(session, images: np.ndarray, batch: int) -> dict[str, np.ndarray]:

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .evaluation import target_metrics
+
 
 def plot_curves(train_log: list[dict], metrics: list[dict], path: str | Path) -> Path:
     """Left: mean loss of each phase per epoch; right: mAP (%) of every target and part."""
@@ -19,10 +21,9 @@ def plot_curves(train_log: list[dict], metrics: list[dict], path: str | Path) ->
     left.set(xlabel="epoch", ylabel="triplet loss", title="training loss")
     series: dict[str, list[tuple[int, float]]] = {}
     for entry in metrics:
-        for target, parts in entry.items():
-            if target != "epoch":
-                for part, m in parts.items():
-                    series.setdefault(f"{target} {part}", []).append((entry["epoch"], m["mAP"]))
+        for target, parts in target_metrics(entry).items():
+            for part, m in parts.items():
+                series.setdefault(f"{target} {part}", []).append((entry["epoch"], m["mAP"]))
     for label, points in series.items():
         right.plot(*zip(*points), marker="o", label=label)
     right.set(xlabel="epoch", ylabel="mAP (%)", title="target mAP")

@@ -4,8 +4,10 @@ One loop (DESIGN.md section 2): per epoch the `BatchPlanner` draws the batches (
 then every iteration runs the model's phases (`phases.train_iteration`), the lr schedule steps
 once per epoch, targets are evaluated every ``eval_every`` epochs and after the last, and
 ``OUT/ckpt.pth`` is written after every epoch. Outputs in ``OUT``: ``ckpt.pth``
-(`tal_train.checkpoint`), ``metrics.json`` (the checkpoint's metrics list), ``train_log.json``
-(per-epoch mean losses, lr, time), ``curves.png``.
+(`tal_train.checkpoint`), ``metrics.json`` (the checkpoint's metrics list: per evaluated epoch
+its training images/s and each target's metrics), ``train_log.json`` (per-epoch mean losses, lr,
+time, images/s), ``curves.png``. Training speed (images/s over the epoch, all ranks) is also in
+the progress bar and the per-epoch log line.
 
 **Reproducibility.** Model init uses ``seed``; every epoch reseeds its own generators from
 (seed, epoch[, rank]): numpy for the plan (same on every rank), torch and ``random`` for
@@ -261,8 +263,9 @@ def _split(images: torch.Tensor, labels: torch.Tensor, it: Iteration
 
 
 def _evaluate(model: TALModel, protocol: Protocol, epoch: int, device: torch.device,
-              options: TrainOptions) -> dict:
-    entry: dict[str, Any] = {"epoch": epoch}
+              options: TrainOptions, images_per_s: float) -> dict:
+    """A metrics.json entry: the epoch, its training speed and each target's metrics."""
+    entry: dict[str, Any] = {"epoch": epoch, "images_per_s": images_per_s}
     for name, dataset in protocol.targets.items():
         entry[name] = evaluate_target(model, dataset, device, 2 * options.batch_size,
                                       options.workers, progress=options.progress)
@@ -370,7 +373,8 @@ def _train(options: TrainOptions, info: distributed.DistInfo, device: torch.devi
             log.info("epoch %d: loss %.3f, %.1f s, %.0f images/s", epoch,
                      entry["loss"]["total"], entry["seconds"], entry["images_per_s"])
             if epoch == options.epochs or (options.eval_every and epoch % options.eval_every == 0):
-                run.metrics.append(_evaluate(model, protocol, epoch, device, options))
+                run.metrics.append(_evaluate(model, protocol, epoch, device, options,
+                                             entry["images_per_s"]))
                 print(f"\nepoch {epoch} target metrics (%):\n"
                       f"{format_metrics_table(run.metrics[-1])}", flush=True)
             _write_outputs(out, run, epoch)

@@ -25,6 +25,8 @@ from .data.transforms import EvalImages
 from .models import TALModel
 
 TOPK = (1, 5, 10)
+# Keys of a metrics.json entry that are not target names.
+ENTRY_FIELDS = ("epoch", "images_per_s")
 
 
 def extract_batches(fn: Callable[[Tensor], dict[str, Tensor]], records: Sequence,
@@ -77,13 +79,16 @@ def evaluate_target(model: TALModel, dataset: Dataset, device: torch.device,
     return out
 
 
+def target_metrics(entry: dict) -> dict[str, dict[str, dict[str, float]]]:
+    """{target: {part: metrics}} of one metrics.json entry."""
+    return {k: v for k, v in entry.items() if k not in ENTRY_FIELDS}
+
+
 def format_metrics_table(entry: dict) -> str:
     """A markdown table of one metrics entry: target x part, mAP and top-k."""
     lines = [f"| target | part | mAP | {' | '.join(f'top-{k}' for k in TOPK)} |",
              "|---|---|---:|" + "---:|" * len(TOPK)]
-    for target, parts in entry.items():
-        if target == "epoch":
-            continue
+    for target, parts in target_metrics(entry).items():
         for part, m in parts.items():
             cells = [f"{m['mAP']:.2f}"] + [f"{m[f'top{k}']:.2f}" for k in TOPK]
             lines.append(f"| {target} | {part} | {' | '.join(cells)} |")

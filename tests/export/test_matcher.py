@@ -108,3 +108,10 @@ def test_custom_node_graph_follows_the_plugin_contract():
     assert all(i.type.tensor_type.elem_type == onnx.TensorProto.FLOAT16
                for i in graph_inputs.values())
     assert custom.graph.output[0].name == "scores"
+
+
+def test_matchers_carry_the_lowest_ir_version_their_opsets_allow():
+    # Not the installed onnx's newest: ONNX Runtime 1.30 refuses IR 14, which onnx 1.23 writes.
+    for graph in graphs(randomized_model(seed=5)):
+        assert graph.ir_version == helper.find_min_ir_version_for(graph.opset_import,
+                                                                  ignore_unknown=True) == 8
