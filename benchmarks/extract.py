@@ -37,6 +37,7 @@ from tal_export.parity import reference_input
 from tal_infer.backends import open_extractor
 from tal_infer.bundle import load_bundle
 from tal_infer.errors import TalError
+from tal_infer.precision import FLOAT16, FLOAT32
 from tal_train.checkpoint import save_checkpoint
 from tal_train.models import TALConfig, TALModel, build_model
 
@@ -57,7 +58,8 @@ def seconds_per_call(fn, min_time: float, min_calls: int = 3) -> float:
 
 
 def ort_session(model, fp16: bool, folder: Path) -> ort.InferenceSession:
-    program = export_program(fold_model(model, fp16=fp16), model.config.image_size, 64)
+    program = export_program(fold_model(model, FLOAT16 if fp16 else FLOAT32),
+                             model.config.image_size, 64)
     path = folder / f"extractor-{'fp16' if fp16 else 'fp32'}.onnx"
     path.write_bytes(onnx_graph(program, output_names(model), 18).SerializeToString())
     options = ort.SessionOptions()

@@ -52,6 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from tal_infer.cli_common import friendly_errors  # noqa: E402
 from tal_infer.errors import TalError  # noqa: E402
+from tal_infer.features import match_layout  # noqa: E402
 from tal_plugins import qaconv_match, qaconv_responses  # noqa: E402
 
 # name: (Nq, Ng); feature maps are 24 x 8 (HW 192), C 128 as in the paper's 384 x 128 input.
@@ -163,11 +164,6 @@ def features(n: int, device: str, dtype: torch.dtype, seed: int) -> torch.Tensor
     gen = torch.Generator(device="cpu").manual_seed(seed)
     x = torch.randn(n, CHANNELS, HEIGHT, WIDTH, generator=gen)
     return torch.nn.functional.normalize(x, dim=1).to(device=device, dtype=dtype)
-
-
-def match_layout(x: torch.Tensor) -> torch.Tensor:
-    """[N, C, H, W] -> [N, HW, C] contiguous (the op's input layout)."""
-    return x.flatten(2).transpose(1, 2).contiguous()
 
 
 def first_call_seconds(fn: Callable[[], object], device: str) -> float:

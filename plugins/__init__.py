@@ -19,7 +19,11 @@ from .errors import TalError
 from .reference import qaconv_match_reference, qaconv_match_reference_numpy
 from .shapes import check_match_shapes
 
-__all__ = ["qaconv_match", "qaconv_responses", "qaconv_match_reference", "qaconv_match_reference_numpy"]
+__all__ = ["BACKENDS", "qaconv_match", "qaconv_responses", "qaconv_match_reference",
+           "qaconv_match_reference_numpy"]
+
+# The op's backends (`backend=` of qaconv_match / qaconv_responses; torch_op says which runs what).
+BACKENDS = ("auto", "triton", "torch", "numpy")
 
 
 def _numpy_inputs(backend: str, *arrays) -> None:

@@ -37,12 +37,11 @@ from types import SimpleNamespace
 
 from .errors import TalError
 
-from . import cpu
+from . import BACKENDS, cpu
 from .backward import qaconv_backward
 from .shapes import check_match_shapes, match_output_shape, responses_output_shape
 from .triton_env import KERNEL_MAX_CHANNELS, interpreting, triton_available
 
-BACKENDS = ("auto", "triton", "torch", "numpy")
 KERNEL_DTYPES = ("float16", "bfloat16", "float32")  # what backend="triton" takes
 AUTO_KERNEL_DTYPES = ("float16", "bfloat16")  # what backend="auto" gives it on CUDA
 

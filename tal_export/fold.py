@@ -21,9 +21,11 @@ The backbone is used only through its contract (`tal_train.models.backbones.Back
 stem's input convolution, ``forward_stem``, ``forward_stages``), so every registered backbone
 exports without code of its own here.
 
-fp16 (``dtype=torch.float16``): convolution weights, the folded tables and activations are fp16;
-these stay fp32 (see `FP32_PARTS`): instance-norm statistics, the DABN attention (GAP, FCs,
-softmax) and its mixing of the expert statistics, and the neck's L2 normalization.
+The compute dtype comes from the export's `Precision` (`tal_infer.precision`). fp16:
+convolution weights, the folded tables and activations are fp16; these stay fp32
+(`tal_infer.precision.FP32_PARTS`, which the manifest lists): instance-norm statistics, the
+DABN attention (GAP, FCs, softmax) and its mixing of the expert statistics, the neck's L2
+normalization, and the pixel shift.
 """
 from __future__ import annotations
 
@@ -33,22 +35,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from tal_infer.features import feature_names, split_feature_name
+from tal_infer.precision import FLOAT32, Precision
 from tal_train.models import DomainNorm, TALModel, expert_affines
 from tal_train.models.norm import Stream
-
-FP32_PARTS = ["instance_norm", "dabn_attention", "dabn_mixing", "l2_normalize", "preprocess_shift"]
-
-
-def model_streams(model: TALModel) -> tuple[Stream, ...]:
-    """The tiled streams in order: experts 0..K-1 (DS stream), then "di"."""
-    cfg = model.config
-    experts = tuple(range(cfg.num_domains)) if "ds" in cfg.streams else ()
-    return experts + (("di",) if "di" in cfg.streams else ())
 
 
 def output_names(model: TALModel) -> list[str]:
     """Extractor outputs in graph order: ``<stream>_<scale>``, streams then scales."""
-    return [f"{stream}_{s}" for stream in model.config.streams for s in model.config.scales]
+    return feature_names(model.config.streams, model.config.scales)
 
 
 class FloatIsland(nn.Module):
@@ -149,7 +144,7 @@ class FoldedExtractor(nn.Module):
         super().__init__()
         cfg = model.config
         self.dtype = dtype
-        self.streams = model_streams(model)
+        self.streams = cfg.tiled_streams()
         self.num_experts = cfg.num_domains if "ds" in cfg.streams else 0
         self.names = output_names(model)
         backbone = copy.deepcopy(model.backbone).eval().requires_grad_(False)
@@ -175,12 +170,12 @@ class FoldedExtractor(nn.Module):
                 for s, neck in self.necks.items()}
         out = []
         for name in self.names:
-            stream, scale = name.split("_")
+            stream, scale = split_feature_name(name)
             m = maps[scale]
             out.append(m[:self.num_experts].transpose(0, 1) if stream == "ds" else m[-1])
         return tuple(out)
 
 
-def fold_model(model: TALModel, fp16: bool = False) -> FoldedExtractor:
-    """The folded extractor of `model` in eval form (fp16: see the module docstring)."""
-    return FoldedExtractor(model, torch.float16 if fp16 else torch.float32).eval()
+def fold_model(model: TALModel, precision: Precision = FLOAT32) -> FoldedExtractor:
+    """The folded extractor of `model` in eval form, computing in ``precision`` (module doc)."""
+    return FoldedExtractor(model, precision.torch_dtype).eval()

@@ -17,7 +17,8 @@ tal_train.data.synthetic), features come from ``extractor.onnx`` and from ``TALM
   top-1 flip, between two crops 0.0025 apart on scores of about 15 (gap 2e-4 relative), and the
   same mAP to 0.01 points. With a few dozen crops one such near-tie is 2% of the queries.
 
-Tolerances (the export fails past them): fp32, scores ``max_rel < 1e-4``; fp16,
+Tolerances (the export fails past them) belong to the export's precision
+(`tal_infer.precision`: ``Precision.parity``): fp32, scores ``max_rel < 1e-4``; fp16,
 ``top1_agreement_beyond_ties >= 0.99``.
 """
 from __future__ import annotations
@@ -29,15 +30,15 @@ import numpy as np
 import torch
 
 from tal_infer.errors import TalError
+from tal_infer.features import matcher_input
+from tal_infer.heads import GALLERY_BUDGET_BYTES
 from tal_infer.images import list_images, read_image, resize_batch
+from tal_infer.precision import Precision
 from tal_train.models import TALModel
 
-FP32_SCORE_REL = 1e-4
-FP16_TOP1 = 0.99
 TIE_REL = 1e-3              # fp16 score resolution, relative to the score scale
 GENERATED_IDENTITIES = 32   # x 3 images each: one flip is ~1% of the queries
 MAX_FOLDER_IMAGES = 256
-MATCH_BUDGET_BYTES = 256 * 2 ** 20
 
 
 class ParityError(TalError):
@@ -83,7 +84,7 @@ def run_extractor(session, images: np.ndarray, batch: int) -> dict[str, np.ndarr
 
 
 def run_matcher(session, query: dict[str, np.ndarray], gallery: dict[str, np.ndarray],
-                budget_bytes: int = MATCH_BUDGET_BYTES) -> np.ndarray:
+                budget_bytes: int = GALLERY_BUDGET_BYTES) -> np.ndarray:
     """matcher.onnx scores [Nq, Ng], over query chunks that keep its similarity maps
     (sum over inputs of K * nq * Ng * HW^2 fp32 values) within `budget_bytes`."""
     num_gallery = next(iter(gallery.values())).shape[0]
@@ -93,8 +94,8 @@ def run_matcher(session, query: dict[str, np.ndarray], gallery: dict[str, np.nda
     num_query = next(iter(query.values())).shape[0]
     rows = []
     for start in range(0, num_query, chunk):
-        feed = {f"query_{k}": v[start:start + chunk] for k, v in query.items()}
-        feed.update({f"gallery_{k}": v for k, v in gallery.items()})
+        feed = {matcher_input("query", k): v[start:start + chunk] for k, v in query.items()}
+        feed.update({matcher_input("gallery", k): v for k, v in gallery.items()})
         rows.append(session.run(["scores"], feed)[0])
     return np.concatenate(rows)
 
@@ -153,18 +154,15 @@ def parity_report(model: TALModel, extractor, matcher, images: np.ndarray, sourc
             "tie_tolerance": tolerance}
 
 
-def judge(report: dict, fp16: bool) -> dict:
-    """`report` with ``passed`` and ``criterion`` set; raises ParityError when it fails."""
-    if fp16:
-        criterion = f"top1_agreement_beyond_ties >= {FP16_TOP1}"
-        passed = report["top1_agreement_beyond_ties"] >= FP16_TOP1
-    else:
-        criterion = f"scores.max_rel < {FP32_SCORE_REL:g}"
-        passed = report["scores"]["max_rel"] < FP32_SCORE_REL
-    report = {**report, "criterion": criterion, "passed": bool(passed)}
+def judge(report: dict, precision: Precision) -> dict:
+    """`report` with ``passed`` and ``criterion`` (``precision.parity``) set; raises ParityError
+    when it fails."""
+    criterion = precision.parity
+    passed = criterion.passed(report)
+    report = {**report, "criterion": str(criterion), "passed": passed}
     if not passed:
         raise ParityError(
-            f"parity check failed ({'fp16' if fp16 else 'fp32'}: needs {criterion}) on "
+            f"parity check failed ({precision.short_name}: needs {criterion}) on "
             f"{report['count']} {report['images']} images: scores max_rel "
             f"{report['scores']['max_rel']:.2e}, features max_abs "
             f"{report['features']['max_abs']:.2e}, top-1 agreement {report['top1_agreement']:.3f} "

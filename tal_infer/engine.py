@@ -7,10 +7,12 @@
     for hits in engine.match(engine.embed([crop3]), gallery, k=5):
         print([(m.id, m.score, m.camera) for m in hits])
 
-Features are dicts ``{output name: float32 array [N, ...]}`` in match layout
-(`tal_infer.scoring.match_layout`); `stack_features` joins several. Many threads embedding a
-few crops each share the extractor through `ReIDEngine.batcher` (a `MicroBatcher`): their crops
-run as full batches, and no crop waits longer than ``max_latency_s`` for its batch to start.
+Features are dicts ``{output name: array [N, ...]}`` in match layout
+(`tal_infer.features.match_layout`) and in the bundle's precision (float16 or float32, read once
+from the manifest: `ReIDEngine.precision`). ``backend`` chooses the extractor backend,
+``matcher`` the matching backend (`tal_infer.backends`). Many threads embedding a few crops each
+share the extractor through `ReIDEngine.batcher` (a `MicroBatcher`): their crops run as full
+batches, and no crop waits longer than ``max_latency_s`` for its batch to start.
 """
 from __future__ import annotations
 
@@ -27,8 +29,11 @@ from .backends import open_extractor, open_matcher, resolve_device
 from .batching import MicroBatcher
 from .bundle import Bundle, find_latest_bundle, load_bundle
 from .errors import TalError
+from .features import (FeatureArrays, Features, FeatureSource, match_layout, num_items,
+                       stack_features)
 from .images import DEFAULT_MAX_PIXELS, ImageError, read_image, resize_batch, to_bgr_uint8
-from .scoring import Features, feature_chunks, match_layout, rank_gallery
+from .index import GalleryIndex, SyncReport, market_metadata
+from .scoring import Ranking, rank_gallery
 
 
 class Match(NamedTuple):
@@ -46,11 +51,6 @@ class Embedded:
     features: Features
     paths: list[str]
     skipped: list[tuple[str, str]] = field(default_factory=list)
-
-
-def stack_features(parts: Sequence[Features]) -> Features:
-    """Concatenate feature dicts along N."""
-    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
 def _per_item(values: Any, n: int, what: str) -> list:
@@ -85,7 +85,7 @@ class Gallery:
     def add(self, features: Features, camera: int | Iterable[int] | None = None,
             timestamp: float | Iterable[float] | None = None, meta: Any = None) -> list[int]:
         """Add N embedded crops (`ReIDEngine.embed` output); returns their new ids."""
-        n = len(next(iter(features.values())))
+        n = num_items(features)
         cams = [-1 if c is None else int(c) for c in _per_item(camera, n, "camera")]
         times = [np.nan if t is None else float(t) for t in _per_item(timestamp, n, "timestamp")]
         metas = _per_item(meta, n, "meta")
@@ -94,7 +94,7 @@ class Gallery:
                 raise TalError(f"Gallery.add: features {sorted(features)} differ from the "
                                f"gallery's {sorted(self._parts[0])} (another model?)")
             new = [next(self._ids) for _ in range(n)]
-            self._parts.append({k: np.asarray(v, np.float32) for k, v in features.items()})
+            self._parts.append({k: np.asarray(v) for k, v in features.items()})
             self._features = None
             self.ids = np.concatenate([self.ids, new])
             self.cameras = np.concatenate([self.cameras, cams])
@@ -131,15 +131,16 @@ class Gallery:
 
 
 class ReIDEngine:
-    """A bundle loaded once: extractor backend, matching heads and preprocessing.
+    """A bundle loaded once: its precision, extractor backend, matching backend and preprocessing.
 
-    ``max_pixels`` bounds the size image files may declare (`embed_files`; None: no limit),
-    the guard against decompression bombs (`tal_infer.images`).
+    ``backend``: extractor backend (`tal_infer.backends.EXTRACTOR_BACKENDS`); ``matcher``:
+    matching backend (`MATCH_BACKENDS`). ``max_pixels`` bounds the size image files may declare
+    (`embed_files`; None: no limit), the guard against decompression bombs (`tal_infer.images`).
     """
 
     def __init__(self, model: str | os.PathLike | Bundle | None = None, backend: str = "auto",
                  device: str = "auto", batch_size: int = 32, verify: bool = False,
-                 max_pixels: int | None = DEFAULT_MAX_PIXELS):
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS, matcher: str = "auto"):
         if batch_size < 1:
             raise TalError(f"batch size must be >= 1, got {batch_size}")
         if max_pixels is not None and max_pixels < 1:
@@ -147,23 +148,23 @@ class ReIDEngine:
         if not isinstance(model, Bundle):
             model = load_bundle(find_latest_bundle() if model is None else model, verify=verify)
         self.bundle = model
+        self.precision = model.precision
         self.device = resolve_device(device)
-        self.extractor = open_extractor(model, backend, self.device)
-        self.scorer = open_matcher(model, self.extractor, self.device)
+        self.extractor = open_extractor(model, backend, self.device, self.precision)
+        self.scorer = open_matcher(model, self.extractor, self.device, matcher, self.precision)
         self.batch_size = batch_size
         self.max_pixels = max_pixels
 
     def embed(self, crops: Sequence[np.ndarray]) -> Features:
         """Features of numpy crops (BGR as OpenCV gives them, any size; gray/BGRA/16-bit ok)."""
         if len(crops) == 0:
-            return {k: np.zeros((0, *s.match_shape), np.float32)
+            return {k: np.zeros((0, *s.match_shape), self.precision.numpy_dtype)
                     for k, s in self.bundle.features.items()}
         parts = []
         for start in range(0, len(crops), self.batch_size):
             batch = resize_batch(crops[start:start + self.batch_size], self.bundle.height,
                                  self.bundle.width)
-            parts.append({k: np.ascontiguousarray(match_layout(k, v))
-                          for k, v in self.extractor(batch).items()})
+            parts.append({k: match_layout(v) for k, v in self.extractor(batch).items()})
         return stack_features(parts)
 
     def embed_files(self, paths: Sequence[str | os.PathLike], on_error: str = "fail",
@@ -189,32 +190,51 @@ class ReIDEngine:
         features = stack_features(parts) if parts else self.embed([])
         return Embedded(features, kept, skipped)
 
-    def scores(self, queries: Features, gallery: Features) -> np.ndarray:
+    def rank(self, queries: Features, gallery: FeatureSource | Features, k: int,
+             cameras: tuple[np.ndarray, np.ndarray] | None = None, keep_scores: bool = False,
+             progress: bool = False) -> Ranking:
+        """Top-``k`` gallery columns per query (`tal_infer.scoring.rank_gallery`), the gallery
+        (in-memory features or a `FeatureSource` such as an index snapshot) streamed in chunks
+        the matcher's memory budget allows."""
+        if isinstance(gallery, dict):
+            gallery = FeatureArrays(gallery)
+        chunks = gallery.iter_chunks(self.scorer.chunk_size(num_items(queries)))
+        return rank_gallery(self.scorer, queries, chunks, len(gallery), k, cameras, keep_scores,
+                            progress)
+
+    def scores(self, queries: Features, gallery: FeatureSource | Features) -> np.ndarray:
         """float32 ``[Nq, Ng]`` (higher = more similar), the gallery streamed in chunks."""
-        n = len(next(iter(gallery.values())))
-        ranking = rank_gallery(self.scorer, queries,
-                               feature_chunks(gallery, self.scorer.chunk_size(_count(queries))),
-                               n, k=0, keep_scores=True)
-        return ranking.scores
+        return self.rank(queries, gallery, k=0, keep_scores=True).scores
 
     def match(self, queries: Features, gallery: Gallery, k: int = 10,
               query_cameras: Iterable[int] | None = None) -> list[list[Match]]:
         """Top-``k`` gallery entries per query, best first. With ``query_cameras``, entries
         from a query's own camera are left out (cross-camera linking)."""
         features, ids, cams, times, meta = gallery.snapshot()
-        nq = _count(queries)
+        nq = num_items(queries)
         if features is None or nq == 0:
             return [[] for _ in range(nq)]
         cameras = None
         if query_cameras is not None:
             cameras = (np.array([-1 if c is None else c for c in _per_item(query_cameras, nq,
                                                                            "camera")]), cams)
-        ranking = rank_gallery(self.scorer, queries,
-                               feature_chunks(features, self.scorer.chunk_size(nq)), len(ids),
-                               k, cameras)
+        ranking = self.rank(queries, features, k, cameras)
         return [[Match(int(ids[c]), s, None if cams[c] < 0 else int(cams[c]),
                        None if np.isnan(times[c]) else float(times[c]), meta[c])
                  for c, s in row] for row in ranking.topk.rows()]
+
+    def open_index(self, directory: str | os.PathLike, rebuild: bool = False) -> GalleryIndex:
+        """The gallery index in ``directory`` for this engine's bundle (`bundle_index`)."""
+        return bundle_index(self.bundle, directory, rebuild)
+
+    def sync_index(self, index: GalleryIndex, paths: Sequence[str | os.PathLike],
+                   on_error: str = "fail", progress: bool = False) -> SyncReport:
+        """Make ``index`` hold exactly the image files ``paths``, extracting only new and
+        changed ones (`GalleryIndex.sync`); camera and label from Market-1501-style names."""
+        return index.sync(paths, lambda batch: self.embed(
+                              [read_image(p, self.max_pixels) for p in batch]),
+                          market_metadata, batch_size=self.batch_size, on_error=on_error,
+                          progress=progress)
 
     def batcher(self, max_batch: int | None = None, max_latency_s: float = 0.01
                 ) -> MicroBatcher[np.ndarray, Features]:
@@ -230,12 +250,18 @@ class ReIDEngine:
                             name="reid-embedder", check=_checked_crop)
 
 
+def bundle_index(bundle: Bundle, directory: str | os.PathLike,
+                 rebuild: bool = False) -> GalleryIndex:
+    """The gallery index in ``directory`` for ``bundle``: its fingerprint, feature shapes and
+    precision (`GalleryIndex`; created when new, ``rebuild`` as there)."""
+    shapes = {k: s.match_shape for k, s in bundle.features.items()}
+    return GalleryIndex(directory, bundle.fingerprint, shapes, dtype=bundle.precision.dtype,
+                        rebuild=rebuild)
+
+
 def _checked_crop(crop: np.ndarray) -> np.ndarray:
     """A crop as the extractor batch takes it, or `ImageError` describing this crop."""
     shape = getattr(crop, "shape", None)
     return to_bgr_uint8(crop, name="crop" if shape is None else f"crop of shape {shape}")
 
-
-def _count(features: Features) -> int:
-    return len(next(iter(features.values())))
 

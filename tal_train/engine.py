@@ -187,6 +187,8 @@ def _resolve(options: TrainOptions) -> TrainOptions:
     for ok, message in checks:
         if not ok:
             raise TalError(message)
+    if options.backbone is not None:
+        backbone_spec(options.backbone)  # an unknown name fails here, before any data is read
     milestones = (default_milestones(options.epochs) if options.milestones is None
                   else sorted(options.milestones))
     return dataclasses.replace(options, run_name=run_name, batch_size=batch_size,

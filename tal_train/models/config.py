@@ -26,9 +26,9 @@ from typing import Any
 from tal_infer.errors import TalError
 
 from .backbones import SCALES, backbone_spec, legacy_backbone_name
+from .norm import DI_NORMS, Stream
 
 STREAMS = ("ds", "di")
-DI_NORMS = ("dabn", "bn", "avg")
 DS_HEADS = ("msda", "avg", "vote")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -77,6 +77,12 @@ class TALConfig:
     @property
     def num_domains(self) -> int:
         return len(self.domains)
+
+    def tiled_streams(self) -> tuple[Stream, ...]:
+        """The norm streams of one batched pass, in tile order: the experts 0..K-1 (the DS
+        stream), then "di" (`TALModel.extract` and the folded extractor both tile this way)."""
+        experts = tuple(range(self.num_domains)) if "ds" in self.streams else ()
+        return experts + (("di",) if "di" in self.streams else ())
 
     def scale_sizes(self) -> dict[str, tuple[int, int]]:
         """Feature map (h, w) of each configured scale for `image_size`, from the backbone's

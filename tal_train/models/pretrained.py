@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,7 @@ from torch import Tensor, nn
 from tal_infer.errors import TalError
 from tal_infer.hashing import file_sha256
 
+from ..checkpoint import weights_only_refusal
 from .backbones import KeyFilter, PretrainedWeights
 
 log = logging.getLogger(__name__)
@@ -138,6 +140,8 @@ def _read(source: str | PretrainedWeights, cache_dir: str | None) -> Any:
             raise TalError(f"{path}: pretrained weights file not found")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:  # weights_only=True refused the file
+        raise TalError(f"{path}: {weights_only_refusal(err, 'weights file')}") from None
     except Exception as err:  # noqa: BLE001 - torch raises many types for bad files
         raise TalError(f"{path}: not a readable weights file ({_first_line(err)})") from None
 

@@ -41,6 +41,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from tal_infer.features import feature_name, feature_names
+
 from .backbones import NormFactory, backbone_spec
 from .config import TALConfig
 from .msda import MSDAQAConvHead
@@ -134,22 +136,22 @@ class TALModel(nn.Module):
         ``ds_<scale>`` [N, K, C, h, w] and ``di_<scale>`` [N, C, h, w], for the configured
         streams; the unfolded reference the exported graph is checked against.
         """
-        k, streams = self.config.num_domains, self.config.streams
-        tiles = (tuple(range(k)) if "ds" in streams else ()) + (("di",) if "di" in streams else ())
+        k = self.config.num_domains
         with torch.no_grad(), eval_mode(self):
-            maps = self._tiled_maps(images, tiles)
+            maps = self._tiled_maps(images, self.config.tiled_streams())
         out = {}
-        for stream in streams:
+        for stream in self.config.streams:
             for s, m in maps.items():
-                out[f"{stream}_{s}"] = (m[:k].transpose(0, 1).contiguous() if stream == "ds"
-                                        else m[-1])
+                out[feature_name(stream, s)] = (m[:k].transpose(0, 1).contiguous()
+                                                if stream == "ds" else m[-1])
         return out
 
     def feature_shapes(self) -> dict[str, tuple[int, int]]:
         """(h, w) of each extractor output; the full shapes are [N, K, C, h, w] / [N, C, h, w]
         with K = ``config.num_domains`` and C = ``config.neck_channels``."""
         sizes = self.config.scale_sizes()
-        return {f"{stream}_{s}": sizes[s] for stream in self.config.streams for s in sizes}
+        return {feature_name(stream, s): sizes[s] for stream in self.config.streams
+                for s in sizes}
 
     # ---- training phases ----------------------------------------------------------------
     def _ordered(self, maps: dict[str, Tensor]) -> list[Tensor]:
@@ -243,7 +245,7 @@ class TALModel(nn.Module):
             projections = self.stream_projections()
             total = None
             for part in parts:
-                names = [f"{part}_{s}" for s in self.config.scales]
+                names = feature_names([part], self.config.scales)
                 score = projection_scores(projections[part],
                                           [match_layout(query_feats[n]) for n in names],
                                           [match_layout(gallery_feats[n]) for n in names])

@@ -15,6 +15,7 @@ import torch
 from tal_export import export_bundle
 from tal_export.fold import fold_model, output_names
 from tal_export.parity import reference_input
+from tal_infer.precision import FLOAT16
 from tal_train.checkpoint import load_checkpoint
 from tal_train.data.synthetic import SyntheticConfig, synthesize
 from tal_train.engine import TrainOptions, model_config, train
@@ -82,7 +83,7 @@ def test_folded_osnet_equals_the_unfolded_model(name):
                            generator=g)
     ref = model.extract(reference_input(images.numpy(), model.config.mean, model.config.std))
     with torch.no_grad():
-        fp32, fp16 = fold_model(model)(images), fold_model(model, fp16=True)(images)
+        fp32, fp16 = fold_model(model)(images), fold_model(model, FLOAT16)(images)
     for got, half, key in zip(fp32, fp16, output_names(model)):
         torch.testing.assert_close(got, ref[key], atol=2e-5, rtol=0)  # unit-length vectors
         assert half.dtype == torch.float16

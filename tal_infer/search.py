@@ -1,0 +1,141 @@
+"""Ranking a gallery of image files for query image files: what `tal-infer` does, as library calls.
+
+    engine = ReIDEngine("export/demo")
+    queries = engine.embed_files(query_paths)
+    gallery = embed_gallery(engine, gallery_paths, index=engine.open_index("g.index"))
+    result = search(engine, queries, gallery, SearchOptions(topk=5, rerank=True))
+    write_ranks(Path("ranks.json"), queries.paths, gallery.paths, result.rows)
+
+`embed_gallery` gives a gallery's features, extracted in memory or synced through a gallery
+index, as a `GalleryFiles`: the file paths and a `FeatureSource` (tal_infer.features), the one
+gallery interface that matching, re-ranking and the report read. `search` ranks it for every
+query: top-k per query (same-camera pairs left out when asked, cameras from Market-1501-style
+names), k-reciprocal re-ranking when asked, the full score matrix when asked for or needed,
+and the identities the metrics need when every name carries one.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .engine import Embedded, ReIDEngine
+from .features import FeatureArrays, Features, FeatureSource
+from .index import GalleryIndex, SyncReport
+from .naming import parse_market_name
+from .reranking import k_reciprocal
+from .scoring import top_k
+
+Labels = tuple[np.ndarray, np.ndarray]  # (pids, cameras) in file order
+
+
+@dataclass
+class GalleryFiles:
+    """Gallery image files and their features, in memory or in a gallery index snapshot."""
+    paths: list[str]
+    features: FeatureSource
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    sync: SyncReport | None = None  # what syncing the index did (None: extracted in memory)
+
+
+@dataclass(frozen=True)
+class SearchOptions:
+    topk: int = 10
+    exclude_same_camera: bool = False
+    rerank: bool = False        # k-reciprocal re-ranking (needs query-query, gallery-gallery)
+    keep_scores: bool = False   # return the full score matrix even when nothing else needs it
+    progress: bool = False
+
+
+@dataclass
+class SearchResult:
+    rows: list[list[tuple[int, float]]]  # per query: (gallery column, score), best first
+    scores: np.ndarray | None            # [Nq, Ng] float32 (re-ranked: 1 - d) when kept
+    identities: tuple[Labels, Labels] | None  # (queries, gallery) when every name has them
+    warnings: list[str] = field(default_factory=list)
+
+
+def embed_gallery(engine: ReIDEngine, paths: Sequence[str], index: GalleryIndex | None = None,
+                  on_error: str = "fail", progress: bool = False) -> GalleryFiles:
+    """The gallery's features: extracted in memory, or (``index``) synced through the index
+    (only new and changed files are extracted) and read from its snapshot."""
+    if index is None:
+        embedded = engine.embed_files(paths, on_error, progress, desc="gallery")
+        return GalleryFiles(embedded.paths, FeatureArrays(embedded.features), embedded.skipped)
+    report = engine.sync_index(index, paths, on_error, progress)
+    contents = index.load()
+    return GalleryFiles(contents.paths, contents, report.skipped, report)
+
+
+def search(engine: ReIDEngine, queries: Embedded, gallery: GalleryFiles,
+           options: SearchOptions = SearchOptions()) -> SearchResult:
+    """Rank ``gallery`` for every query (see the module doc)."""
+    q_ids, g_ids = file_identities(queries.paths), file_identities(gallery.paths)
+    identities = None if q_ids is None or g_ids is None else (q_ids, g_ids)
+    cameras, warnings = None, []
+    if options.exclude_same_camera:
+        cameras = (file_cameras(queries.paths), file_cameras(gallery.paths))
+        if (cameras[0] < 0).all() or (cameras[1] < 0).all():
+            warnings.append("same-camera exclusion: file names carry no cameras; nothing "
+                            "excluded")
+    keep = options.keep_scores or options.rerank or identities is not None
+    ranking = engine.rank(queries.features, gallery.features, options.topk, cameras,
+                          keep_scores=keep, progress=options.progress)
+    scores, topk = ranking.scores, ranking.topk
+    if options.rerank:
+        scores = reranked_scores(engine, queries.features, gallery.features, scores,
+                                 options.progress)
+        topk = top_k(scores, options.topk, cameras)
+    return SearchResult(topk.rows(), scores, identities, warnings)
+
+
+def reranked_scores(engine: ReIDEngine, queries: Features, gallery: FeatureSource,
+                    scores: np.ndarray, progress: bool = False) -> np.ndarray:
+    """k-reciprocal re-ranking on ``d = 1 - sigmoid(score)``, returned as scores ``1 - d``."""
+    g_all = gallery.take(np.arange(len(gallery)))
+
+    def distances(s: np.ndarray) -> np.ndarray:
+        return 1.0 / (1.0 + np.exp(s.astype(np.float64)))  # 1 - sigmoid
+
+    dist = k_reciprocal(distances(scores), distances(engine.scores(queries, queries)),
+                        distances(engine.scores(g_all, g_all)), progress=progress)
+    return (1.0 - dist).astype(np.float32)
+
+
+def file_identities(paths: Sequence[str]) -> Labels | None:
+    """(pids, cameras) from Market-style names, or None unless every name carries them."""
+    parsed = [parse_market_name(Path(p).name) for p in paths]
+    if any(p is None for p in parsed):
+        return None
+    return np.array([p.pid for p in parsed]), np.array([p.camid for p in parsed])
+
+
+def file_cameras(paths: Sequence[str]) -> np.ndarray:
+    """Camera per path from Market-style names; -1 where a name carries none."""
+    parsed = [parse_market_name(Path(p).name) for p in paths]
+    return np.array([-1 if p is None else p.camid for p in parsed], np.int64)
+
+
+def write_ranks(out: str | os.PathLike, query_paths: Sequence[str],
+                gallery_paths: Sequence[str], rows: Sequence[Sequence[tuple[int, float]]]
+                ) -> None:
+    """Rank lists as JSON (``[{"query", "matches": [{"rank", "gallery", "score"}]}]``) or, for
+    a ``.csv`` name, CSV rows ``query,rank,gallery,score``."""
+    out = Path(out)
+    if out.suffix.lower() == ".json":
+        data = [{"query": q, "matches": [{"rank": r + 1, "gallery": gallery_paths[c],
+                                          "score": s} for r, (c, s) in enumerate(row)]}
+                for q, row in zip(query_paths, rows)]
+        out.write_text(json.dumps(data, indent=1), encoding="utf-8")
+        return
+    with open(out, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["query", "rank", "gallery", "score"])
+        for q, row in zip(query_paths, rows):
+            writer.writerows([q, r + 1, gallery_paths[c], f"{s:.6g}"]
+                             for r, (c, s) in enumerate(row))
