@@ -12,13 +12,14 @@ import numpy as np
 
 from .backends import EXTRACTOR_BACKENDS, MATCH_BACKENDS
 from .cli_common import device_option, friendly_errors
-from .engine import ReIDEngine
+from .engine import Embedded, ReIDEngine
 from .errors import TalError
 from .images import DEFAULT_MAX_PIXELS, list_images
 from .index import GalleryIndex, IndexDamagedError, IndexMismatchError
 from .metrics import UndefinedMetricsError, evaluate_scores
 from .output_paths import check_output_file, check_output_folder, writing
-from .search import GalleryFiles, SearchOptions, embed_gallery, search, write_ranks
+from .search import (GalleryFiles, SearchOptions, SearchResult, embed_gallery, search,
+                     write_ranks)
 
 EPILOG = """\b
 Examples:
@@ -123,18 +124,8 @@ def main(gallery_dir: Path, query_dir: Path, model: Path | None, topk: int, out:
     if out is None and scores_out is None:
         _print_top1(queries.paths, gallery.paths, result.rows)
     if report_dir is not None:
-        from .report import write_report
-
-        with writing(report_dir, "--report"):
-            page = write_report(report_dir, engine.bundle, queries.paths, gallery.paths,
-                                result.rows, *_pids(result.identities), queries.features,
-                                gallery.features.take, limit=report_queries)
-        click.echo(f"report: {page}", err=True)
-    skipped = queries.skipped + gallery.skipped
-    if skipped:
-        click.echo(f"skipped {len(skipped)} unreadable file(s):", err=True)
-        for path, reason in skipped:
-            click.echo(f"  {path}: {reason}", err=True)
+        _write_report(report_dir, engine, queries, gallery, result, report_queries)
+    _echo_skipped(queries.skipped + gallery.skipped)
 
 
 @contextlib.contextmanager
@@ -168,9 +159,24 @@ def _write_outputs(out: Path | None, scores_out: Path | None, query_paths: list[
         click.echo(f"wrote {scores_out}", err=True)
 
 
-def _pids(identities) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """(query pids, gallery pids) for the report's borders, or (None, None) unlabelled."""
-    return (None, None) if identities is None else (identities[0][0], identities[1][0])
+def _write_report(report_dir: Path, engine: ReIDEngine, queries: Embedded,
+                  gallery: GalleryFiles, result: SearchResult, limit: int) -> None:
+    from .report import write_report
+
+    ids = result.identities
+    pids = (None, None) if ids is None else (ids[0][0], ids[1][0])  # green / red borders
+    with writing(report_dir, "--report"):
+        page = write_report(report_dir, engine.bundle, queries.paths, gallery.paths,
+                            result.rows, *pids, queries.features, gallery.features.take,
+                            limit=limit)
+    click.echo(f"report: {page}", err=True)
+
+
+def _echo_skipped(skipped: list[tuple[str, str]]) -> None:
+    if skipped:
+        click.echo(f"skipped {len(skipped)} unreadable file(s):", err=True)
+        for path, reason in skipped:
+            click.echo(f"  {path}: {reason}", err=True)
 
 
 def _print_metrics(scores, q_ids, g_ids) -> None:
