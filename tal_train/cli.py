@@ -19,6 +19,7 @@ from .engine import DEFAULT_BATCH_SIZE, TrainOptions, resume_options, train
 from .models.backbones import backbone_names
 from .models.config import DS_HEADS, PRESETS, TALConfig
 from .models.norm import DI_NORMS
+from .schedule import default_milestones
 
 DEFAULTS = TrainOptions()
 
@@ -103,8 +104,8 @@ def _size(ctx: click.Context, param: click.Parameter, value: tuple[int, int] | N
               show_default=True, help="gs: graph sampler (QAConv-GS); pk: random identities.")
 @click.option("--lr", default=DEFAULTS.lr, show_default=True, type=float, help="Learning rate.")
 @click.option("--milestones", callback=_milestones,
-              help="Epochs after which the lr drops x0.1 [default: 2/3 of --epochs, i.e. 20 of "
-                   "30].")
+              help="Epochs after which the lr drops x0.1 [default: 2/3 of --epochs, i.e. "
+                   f"{default_milestones(DEFAULTS.epochs)[0]} of {DEFAULTS.epochs}].")
 @click.option("--margin", default=DEFAULTS.margin, show_default=True, type=float,
               help="Triplet margin.")
 @click.option("--mining", type=click.Choice(["hard", "all"]),
