@@ -8,7 +8,7 @@ benchmark DS and DI scores correlated 0.991 and DABN's attention was nearly unif
   running means (per channel) divided by the within-domain standard deviation (the experts'
   mean sqrt(running_var)), averaged over channels and over the layers of the stage (``stem``,
   ``res2`` .. ``res5``, ``neck_res4`` / ``neck_res5``). Near 0: the experts have learned the
-  same statistics, so DSBN cannot tell domains apart. Needs K >= 2.
+  same statistics, so DSBN cannot tell domains apart. Needs K >= 2 trained experts.
 * ``di_offset`` {stage: r} (``dabn_stats`` "own" only): the distance of the DI stream's own
   running mean from the experts' average mean, in the same within-domain units.
 * per target, on its query and gallery images:
@@ -62,8 +62,10 @@ def _stage_means(values: dict[str, list[float]]) -> dict[str, float]:
 @torch.no_grad()
 def expert_divergence(model: TALModel) -> dict[str, dict[str, float]]:
     """``{"expert_divergence": {stage: r}}`` (+ ``di_offset`` for own DABN statistics); empty
-    with fewer than two experts."""
+    with fewer than two experts or when the experts are not trained (no per-domain phase)."""
     spread, offset = defaultdict(list), defaultdict(list)
+    if "per_domain" not in model.training_phases():
+        return {}
     for name, norm in model.named_modules():
         if not isinstance(norm, DomainNorm) or norm.num_domains < 2:
             continue

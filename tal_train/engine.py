@@ -151,10 +151,10 @@ def model_config(options: TrainOptions, domains: Sequence[str]) -> TALConfig:
 
 def _resolve(options: TrainOptions) -> TrainOptions:
     recipe = get_recipe(options.recipe)
-    options = dataclasses.replace(
-        options, epochs=options.epochs or recipe.epochs, lr=options.lr or recipe.lr,
-        loss=options.loss or recipe.loss,
-        augment=options.augment or default_augment(options.recipe, options.preset))
+    defaults = {"epochs": recipe.epochs, "lr": recipe.lr, "loss": recipe.loss,
+                "augment": default_augment(options.recipe, options.preset)}
+    options = dataclasses.replace(options, **{k: v for k, v in defaults.items()
+                                              if getattr(options, k) is None})
     run_name = options.run_name or default_run_name(options)
     batch_size = options.batch_size or DEFAULT_BATCH_SIZE.get(options.preset, 64)
     checks = [(options.epochs >= 1, "--epochs must be at least 1"),
@@ -382,10 +382,10 @@ def _train(options: TrainOptions, info: distributed.DistInfo, device: torch.devi
             log.info("epoch %d: loss %.3f, %.1f s, %.0f images/s", epoch,
                      entry["loss"]["total"], entry["seconds"], entry["images_per_s"])
             if epoch == options.epochs or (options.eval_every and epoch % options.eval_every == 0):
-                entry, per_query = evaluate_epoch(model, protocol.targets, epoch, device,
-                                                  2 * options.batch_size, options.workers,
-                                                  options.progress)
-                run.metrics.append(entry)
+                evaluation, per_query = evaluate_epoch(model, protocol.targets, epoch, device,
+                                                       2 * options.batch_size, options.workers,
+                                                       options.progress)
+                run.metrics.append(evaluation)
                 write_json(out / "per_query.json", per_query)
                 print(f"\nepoch {epoch} target metrics (%):\n"
                       f"{format_metrics_table(run.metrics[-1])}", flush=True)

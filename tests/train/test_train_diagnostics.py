@@ -45,6 +45,7 @@ def test_expert_divergence_of_known_statistics():
     assert got["di_offset"] == pytest.approx({k: 0.5 for k in want}, abs=1e-4)
     assert "di_offset" not in expert_divergence(_model())
     assert expert_divergence(build_model(TALConfig.preset("tiny", domains=("a",)))) == {}
+    assert expert_divergence(_model(streams=("di",), di_norm="bn")) == {}  # experts never trained
 
 
 def test_weight_statistics_extremes():

@@ -3,10 +3,8 @@ switches, and the paper preset's ImageNet-weights rule: an error when they canno
 one warning with ``--pretrained none``."""
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
-from pathlib import Path
 
 import pytest
 import torch
@@ -16,26 +14,11 @@ from tal_infer.errors import TalError
 from tal_train import engine
 from tal_train.checkpoint import save_checkpoint
 from tal_train.cli import main as cli_main
-from tal_train.data.synthetic import SyntheticConfig, synthesize
 from tal_train.engine import TrainOptions, model_config, resume_options, train
 from tal_train.epoch_plan import BatchPlanner
+from test_train_engine import _options, data_root  # noqa: F401 - the engine tests' data
 
 DOMAINS = ("domain-a", "domain-b")
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("synthetic")
-    synthesize(root, SyntheticConfig(identities=8, domains=3, cameras=2, images_per_id=(3, 4),
-                                     size=(64, 32), distractors=2, junk=1), progress=False)
-    return root
-
-
-def _options(data_root: Path, out: Path, **changes) -> TrainOptions:
-    base = TrainOptions(protocol="p2", data_root=str(data_root), target="domain-c",
-                        preset="tiny", image_size=[64, 32], batch_size=8, epochs=1, iters=2,
-                        out=str(out), progress=False)
-    return dataclasses.replace(base, **changes)
 
 
 def test_recipe_model_switches_and_explicit_options_win():
