@@ -10,9 +10,13 @@ from click.core import ParameterSource
 from tal_infer.cli_common import SizeType, device_option, friendly_errors
 from tal_infer.errors import TalError
 
+from .data.transforms import AUGMENTATIONS
 from .engine import TrainOptions, resume_options, train
+from .losses import LOSSES
 from .models.backbones import backbone_names, backbone_spec
 from .models.config import DI_NORMS, DS_HEADS, PRESETS
+from .models.norm import DABN_STATS
+from .recipes import RECIPES
 
 EPILOG = """\b
 Examples:
@@ -21,7 +25,9 @@ Examples:
   tal-train --protocol p2 --target domain-d --data-root data/synthetic --preset tiny \\
             --epochs 3 --iters 60 --out runs/demo
   tal-train --protocol p2 --target domain-c --data-root data/synthetic --preset tiny \\
-            --streams di --di-norm bn                       (the QAConv-GS baseline)
+            --streams di --di-norm bn                       (one-stream baseline, TAL recipe)
+  tal-train --protocol p2 --target market1501 --recipe qaconv-gs
+                                                    (the official QAConv-GS v2.0 baseline)
   tal-train --protocol p2 --target domain-d --data-root data/synthetic --preset tiny \\
             --backbone osnet_ain_x0_25                      (another backbone)
   tal-train --resume runs/p2-market1501/ckpt.pth --epochs 40
@@ -62,14 +68,21 @@ def _milestones(value: str | None) -> list[int] | None:
 @click.option("--backbone", metavar="NAME",
               help="Backbone instead of the preset's, one of: " + ", ".join(backbone_names())
                    + " (docs/training.md).")
+@click.option("--recipe", type=click.Choice(list(RECIPES)), default="tal", show_default=True,
+              help="Defaults for everything not given: tal (the paper's TAL) or qaconv-gs (the "
+                   "official QAConv-GS v2.0 baseline: one stream, res4, neck 64, pairwise loss, "
+                   "lr 0.001, 15 epochs; docs/training.md).")
 @click.option("--streams", help="Ablation: ds, di or ds,di (default both).")
 @click.option("--scales", help="Ablation: res4, res5 or res4,res5 (default both).")
 @click.option("--di-norm", type=click.Choice(DI_NORMS), help="Ablation: DI-stream norm "
                                                             "(default dabn).")
 @click.option("--ds-head", type=click.Choice(DS_HEADS), help="Ablation: DS matching head "
                                                             "(default msda).")
+@click.option("--dabn-stats", type=click.Choice(DABN_STATS),
+              help="DABN reading: experts (mix the experts' running statistics) or own (the DI "
+                   "stream's own statistics, mix the experts' affines) [default: experts].")
 @click.option("--image-size", type=SizeType(example="256x128"), help="Input HxW instead of the preset's, e.g. 256x128.")
-@click.option("--epochs", default=30, show_default=True, type=int, help="Epochs to train.")
+@click.option("--epochs", type=int, help="Epochs to train [default: 30; qaconv-gs: 15].")
 @click.option("--iters", type=int, help="Iterations per epoch [default: one pass over the "
                                         "identities].")
 @click.option("--batch-size", type=int, help="Images per batch [default: 64 paper, 32 tiny].")
@@ -77,9 +90,12 @@ def _milestones(value: str | None) -> list[int] | None:
               help="Images per identity in a batch.")
 @click.option("--sampler", type=click.Choice(["gs", "pk"]), default="gs", show_default=True,
               help="gs: graph sampler (QAConv-GS); pk: random identities.")
-@click.option("--lr", default=0.005, show_default=True, type=float, help="Learning rate.")
+@click.option("--lr", type=float, help="Learning rate [default: 0.005; qaconv-gs: 0.001].")
 @click.option("--milestones", help="Epochs after which the lr drops x0.1 [default: 2/3 of "
                                    "--epochs, i.e. 20 of 30].")
+@click.option("--loss", type=click.Choice(LOSSES),
+              help="triplet (the paper's) or pairwise (QAConv-GS v2.0's pairwise matching "
+                   "loss) [default: the recipe's].")
 @click.option("--margin", default=16.0, show_default=True, type=float, help="Triplet margin.")
 @click.option("--mining", type=click.Choice(["hard", "all"]),
               help="Triplet mining: hard (paper) or all [default: hard with ImageNet weights, "
@@ -88,7 +104,13 @@ def _milestones(value: str | None) -> list[int] | None:
               help="Gradient-norm clip (0 = off).")
 @click.option("--pretrained", help="ImageNet weights in the backbone's upstream layout (path or "
                                    "URL; 'none' = random init) [default: the backbone's "
-                                   "published weights for paper, none for tiny].")
+                                   "published weights for paper (an error when they cannot be "
+                                   "loaded), none for tiny].")
+@click.option("--augment", type=click.Choice(list(AUGMENTATIONS)),
+              help="Training augmentation: standard (flip, crop, mild colour jitter), qaconv "
+                   "(the official QAConv-GS code's: + rotation, strong jitter, random "
+                   "occlusion) or none [default: qaconv for the paper preset and the qaconv-gs "
+                   "recipe, standard otherwise].")
 @click.option("--seed", default=0, show_default=True, type=int, help="Random seed.")
 @device_option
 @click.option("--amp", is_flag=True, help="Mixed precision (CUDA only).")
