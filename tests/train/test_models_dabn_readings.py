@@ -108,7 +108,7 @@ def test_config_switch_default_old_configs_and_errors():
 
 
 def test_imagenet_statistics_fill_the_own_statistics(tmp_path):
-    path, plain = imagenet_file(tmp_path, "b")
+    path, plain = imagenet_file(tmp_path, "resnet18_ibn_b_x0_25")
     model = build_model(tiny_config(dabn_stats="own", domains=("a", "b", "c")))
     report = load_pretrained(model, str(path))
     target, source = model.backbone.state_dict(), plain.state_dict()
