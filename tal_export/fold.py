@@ -7,7 +7,9 @@ What folding does (all folding arithmetic in float64, rounded once to the comput
   `DomainNorm` becomes a `FoldedNorm`: a per-stream channel affine ``x * scale[j] + shift[j]``
   from an [S, C] table (eval statistics folded into scale/shift). Convolutions are untouched and
   shared, so the graph holds one Conv per convolution of the network.
-* **DABN** (eqs. 5-6) is ``x * (S a) + (T a)``: S, T in R^{C x K} are the experts' folded affines,
+* **DABN** (eqs. 5-6) is ``x * (S a) + (T a)``: S, T in R^{C x K} are the folded affines of the
+  K branches it mixes (`DABN.branch_affines`: the experts' eval-form BNs for ``dabn_stats``
+  "experts"; the experts' affines over the DI stream's own running statistics for "own"),
   a = softmax(W2 relu(W1 GAP(x))) is computed in the graph for the DI chunk. The ``avg``
   ablation (a = 1/K) and the ``bn`` ablation are static rows of the table.
 * **Preprocessing** (uint8 BGR NHWC -> RGB, /255, mean/std) is folded into the stem
@@ -78,7 +80,8 @@ class FoldedNorm(nn.Module):
                 scale, shift = expert_affines(nn.ModuleList([norm.di]))
                 rows.append((scale[0], shift[0]))
             else:  # avg: a_i = 1/K for every sample
-                rows.append((expert_scale.mean(0), expert_shift.mean(0)))
+                scale, shift = norm.di.branch_affines(norm.experts)
+                rows.append((scale.mean(0), shift.mean(0)))
         channels = expert_scale.shape[1]
         table = (torch.stack([torch.stack(r) for r in rows], dim=1) if rows
                  else torch.zeros(2, 0, channels, dtype=torch.float64))
@@ -87,15 +90,16 @@ class FoldedNorm(nn.Module):
         self.attention = None
         if dabn:
             self.attention = norm.di.attention.float()
-            self.register_buffer("expert_scale", expert_scale.float())
-            self.register_buffer("expert_shift", expert_shift.float())
+            branch_scale, branch_shift = norm.di.branch_affines(norm.experts)
+            self.register_buffer("branch_scale", branch_scale.float())
+            self.register_buffer("branch_shift", branch_shift.float())
 
     def forward(self, x: Tensor) -> Tensor:
         xs = x.unflatten(0, (self.num_streams, -1))  # [S, N, C, h, w]
         scale, shift = self.scale, self.shift
         if self.attention is not None:
             a = torch.softmax(self.attention(xs[-1].float().mean(dim=(2, 3))), dim=1)  # [N, K]
-            s, t = (a @ self.expert_scale).to(x.dtype), (a @ self.expert_shift).to(x.dtype)
+            s, t = (a @ self.branch_scale).to(x.dtype), (a @ self.branch_shift).to(x.dtype)
             n = s.shape[0]
             scale = torch.cat((scale.expand(-1, n, -1), s[None]))
             shift = torch.cat((shift.expand(-1, n, -1), t[None]))

@@ -15,13 +15,17 @@ from click.core import ParameterSource
 
 from tal_infer.cli_common import SizeType, device_option, friendly_errors
 
+from .data.transforms import AUGMENTATIONS
 from .engine import DEFAULT_BATCH_SIZE, TrainOptions, resume_options, train
+from .losses import LOSSES
 from .models.backbones import backbone_names
 from .models.config import DS_HEADS, PRESETS, TALConfig
-from .models.norm import DI_NORMS
+from .models.norm import DABN_STATS, DI_NORMS
+from .recipes import RECIPES
 from .schedule import default_milestones
 
 DEFAULTS = TrainOptions()
+TAL, GS = RECIPES["tal"], RECIPES["qaconv-gs"]
 
 EPILOG = """\b
 Examples:
@@ -30,7 +34,9 @@ Examples:
   tal-train --protocol p2 --target domain-d --data-root data/synthetic --preset tiny \\
             --epochs 3 --iters 60 --out runs/demo
   tal-train --protocol p2 --target domain-c --data-root data/synthetic --preset tiny \\
-            --streams di --di-norm bn                       (the QAConv-GS baseline)
+            --streams di --di-norm bn                       (one-stream baseline, TAL recipe)
+  tal-train --protocol p2 --target market1501 --recipe qaconv-gs
+                                                    (the official QAConv-GS v2.0 baseline)
   tal-train --protocol p2 --target domain-d --data-root data/synthetic --preset tiny \\
             --backbone osnet_ain_x0_25                      (another backbone)
   tal-train --resume runs/p2-market1501/ckpt.pth --epochs 40
@@ -82,6 +88,11 @@ def _size(ctx: click.Context, param: click.Parameter, value: tuple[int, int] | N
 @click.option("--backbone", metavar="NAME",
               help="Backbone instead of the preset's, one of: " + ", ".join(backbone_names())
                    + " (docs/training.md).")
+@click.option("--recipe", type=click.Choice(list(RECIPES)), default=DEFAULTS.recipe,
+              show_default=True,
+              help="Defaults for everything not given: tal (the paper's TAL) or qaconv-gs (the "
+                   "official QAConv-GS v2.0 baseline: one stream, res4, neck 64, pairwise loss, "
+                   "lr 0.001, 15 epochs; docs/training.md).")
 @click.option("--streams", callback=_names, help="Ablation: ds, di or ds,di (default both).")
 @click.option("--scales", callback=_names,
               help="Ablation: res4, res5 or res4,res5 (default both).")
@@ -89,10 +100,14 @@ def _size(ctx: click.Context, param: click.Parameter, value: tuple[int, int] | N
               help=f"Ablation: DI-stream norm (default {TALConfig.di_norm}).")
 @click.option("--ds-head", type=click.Choice(DS_HEADS),
               help=f"Ablation: DS matching head (default {TALConfig.ds_head}).")
+@click.option("--dabn-stats", type=click.Choice(DABN_STATS),
+              help="DABN reading: experts (mix the experts' running statistics) or own (the DI "
+                   "stream's own statistics, mix the experts' affines) "
+                   f"[default: {TALConfig.dabn_stats}].")
 @click.option("--image-size", type=SizeType(example="256x128"), callback=_size,
               help="Input HxW instead of the preset's, e.g. 256x128.")
-@click.option("--epochs", default=DEFAULTS.epochs, show_default=True, type=int,
-              help="Epochs to train.")
+@click.option("--epochs", type=int,
+              help=f"Epochs to train [default: {TAL.epochs}; qaconv-gs: {GS.epochs}].")
 @click.option("--iters", type=int,
               help="Iterations per epoch [default: one pass over the identities].")
 @click.option("--batch-size", type=int,
@@ -102,10 +117,14 @@ def _size(ctx: click.Context, param: click.Parameter, value: tuple[int, int] | N
               help="Images per identity in a batch.")
 @click.option("--sampler", type=click.Choice(["gs", "pk"]), default=DEFAULTS.sampler,
               show_default=True, help="gs: graph sampler (QAConv-GS); pk: random identities.")
-@click.option("--lr", default=DEFAULTS.lr, show_default=True, type=float, help="Learning rate.")
+@click.option("--lr", type=float,
+              help=f"Learning rate [default: {TAL.lr}; qaconv-gs: {GS.lr}].")
 @click.option("--milestones", callback=_milestones,
               help="Epochs after which the lr drops x0.1 [default: 2/3 of --epochs, i.e. "
-                   f"{default_milestones(DEFAULTS.epochs)[0]} of {DEFAULTS.epochs}].")
+                   f"{default_milestones(TAL.epochs)[0]} of {TAL.epochs}].")
+@click.option("--loss", type=click.Choice(LOSSES),
+              help="triplet (the paper's) or pairwise (QAConv-GS v2.0's pairwise matching "
+                   "loss) [default: the recipe's].")
 @click.option("--margin", default=DEFAULTS.margin, show_default=True, type=float,
               help="Triplet margin.")
 @click.option("--mining", type=click.Choice(["hard", "all"]),
@@ -115,7 +134,13 @@ def _size(ctx: click.Context, param: click.Parameter, value: tuple[int, int] | N
               help="Gradient-norm clip (0 = off).")
 @click.option("--pretrained", help="ImageNet weights in the backbone's upstream layout (path or "
                                    "URL; 'none' = random init) [default: the backbone's "
-                                   "published weights for paper, none for tiny].")
+                                   "published weights for paper (an error when they cannot be "
+                                   "loaded), none for tiny].")
+@click.option("--augment", type=click.Choice(list(AUGMENTATIONS)),
+              help="Training augmentation: standard (flip, crop, mild colour jitter), qaconv "
+                   "(the official QAConv-GS code's: + rotation, strong jitter, random "
+                   "occlusion) or none [default: qaconv for the paper preset and the qaconv-gs "
+                   "recipe, standard otherwise].")
 @click.option("--seed", default=DEFAULTS.seed, show_default=True, type=int, help="Random seed.")
 @device_option
 @click.option("--amp", is_flag=True, help="Mixed precision (CUDA only).")

@@ -12,7 +12,9 @@ by ``depth``/``ibn``/``base_width``; `from_dict` maps them to the registered nam
 
 Switches for the paper's ablations: ``streams`` (Table 3: ("ds",) / ("di",) / both),
 ``di_norm`` (Table 4: "dabn" / "bn" / "avg"), ``ds_head`` (Table 5: "msda" / "avg" / "vote"),
-``scales`` (Table 6: ("res4",) / ("res5",) / both). ``domains`` names the K source domains
+``scales`` (Table 6: ("res4",) / ("res5",) / both), and ``dabn_stats`` (the two readings of
+eqs. 3-5, `tal_train.models.norm`: "experts" / "own"; configs stored before it existed are
+"experts", the only reading then). ``domains`` names the K source domains
 (datasets for protocol p2, cameras for p1); it has no default because K shapes the model.
 
 `to_dict` / `from_dict` use plain Python types only, so a checkpoint holding the config loads
@@ -26,7 +28,7 @@ from typing import Any
 from tal_infer.errors import TalError
 
 from .backbones import SCALES, backbone_spec, legacy_backbone_name
-from .norm import DI_NORMS, Stream
+from .norm import DABN_STATS, DI_NORMS, Stream
 
 STREAMS = ("ds", "di")
 DS_HEADS = ("msda", "avg", "vote")
@@ -56,6 +58,7 @@ class TALConfig:
     streams: tuple[str, ...] = STREAMS
     di_norm: str = "dabn"
     ds_head: str = "msda"
+    dabn_stats: str = "experts"
     dabn_reduction: int = 16
     msda_reduction: int = 16
     mean: tuple[float, float, float] = IMAGENET_MEAN  # RGB, on [0, 1] pixels
@@ -148,11 +151,15 @@ def _validate(c: TALConfig) -> None:
                        f"takes {list(spec.last_strides)}")
     _one_of("di_norm", c.di_norm, DI_NORMS)
     _one_of("ds_head", c.ds_head, DS_HEADS)
+    _one_of("dabn_stats", c.dabn_stats, DABN_STATS)
     _subset("scales", c.scales, SCALES)
     _subset("streams", c.streams, STREAMS)
     # Canonical order (res4 before res5, ds before di): output names and arrays follow it.
     object.__setattr__(c, "scales", tuple(s for s in SCALES if s in c.scales))
     object.__setattr__(c, "streams", tuple(s for s in STREAMS if s in c.streams))
+    if c.dabn_stats != "experts" and ("di" not in c.streams or c.di_norm == "bn"):
+        raise TalError(f"model config dabn_stats={c.dabn_stats!r} is a reading of DABN; it needs "
+                       "the DI stream with di_norm 'dabn' or 'avg'")
     for name in ("neck_channels", "dabn_reduction", "msda_reduction"):
         value = getattr(c, name)
         if not isinstance(value, int) or value < 1:

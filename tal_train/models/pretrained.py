@@ -10,8 +10,8 @@ necks and heads have no ImageNet counterpart and keep their random initializatio
 Downloads go to the torch hub cache (``<hub dir>/checkpoints``, or ``cache_dir``) and are checked
 against the SHA-256 prefix the entry declares (for a URL given by hand: the prefix in its file
 name, torch.hub's convention); a cached file is checked again on every use, so a damaged file is
-named, never loaded. Offline with ``allow_random=True`` the model continues from random init with
-a log line.
+named, never loaded. A source that cannot be read is an error (training from random init is an
+explicit choice: ``--pretrained none``).
 """
 from __future__ import annotations
 
@@ -156,26 +156,19 @@ def _preview(keys: list[str]) -> str:
 
 
 def load_pretrained(model: nn.Module, source: str | os.PathLike | PretrainedWeights,
-                    allow_random: bool = False, cache_dir: str | None = None) -> LoadReport | None:
+                    cache_dir: str | None = None) -> LoadReport:
     """Initialize the backbone of `model` (a TALModel or a registry-built backbone) from
     ImageNet weights in the backbone's upstream layout: a file, a URL, or published weights.
 
-    Returns what was loaded, or None when the weights could not be read and ``allow_random``
-    let the model continue from random initialization. Raises `TalError` for an unreadable or
-    unreachable source (unless ``allow_random``) and for weights of another architecture.
+    Returns what was loaded. Raises `TalError` for an unreadable or unreachable source and for
+    weights of another architecture.
     """
     backbone = getattr(model, "backbone", model)
     if isinstance(source, PretrainedWeights):
         path_or_url = source.url
     else:
         source = path_or_url = str(source)
-    try:
-        weights = _read(source, cache_dir)
-    except TalError as err:
-        if not allow_random:
-            raise
-        log.warning("%s; continuing from random initialization", err)
-        return None
+    weights = _read(source, cache_dir)
     try:
         mapped, missing, unexpected = map_pretrained_state_dict(weights, backbone.state_dict(),
                                                                 backbone.spec.key_filter)

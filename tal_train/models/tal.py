@@ -22,8 +22,9 @@ Training phases (DESIGN.md, our reading of Sec. 3.1-3.3), one method each:
    parameters are no longer updated": our reading freezes the statistics too, so the experts run
    without gradients and with their running statistics, untouched (`ds_feature_maps`).
 3. ``hybrid_di_scores(x)``: the hybrid batch through the DI stream -> ``di_head``. Updates shared
-   convolutions, necks' convolutions, DABN attention and ``di_head``; DABN reads the experts'
-   statistics and affine detached, so DSBN never changes here.
+   convolutions, necks' convolutions, DABN attention (reading ``own``: also the DI stream's own
+   running statistics) and ``di_head``; DABN reads the experts' tensors detached, so DSBN never
+   changes here.
 
 `parameter_groups` names the parameters of each kind, for optimizers and for checking this
 routing. ``forward(images, phase, domain)`` dispatches to the three phase methods, so a
@@ -86,7 +87,8 @@ class TALModel(nn.Module):
         self.config = config
         k, scales = config.num_domains, config.scales
         norm = functools.partial(DomainNorm, num_domains=k, reduction=config.dabn_reduction,
-                                 di_norm=config.di_norm if "di" in config.streams else None)
+                                 di_norm=config.di_norm if "di" in config.streams else None,
+                                 dabn_stats=config.dabn_stats)
         spec = backbone_spec(config.backbone)
         self.backbone = spec.build(norm, config.last_stride, last_scale=scales[-1])
         self.necks = nn.ModuleDict({s: Neck(spec.scales[s].channels, config.neck_channels, norm)

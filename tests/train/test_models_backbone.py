@@ -4,7 +4,6 @@ checkpoint configs map to registered names; ``tal-train --backbone``."""
 from __future__ import annotations
 
 import hashlib
-import logging
 
 import pytest
 import torch
@@ -314,11 +313,10 @@ def test_load_into_bare_backbone_and_shape_mismatch(tmp_path):
     torch.testing.assert_close(net.layer2[1].IN.weight,
                                plain.layer2[1].IN.weight, rtol=0, atol=0)
     with pytest.raises(TalError, match=r"imagenet.pth: conv1.weight has shape \[16, 3, 7, 7\]"):
-        load_pretrained(build_model(tiny_config(backbone="resnet18_ibn_b")), path,
-                        allow_random=True)
+        load_pretrained(build_model(tiny_config(backbone="resnet18_ibn_b")), path)
 
 
-def test_unreadable_sources_fail_clearly_or_fall_back_to_random(tmp_path, caplog):
+def test_unreadable_sources_fail_clearly(tmp_path):
     model = build_model(tiny_config())
     with pytest.raises(TalError, match="not found"):
         load_pretrained(model, tmp_path / "missing.pth")
@@ -329,11 +327,6 @@ def test_unreadable_sources_fail_clearly_or_fall_back_to_random(tmp_path, caplog
     url = "http://127.0.0.1:9/resnet18-f37072fd.pth"  # nothing listens on the discard port
     with pytest.raises(TalError, match="cannot download pretrained weights"):
         load_pretrained(model, url, cache_dir=str(tmp_path / "hub"))
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    with caplog.at_level(logging.WARNING, logger="tal_train.models.pretrained"):
-        assert load_pretrained(model, url, allow_random=True, cache_dir=str(tmp_path / "hub")) is None
-    assert "continuing from random initialization" in caplog.text
-    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
 
 
 def test_url_source_goes_through_the_hub_cache(tmp_path):

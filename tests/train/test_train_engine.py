@@ -81,7 +81,8 @@ def test_checkpoint_round_trip(data_root, tmp_path):
     metrics = json.loads((result.out / "metrics.json").read_text())
     assert metrics == ckpt["metrics"] == result.metrics
     entry = metrics[0]
-    assert entry["epoch"] == 1 and set(entry) == {"epoch", "images_per_s", "domain-c"}
+    assert entry["epoch"] == 1 and set(entry) == {"epoch", "images_per_s", "domain-c",
+                                                  "diagnostics"}
     assert set(entry["domain-c"]) == {"tal", "ds", "di"}
     for m in entry["domain-c"].values():
         assert set(m) == {"mAP", "top1", "top5", "top10"}
