@@ -27,9 +27,9 @@ def model():
     return build_model(TALConfig.preset("tiny", domains=("a", "b"), image_size=(64, 32)))
 
 
-def _refusal(model, path: Path, allow_random: bool = False) -> str:
+def _refusal(model, path: Path) -> str:
     with pytest.raises(TalError) as err:
-        load_pretrained(model, path, allow_random=allow_random)
+        load_pretrained(model, path)
     return str(err.value)
 
 
