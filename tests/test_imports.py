@@ -1,7 +1,7 @@
 """Every module imports cleanly in a fresh interpreter (warnings as errors), and the runtime
 packages never import the training package or need torch at import time.
 
-**How, and why it stays a fresh-interpreter check:** one interpreter per test function
+**How, and why it stays a fresh-interpreter check:** one interpreter per list of modules
 (``python -W error``) imports the third-party packages named in PRELOAD and then forks one child
 per module; each child imports its module as the first module of the toolkit, with the
 warnings filter set to error, and reports the traceback it got. No module of the toolkit is
@@ -89,11 +89,13 @@ def _import_each(modules: tuple[str, ...], blocked: frozenset[str] = frozenset()
     res = subprocess.run([sys.executable, "-W", "error", "-c", code, json.dumps(modules),
                           json.dumps(preload)], capture_output=True, text=True, cwd=ROOT,
                          timeout=900)
-    assert res.returncode == 0, res.stderr[-2000:]
+    if res.returncode != 0:  # e.g. a preloaded package warned: every module fails with it
+        return {module: f"the import round failed:\n{res.stderr}" for module in modules}
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
 def _first_import_error(module: str, modules: list[str], blocked=frozenset()) -> str:
+    """The round over all of `modules` runs once (cached); this test reads its module's line."""
     return _import_each(tuple(modules), frozenset(blocked))[module][-2000:]
 
 
