@@ -7,7 +7,6 @@ import json
 
 import numpy as np
 import onnxruntime as ort
-import pytest
 import torch
 
 from tal_export import export_bundle
@@ -16,14 +15,10 @@ from tal_export.parity import reference_input
 from tiny_models import randomized_model, write_checkpoint
 
 
-@pytest.mark.parametrize("stats", ["experts", "own"])
-def test_bundle_of_each_reading_matches_the_model(tmp_path, stats):
-    model = randomized_model(seed=11, dabn_stats=stats)
-    ckpt = write_checkpoint(tmp_path / "ckpt.pth", model, run_name=f"dabn-{stats}")
-    out = export_bundle(ckpt, tmp_path / "bundle", progress=False)
+def _check_bundle_matches(model, out, stats: str) -> None:
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["parity"]["passed"] is True
-    assert manifest["model_config"]["dabn_stats"] == stats
+    assert manifest["model_config"]["dabn_stats"] == stats == model.config.dabn_stats
     images = torch.randint(0, 256, (5, *model.config.image_size, 3), dtype=torch.uint8,
                            generator=torch.Generator().manual_seed(int(np.random.randint(1 << 30))))
     session = ort.InferenceSession(str(out / "extractor.onnx"))
@@ -32,6 +27,18 @@ def test_bundle_of_each_reading_matches_the_model(tmp_path, stats):
     want = model.extract(reference_input(images.numpy(), model.config.mean, model.config.std))
     for name in ("di_res4", "di_res5"):
         np.testing.assert_allclose(got[name], want[name].numpy(), rtol=0, atol=2e-5)
+
+
+def test_bundle_of_the_experts_reading_matches_the_model(tiny_model, fp32_bundle):
+    """``experts`` is the default reading: the suite's shared tiny fp32 bundle (conftest.py)
+    is that bundle, exported with its parity check; no second export of the same thing."""
+    _check_bundle_matches(tiny_model, fp32_bundle[0], "experts")
+
+
+def test_bundle_of_the_own_reading_matches_the_model(tmp_path):
+    model = randomized_model(seed=11, dabn_stats="own")
+    ckpt = write_checkpoint(tmp_path / "ckpt.pth", model, run_name="dabn-own")
+    _check_bundle_matches(model, export_bundle(ckpt, tmp_path / "bundle", progress=False), "own")
 
 
 def test_the_two_readings_give_different_di_features():
