@@ -38,10 +38,11 @@ from pathlib import Path
 import click
 import numpy as np
 
-from tal_infer.bundle import DESCRIPTOR, load_bundle
-from tal_infer.candidates import CandidateSearch, SearchOptions
+from tal_infer.bundle import load_bundle
+from tal_infer.candidates import CandidateOptions, CandidateSearch
 from tal_infer.cascade import descriptors, shortlist
 from tal_infer.engine import ReIDEngine
+from tal_infer.features import DESCRIPTOR
 from tal_infer.images import list_images, read_image
 from tal_infer.index import GalleryIndex, market_metadata
 from tal_infer.metrics import evaluate_scores
@@ -49,6 +50,7 @@ from tal_infer.naming import parse_market_name
 from tal_infer.scoring import rank_gallery
 
 IMAGES_PER_IDENTITY = 8  # the generator's default 6..10
+STORED_DTYPE = "float16"  # of the gallery indexes
 DOMAINS = 4
 
 
@@ -176,7 +178,7 @@ def main(workdir: Path, bundle: Path | None, sizes: str, candidates: str, headli
     bundle = bundle or prepare_model(workdir, progress)
     engine = ReIDEngine(bundle, backend="onnxruntime", device="cpu", batch_size=64)
     ms = sorted(int(m) for m in candidates.split(","))
-    kinds = [SearchOptions(k).kind for k in search.split(",")]
+    kinds = [CandidateOptions(k).kind for k in search.split(",")]
     print(f"machine: {machine()}; load average at start {load()}; threads: "
           f"OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', 'unset')}, "
           f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}")
@@ -185,8 +187,10 @@ def main(workdir: Path, bundle: Path | None, sizes: str, candidates: str, headli
     headline = None
     for size in (int(s) for s in sizes.split(",")):
         gallery_paths, query_paths = prepare_gallery(workdir, size, num_queries, seed, progress)
+        # fp16 storage whatever the bundle's precision (the compact index; scores are computed
+        # in the bundle's precision); another model: rebuilt
         index = GalleryIndex(workdir / f"index-{size}", engine.bundle.fingerprint,
-                             engine.bundle.output_shapes, rebuild=True)  # another model: redo
+                             engine.bundle.output_shapes, dtype=STORED_DTYPE, rebuild=True)
         index.sync(gallery_paths, lambda batch: engine.embed([read_image(p) for p in batch]),
                    market_metadata, batch_size=64, progress=progress)
         contents = index.load()
@@ -198,7 +202,7 @@ def main(workdir: Path, bundle: Path | None, sizes: str, candidates: str, headli
         best10 = np.argsort(-full, axis=1, kind="stable")[:, :10]
         same = [set(b[g_labels[0][b] == pid].tolist()) for b, pid in zip(best10, q_labels[0])]
         exh_map, exh_top1 = metrics(full, q_labels, g_labels)
-        g_desc = contents.gather(np.arange(len(contents)), [DESCRIPTOR])[DESCRIPTOR]
+        g_desc = contents.take(np.arange(len(contents)), [DESCRIPTOR])[DESCRIPTOR]
         stage1_sims = descriptors(queries) @ g_desc.T
         per_crop = sum(index.store.row_bytes.values())
         print(f"\n## {size:,} gallery crops, {len(query_paths)} queries "
@@ -215,12 +219,12 @@ def main(workdir: Path, bundle: Path | None, sizes: str, candidates: str, headli
         print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for kind in kinds:
             built = time.perf_counter()
-            stage1 = CandidateSearch(g_desc, SearchOptions(kind))
+            stage1 = CandidateSearch(g_desc, CandidateOptions(kind))
             built = time.perf_counter() - built
             for m in ms:
                 start = time.perf_counter()
                 lists = shortlist(engine.scorer, queries,
-                                  lambda cols: contents.gather(cols, engine.scorer.keys),
+                                  lambda cols: contents.take(cols, engine.scorer.keys),
                                   stage1, m)
                 cascade_s = time.perf_counter() - start
                 recall = np.mean([len(set(b) & set(c)) / 10

@@ -14,13 +14,29 @@ For each size and projection width P it times, on the same random L2-normalized 
 
 Ratios: 'x official' = official seconds / method seconds; '% roof' = roof seconds / method
 seconds. 'max rel. diff' compares each output with the official path's on the first 64 queries
-(all galleries), relative to the largest official value. Peak memory: torch's CUDA peak allocation on GPU; on CPU the peak growth of the
-process RSS, sampled every millisecond while the method runs.
+(all galleries), relative to the largest official value. Peak memory: torch's CUDA peak
+allocation on GPU; on CPU the peak growth of the process RSS, sampled every millisecond while
+the method runs. 'first call' = each method's first call in this process (8 x 8 pairs), which
+for the Triton kernel includes its compile unless Triton's on-disk cache (TRITON_CACHE_DIR)
+already holds it; the other columns are steady-state calls.
+
+Two more modes:
+
+  --first-call  only the first qaconv_match call of a new process (8 x 8 pairs, P = 1 then 65,
+                fp16 on CUDA): with an empty TRITON_CACHE_DIR it includes the compile, run again
+                with the same folder it shows a warm cache (DESIGN.md section 7 targets: <= 5 s
+                cold, <= 1 s warm).
+  --training    what training runs: `qaconv_responses` forward + backward at a training batch
+                (B x B pairs of one phase): the torch path (GEMM + max) in fp32 and under fp16
+                autocast, and on CUDA the kernel's responses mode on fp16 maps (same backward),
+                so the default on CUDA (torch_op.resolve_backend) can be checked against a
+                measurement.
 """
 from __future__ import annotations
 
 import ctypes
 import functools
+import os
 import sys
 import threading
 import time
@@ -36,13 +52,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from tal_infer.cli_common import friendly_errors  # noqa: E402
 from tal_infer.errors import TalError  # noqa: E402
-from tal_plugins import qaconv_match  # noqa: E402
+from tal_infer.features import match_layout  # noqa: E402
+from tal_plugins import qaconv_match, qaconv_responses  # noqa: E402
 
 # name: (Nq, Ng); feature maps are 24 x 8 (HW 192), C 128 as in the paper's 384 x 128 input.
 SIZES = {"tiny": (8, 32), "cpu": (64, 512), "medium": (512, 2048), "market": (3368, 15913)}
 HEIGHT, WIDTH, CHANNELS = 24, 8, 128
 OFFICIAL_CHUNK = 128  # the official evaluator's test_prob_batch = test_gal_batch = 128
 COMPARED_QUERIES = 64  # outputs are checked against the official path on these queries' rows
+TRAINING_BATCH = 64  # paper preset: 16 identities x 4 images per phase batch
 
 
 class PeakMemory:
@@ -148,9 +166,12 @@ def features(n: int, device: str, dtype: torch.dtype, seed: int) -> torch.Tensor
     return torch.nn.functional.normalize(x, dim=1).to(device=device, dtype=dtype)
 
 
-def match_layout(x: torch.Tensor) -> torch.Tensor:
-    """[N, C, H, W] -> [N, HW, C] contiguous (the op's input layout)."""
-    return x.flatten(2).transpose(1, 2).contiguous()
+def first_call_seconds(fn: Callable[[], object], device: str) -> float:
+    start = time.perf_counter()
+    fn()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
 
 
 def bench_size(name: str, device: str, widths: list[int], repeats: int) -> list[dict]:
@@ -176,13 +197,16 @@ def bench_size(name: str, device: str, widths: list[int], repeats: int) -> list[
             methods["ours: blocked numpy"] = lambda a, b: qaconv_match(qn[:a], gn[:b], wqn, wgn)
         results = {}
         for label, run in methods.items():
-            # Warm-up on a slice; the kernel autotunes on 256 queries x the whole gallery.
-            run(256, n_g) if label.endswith("triton kernel") else run(8, 8)
+            first = first_call_seconds(functools.partial(run, 8, 8), device)
             full = functools.partial(run, n_q, n_g)
             seconds, peak, out = timed(full, device, repeats)
             results[label] = torch.as_tensor(out[:COMPARED_QUERIES]).float().cpu()
             del out
-            rows.append(dict(size=name, P=p, method=label, seconds=seconds, peak=peak, run=full))
+            rows.append(dict(size=name, P=p, method=label, seconds=seconds, peak=peak, run=full,
+                             first=first))
+            # as it happens, so a run stopped early still shows what it measured
+            click.echo(f"measured {name} P={p} {label}: first call {first:.3f} s, "
+                       f"{seconds:.3f} s", err=True)
         reference = next(iter(results.values()))
         scale = reference.abs().max().item()
         for row in rows[-len(methods):]:
@@ -190,6 +214,49 @@ def bench_size(name: str, device: str, widths: list[int], repeats: int) -> list[
     for row in rows:
         row["rate"] = flops / row["seconds"]
     return rows
+
+
+def first_calls(device: str, widths: list[int]) -> None:
+    """Print the first and second qaconv_match call of this process for each P (8 x 8 pairs)."""
+    dtype = torch.float16 if device == "cuda" else torch.float32
+    q, g = (match_layout(features(8, device, dtype, seed)) for seed in (0, 1))
+    folder = Path(os.environ.get("TRITON_CACHE_DIR") or Path.home() / ".triton" / "cache")
+    entries = sum(1 for _ in folder.rglob("*")) if folder.is_dir() else 0
+    click.echo(f"TRITON_CACHE_DIR {folder}: {entries} files before the first call")
+    click.echo("| P | dtype | first call (s) | second call (s) |\n|---|---|---|---|")
+    for p in widths:
+        hw = HEIGHT * WIDTH
+        wq, wg = (torch.randn(hw, p, device=device) for _ in range(2))
+        run = functools.partial(qaconv_match, q, g, wq, wg)
+        first, second = first_call_seconds(run, device), first_call_seconds(run, device)
+        click.echo(f"| {p} | {str(dtype)[6:]} | {first:.3f} | {second:.4f} |")
+
+
+def bench_training(device: str, repeats: int) -> None:
+    """Print forward + backward of qaconv_responses at a training batch: the torch path in fp32
+    and under fp16 autocast (tal-train --amp; the maps stay fp32, the GEMMs run in fp16), and
+    on CUDA the kernel on fp16 maps (its fp32 variant compiles for over a minute)."""
+    hw, b = HEIGHT * WIDTH, TRAINING_BATCH
+    # forward GEMM, the backward's recomputed GEMM, and dS @ G, dS^T @ Q
+    flops = 4 * 2.0 * hw * hw * CHANNELS * b * b
+    runs = [("fp32", "torch")] + ([("amp", "torch"), ("fp16", "triton")] if device == "cuda" else [])
+    unit, scale = rate_unit(device)
+    click.echo(f"qaconv_responses forward + backward, {b} x {b} pairs (one phase batch), "
+               f"maps {HEIGHT}x{WIDTH}, C {CHANNELS}")
+    click.echo(f"| precision | backend | first call (s) | ms per step | {unit} |\n|---|---|---|---|---|")
+    for precision, backend in runs:
+        dtype = torch.float16 if precision == "fp16" else torch.float32
+        q, g = (match_layout(features(b, device, dtype, seed)).requires_grad_() for seed in (0, 1))
+        grad = torch.randn(b, b, 2 * hw, device=device)
+
+        def step(q=q, g=g, grad=grad, backend=backend, amp=precision == "amp"):
+            with torch.autocast(device, dtype=torch.float16, enabled=amp):
+                out = qaconv_responses(q, g, backend=backend)
+            torch.autograd.grad(out, (q, g), grad)
+        first = first_call_seconds(step, device)
+        seconds, _, _ = timed(step, device, repeats)
+        click.echo(f"| {precision} | {backend} | {first:.3f} | {1e3 * seconds:.2f} "
+                   f"| {flops / seconds / scale:.1f} |")
 
 
 def measure_cpu_memory(rows: list[dict]) -> None:
@@ -202,21 +269,26 @@ def measure_cpu_memory(rows: list[dict]) -> None:
         row["peak"] = mem.peak
 
 
+def rate_unit(device: str) -> tuple[str, float]:
+    return ("TFLOP/s", 1e12) if device == "cuda" else ("GFLOP/s", 1e9)
+
+
 def print_table(rows: list[dict], device: str) -> None:
-    unit, scale = ("TFLOP/s", 1e12) if device == "cuda" else ("GFLOP/s", 1e9)
+    unit, scale = rate_unit(device)
     official = {(r["size"], r["P"]): r["seconds"] for r in rows if r["method"].startswith("official")}
     roof = {r["size"]: r["seconds"] for r in rows if r["method"].startswith("roof")}
-    header = (f"| size (Nq x Ng) | P | method | seconds | {unit} | x official | % roof "
-              f"| peak mem (MiB) | max rel. diff vs official |")
+    header = (f"| size (Nq x Ng) | P | method | first call (s) | seconds | {unit} | x official "
+              f"| % roof | peak mem (MiB) | max rel. diff vs official |")
     click.echo(header)
-    click.echo("|" + "---|" * 9)
+    click.echo("|" + "---|" * 10)
     for r in rows:
         n_q, n_g = SIZES[r["size"]]
         x_off = official.get((r["size"], r["P"]))
         vs_official = f"{x_off / r['seconds']:.2f}" if x_off else "-"
         diff = f"{r['max_err']:.1e}" if "max_err" in r else "-"
+        first = f"{r['first']:.3f}" if "first" in r else "-"
         click.echo(
-            f"| {r['size']} ({n_q} x {n_g}) | {r['P']} | {r['method']} | {r['seconds']:.3f} "
+            f"| {r['size']} ({n_q} x {n_g}) | {r['P']} | {r['method']} | {first} | {r['seconds']:.3f} "
             f"| {r['rate'] / scale:.1f} | {vs_official} | {100 * roof[r['size']] / r['seconds']:.0f}% "
             f"| {r['peak'] / 2**20:.0f} | {diff} |")
 
@@ -226,6 +298,8 @@ Examples:
   python benchmarks/match.py --device cpu                  # CPU table, 64 x 512 pairs
   python benchmarks/match.py --device cuda                 # GPU table up to Market-1501 size
   python benchmarks/match.py --device cpu --sizes tiny     # smoke run
+  TRITON_CACHE_DIR=$(mktemp -d) python benchmarks/match.py --device cuda --first-call
+  python benchmarks/match.py --device cuda --training      # training op: torch vs kernel
 """
 
 
@@ -240,8 +314,13 @@ Examples:
 @click.option("--repeats", default=None, type=int,
               help="Timed runs per method, best kept [default: 3 on CPU, 1 on CUDA].")
 @click.option("--threads", default=None, type=int, help="torch CPU threads [default: all cores].")
+@click.option("--first-call", is_flag=True,
+              help="Only time the first qaconv_match call of this process (compile included).")
+@click.option("--training", is_flag=True,
+              help="Only time qaconv_responses forward + backward at a training batch.")
 @friendly_errors
-def main(device: str, sizes: str | None, widths: str, repeats: int | None, threads: int | None) -> None:
+def main(device: str, sizes: str | None, widths: str, repeats: int | None, threads: int | None,
+         first_call: bool, training: bool) -> None:
     """Time QAConv matching three ways and print a markdown table."""
     if device == "cuda" and not torch.cuda.is_available():
         raise TalError("--device cuda: no CUDA device is visible")
@@ -254,11 +333,15 @@ def main(device: str, sizes: str | None, widths: str, repeats: int | None, threa
     machine = torch.cuda.get_device_name() if device == "cuda" else f"{torch.get_num_threads()} CPU threads"
     click.echo(f"QAConvMatch benchmark on {machine}; feature maps {HEIGHT}x{WIDTH}, C {CHANNELS}; "
                f"torch {torch.__version__}, numpy {np.__version__}")
+    repeats = repeats or (1 if device == "cuda" else 3)
+    if first_call:
+        return first_calls(device, [int(p) for p in widths.split(",")])
+    if training:
+        return bench_training(device, max(repeats, 5))
     rows = []
     with torch.inference_mode():
         for name in names:
-            rows += bench_size(name, device, [int(p) for p in widths.split(",")],
-                               repeats or (1 if device == "cuda" else 3))
+            rows += bench_size(name, device, [int(p) for p in widths.split(",")], repeats)
         if device == "cpu":
             measure_cpu_memory(rows)
     print_table(rows, device)

@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 
 from tal_infer import Gallery, ReIDEngine
-from tal_infer.engine import stack_features
+from tal_infer.features import stack_features
 
 
 @dataclass

@@ -5,9 +5,10 @@ The op contract is in plugins/README.md. `qaconv_match` is the one entry point e
 lazily inside it, so `import tal_plugins` works with numpy alone.
 
 Modules: reference (the plain einsum + max definition), cpu (blocked torch / numpy paths),
-kernel (the Triton kernel and its launchers), torch_op (the `tal::` PyTorch custom ops and
-backend choice), backward (gradients), shapes (shape rules), trt (the TensorRT plugin), ptx
-(fitting its PTX to TensorRT: launch arguments, ISA version).
+kernel (the Triton kernel and its launchers), tuning (its launch-config table and per-GPU tuning
+cache), tune (the opt-in tuner, ``python -m tal_plugins.tune``), torch_op (the `tal::` PyTorch
+custom ops and backend choice), backward (gradients), shapes (shape rules), trt (the TensorRT
+plugin), ptx (fitting its PTX to TensorRT: launch arguments, ISA version).
 """
 from __future__ import annotations
 
@@ -18,7 +19,11 @@ from .errors import TalError
 from .reference import qaconv_match_reference, qaconv_match_reference_numpy
 from .shapes import check_match_shapes
 
-__all__ = ["qaconv_match", "qaconv_responses", "qaconv_match_reference", "qaconv_match_reference_numpy"]
+__all__ = ["BACKENDS", "qaconv_match", "qaconv_responses", "qaconv_match_reference",
+           "qaconv_match_reference_numpy"]
+
+# The op's backends (`backend=` of qaconv_match / qaconv_responses; torch_op says which runs what).
+BACKENDS = ("auto", "triton", "torch", "numpy")
 
 
 def _numpy_inputs(backend: str, *arrays) -> None:

@@ -17,31 +17,33 @@ in a small [RM_ROWS, BLOCK_I] register table (one row per ib block, updated with
 
 Operand rows past HWq / HWg load as 0, and the similarities they produce are masked to -inf
 before the maxima; the maxima at padded locations are then finite and meet zero rows of the
-masked wq / wg loads. The last gallery run of a query is cut short at Ng. So any HW (not only
-powers of two) and any Nq, Ng work. The grid is 1-D, query-fastest, so programs running at the
-same time share one gallery run in L2.
+masked wq / wg loads. In the last gallery run of a query, runs past Ng redo gallery Ng - 1.
+So any HW (not only powers of two) and any Nq, Ng work. The grid is 1-D, query-fastest, so
+programs running at the same time share one gallery run in L2.
 
 The same source serves three launchers: `launch` (torch tensors: CUDA, or CPU under
 TRITON_INTERPRET=1), `compile_ptx` (ahead-of-time PTX for the TensorRT plugin, plugins/trt.py),
-and the autotuner. Its non-constexpr parameters are ordered (inputs, scalars, output) because
-TensorRT's AOT plugin launcher passes them in that order.
+and the opt-in tuner (plugins/tune.py). Its non-constexpr parameters are ordered (inputs, scalars,
+output) because TensorRT's AOT plugin launcher passes them in that order.
+
+**Specializations.** Launch parameters come from the table of plugins/tuning.py, not from
+`triton.autotune`, so a process compiles one kernel per (HW, C, P range, dtype, mode) and times
+nothing. Nq and Ng, which change from batch to batch, are run-time arguments excluded from
+Triton's integer specialization (`do_not_specialize`: Triton would otherwise compile separate
+variants for a value of 1 and for multiples of 16); compiled kernels persist in Triton's on-disk
+cache (TRITON_CACHE_DIR) for later processes.
 """
 import functools
 
 import triton
 import triton.language as tl
 
+from . import tuning
 from .triton_env import KERNEL_MAX_CHANNELS, interpreting
+from .tuning import MIN_BLOCK, LaunchConfig, TuningKey, cdiv, pow2
 
-# tl.dot needs every tile dimension >= 16; the running row-max table is sized for the smallest
-# BLOCK_I any config uses, so its shape does not depend on the config the autotuner picks.
-MIN_BLOCK = 16
-# Tile shapes offered to the autotuner; `prune_configs` keeps those that fit the shape.
-TILE_SHAPES = ((16, 16), (32, 32), (64, 32), (32, 64), (64, 64), (128, 64), (64, 128))
-WARPS_STAGES = ((4, 2), (4, 3), (8, 2))
-GALLERIES_PER_PROGRAM = 8
-# Under the interpreter every program runs in numpy: the smallest tiles keep tests quick.
-INTERPRETER_CONFIG = {"BLOCK_I": 16, "BLOCK_J": 16, "GALLERIES": 2}
+# Run-time integer arguments: never specialized on (they vary per call).
+RUNTIME_SIZES = ("n_q", "n_g")
 
 
 def qaconv_match_tile(q_ptr, g_ptr, wq_ptr, wg_ptr, n_q, n_g, out_ptr,
@@ -66,8 +68,10 @@ def qaconv_match_tile(q_ptr, g_ptr, wq_ptr, wg_ptr, n_q, n_g, out_ptr,
     mask_p = offs_p < P
     q_base = q_ptr + p.to(tl.int64) * (HWQ * C)
 
-    for k in range(tl.minimum(GALLERIES, n_g - g_first)):  # the last run may be short
-        g = g_first + k
+    for k in range(GALLERIES):
+        # A short last run repeats its last gallery (same values stored again): a loop of
+        # constant length, and no scalar loop bound (Triton 3.3-3.6 interpreters cannot take one).
+        g = tl.minimum(g_first + k, n_g - 1)
         g_base = g_ptr + g.to(tl.int64) * (HWG * C)
         out_base = out_ptr + (p.to(tl.int64) * n_g + g) * OUT_W
         row_max = tl.full([RM_ROWS, BLOCK_I], float("-inf"), tl.float32)
@@ -111,21 +115,15 @@ def qaconv_match_tile(q_ptr, g_ptr, wq_ptr, wg_ptr, n_q, n_g, out_ptr,
             tl.store(out_base + offs_p, acc, mask=mask_p)
 
 
-def _pow2(n: int) -> int:
-    return 1 << max(0, int(n) - 1).bit_length()
-
-
-def _cdiv(a: int, b: int) -> int:
-    return -(-a // b)
-
-
 def shape_constants(hwq: int, hwg: int, c: int, p: int, dtype_name: str, responses: bool,
                     interpreter: bool = False) -> dict:
     """Compile-time constants of one kernel specialization (everything but the tile config)."""
     if c > KERNEL_MAX_CHANNELS:
         raise ValueError(f"QAConvMatch kernel supports C <= {KERNEL_MAX_CHANNELS} channels, got C = {c}")
-    return {"HWQ": hwq, "HWG": hwg, "C": c, "P": p, "C_PAD": max(MIN_BLOCK, _pow2(c)),
-            "P_PAD": _pow2(p), "RM_ROWS": _pow2(_cdiv(hwq, MIN_BLOCK)), "RESPONSES": responses,
+    # RM_ROWS: the running row-max table is sized for the smallest BLOCK_I any config uses, so
+    # its shape does not depend on the launch config.
+    return {"HWQ": hwq, "HWG": hwg, "C": c, "P": p, "C_PAD": max(MIN_BLOCK, pow2(c)),
+            "P_PAD": pow2(p), "RM_ROWS": pow2(cdiv(hwq, MIN_BLOCK)), "RESPONSES": responses,
             # fp32 inputs: three tf32 passes keep ~fp32 accuracy on tensor cores.
             "PRECISION": "tf32x3" if dtype_name == "fp32" else "tf32",
             # The interpreter's dot multiplies bf16 bit patterns as integers; it gets the exact
@@ -133,60 +131,61 @@ def shape_constants(hwq: int, hwg: int, c: int, p: int, dtype_name: str, respons
             "UPCAST": dtype_name == "bf16" and interpreter}
 
 
-def padding_waste(hwq: int, hwg: int, block_i: int, block_j: int) -> float:
-    """Fraction of tensor-core work spent on masked (padded) tile rows and columns."""
-    used = hwq * hwg
-    return 1.0 - used / (_cdiv(hwq, block_i) * block_i * _cdiv(hwg, block_j) * block_j)
-
-
-def tile_candidates(hwq: int, hwg: int) -> list[tuple[int, int]]:
-    """Tile shapes worth timing for a map size: least padding, then no more than 4x smaller
-    than the largest such tile (small tiles only lose operand reuse)."""
-    fitting = [(bi, bj) for bi, bj in TILE_SHAPES if bi <= _pow2(hwq) and bj <= _pow2(hwg)]
-    fitting = fitting or [(MIN_BLOCK, MIN_BLOCK)]
-    least = min(padding_waste(hwq, hwg, bi, bj) for bi, bj in fitting)
-    best = [t for t in fitting if padding_waste(hwq, hwg, *t) <= least + 1e-9]
-    area = max(bi * bj for bi, bj in best)
-    return [(bi, bj) for bi, bj in best if bi * bj * 4 >= area]
-
-
-def prune_configs(configs, named_args, **kwargs):
-    """Autotuner hook: keep the configs whose tile shape `tile_candidates` accepts."""
-    args = {**named_args, **kwargs}
-    keep = set(tile_candidates(args["HWQ"], args["HWG"]))
-    return [cfg for cfg in configs if (cfg.kwargs["BLOCK_I"], cfg.kwargs["BLOCK_J"]) in keep]
-
-
-def autotune_configs() -> list:
-    return [triton.Config({"BLOCK_I": bi, "BLOCK_J": bj, "GALLERIES": GALLERIES_PER_PROGRAM},
-                          num_warps=warps, num_stages=stages)
-            for bi, bj in TILE_SHAPES for warps, stages in WARPS_STAGES]
-
-
 @functools.cache
 def _kernel():
-    """The jitted kernel, built on first use. Under TRITON_INTERPRET=1 (which must be set before
-    triton is first imported: Triton's own helpers are jitted at import) it runs in numpy with
-    INTERPRETER_CONFIG, since autotuning there would only time numpy; compiled runs are
-    autotuned per (HW, C, P, mode)."""
-    jitted = triton.jit(qaconv_match_tile)
-    if interpreting():
-        return jitted
-    return triton.autotune(configs=autotune_configs(), key=["HWQ", "HWG", "C", "P", "RESPONSES", "PRECISION"],
-                           prune_configs_by={"early_config_prune": prune_configs})(jitted)
+    """The jitted kernel, built on first use (under TRITON_INTERPRET=1, which must be set before
+    triton is first imported, it runs in numpy)."""
+    return triton.jit(qaconv_match_tile, do_not_specialize=RUNTIME_SIZES)
 
 
-def grid_size(n_q, n_g, galleries: int, cdiv=_cdiv):
+def grid_size(n_q, n_g, galleries: int, cdiv=cdiv):
     """Programs to launch: one per (query, run of `galleries` galleries). Also evaluated on
     TensorRT's symbolic sizes, with TensorRT's `cdiv`."""
     return n_q * cdiv(n_g, galleries)
 
 
-def launch(query, gallery, wq=None, wg=None, responses: bool = False):
+def kernel_dtype(dtype) -> str:
+    """fp16 / bf16 / fp32 for a torch dtype the kernel takes."""
+    import torch
+
+    return {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}[dtype]
+
+
+@functools.cache
+def device_identity(index: int) -> tuple[str, str]:
+    """(GPU model name, architecture such as "sm90") of a CUDA device."""
+    import torch
+
+    major, minor = torch.cuda.get_device_capability(index)
+    return torch.cuda.get_device_name(index), f"sm{major}{minor}"
+
+
+# Per process: the config each (device, key) launched with, after any fallback.
+_CHOSEN: dict[tuple[int, TuningKey], LaunchConfig] = {}
+
+
+def _config_for(key: TuningKey, index: int) -> LaunchConfig:
+    """The table's (or tuning cache's) config; with TAL_QACONV_AUTOTUNE set, a specialization
+    the cache lacks is tuned now and written to the cache."""
+    name, _ = device_identity(index)
+    config, source = tuning.choose(key, name)
+    if source != "cache" and tuning.autotune_requested():
+        from .tune import tune_key
+
+        config = tune_key(key, index).best
+    return config
+
+
+def launch(query, gallery, wq=None, wg=None, responses: bool = False,
+           config: LaunchConfig | None = None):
     """Run the kernel on torch tensors -> fp32 [Nq, Ng, P] (or [Nq, Ng, HWq + HWg] responses).
 
     query/gallery: contiguous, same dtype (fp16/bf16/fp32), on CUDA or on CPU with
     TRITON_INTERPRET=1; wq/wg: contiguous fp32 on the same device (None for responses).
+    config: launch parameters, used as given; None looks them up (`tuning.choose`, once per
+    process and specialization; the interpreter uses `tuning.INTERPRETER_CONFIG`), and a
+    looked-up config needing more shared memory than the GPU has falls back to the next of
+    `tuning.launch_candidates`.
     """
     import torch
 
@@ -199,17 +198,37 @@ def launch(query, gallery, wq=None, wg=None, responses: bool = False):
         return out
     if responses:  # the projection pointers are never read in responses mode
         wq = wg = out
-    dtype_name = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}[query.dtype]
-    consts = shape_constants(hwq, hwg, c, p, dtype_name, responses, interpreting())
-    kernel = _kernel()
+    dtype = kernel_dtype(query.dtype)
+    consts = shape_constants(hwq, hwg, c, p, dtype, responses, interpreting())
+    args = (query, gallery, wq, wg, n_q, n_g, out)
     if interpreting():
-        grid = (grid_size(n_q, n_g, INTERPRETER_CONFIG["GALLERIES"]),)
-        kernel[grid](query, gallery, wq, wg, n_q, n_g, out, **consts, **INTERPRETER_CONFIG)
+        _run(config or tuning.INTERPRETER_CONFIG, args, consts)
         return out
-    with torch.cuda.device(query.device):  # Triton launches on the current device
-        kernel[lambda meta: (grid_size(n_q, n_g, meta["GALLERIES"]),)](
-            query, gallery, wq, wg, n_q, n_g, out, **consts)
-    return out
+    from triton.runtime.errors import OutOfResources
+
+    index = query.device.index if query.device.index is not None else torch.cuda.current_device()
+    key = TuningKey(device_identity(index)[1], hwq, hwg, c, p, dtype, responses)
+    if config is not None:  # an explicit config (the tuner times each): no fallback
+        with torch.cuda.device(index):  # Triton launches on the current device
+            _run(config, args, consts)
+        return out
+    chosen = _CHOSEN.get((index, key)) or _config_for(key, index)
+    with torch.cuda.device(index):
+        for candidate in tuning.launch_candidates(chosen, key):
+            try:
+                _run(candidate, args, consts)
+            except OutOfResources as err:
+                tuning.log.warning("warning: QAConvMatch launch config %s does not fit this GPU "
+                                   "(%s); trying the next", candidate, err)
+                continue
+            _CHOSEN[(index, key)] = candidate
+            return out
+    raise RuntimeError(f"no QAConvMatch launch config fits this GPU for {key.text()}")
+
+
+def _run(config: LaunchConfig, args: tuple, consts: dict) -> None:
+    n_q, n_g = args[4], args[5]
+    _kernel()[(grid_size(n_q, n_g, config.galleries),)](*args, **consts, **config.kernel_args())
 
 
 # Without an opt-in attribute a launch may use at most 48 KiB of dynamic shared memory; an
@@ -217,18 +236,11 @@ def launch(query, gallery, wq=None, wg=None, responses: bool = False):
 PORTABLE_SHARED_BYTES = 48 * 1024
 
 
-def aot_configs(hwq: int, hwg: int) -> list[dict]:
-    """Configs for an ahead-of-time build (no autotuner there), in order of preference: the
-    least-padding tiles from largest to smallest, each pipelined (2 stages) then not."""
-    tiles = sorted(tile_candidates(hwq, hwg), key=lambda t: -t[0] * t[1])
-    return [{"BLOCK_I": bi, "BLOCK_J": bj, "GALLERIES": GALLERIES_PER_PROGRAM,
-             "num_warps": 4, "num_stages": stages} for bi, bj in tiles for stages in (2, 1)]
-
-
 def compile_ptx(dtype_name: str, hwq: int, hwg: int, c: int, p: int, arch: int = 90,
                 responses: bool = False, max_shared: int = PORTABLE_SHARED_BYTES):
     """Ahead-of-time compile one specialization for sm_<arch> (no GPU needed: Triton ships
-    ptxas) with the first of `aot_configs` that fits `max_shared` bytes of shared memory.
+    ptxas) with the first config that fits `max_shared` bytes of shared memory: the launch
+    table's for this key (`tuning.table_config`, else the default rule), then its fallbacks.
 
     Returns (compiled, config): compiled has `.metadata.name`, `.metadata.num_warps`,
     `.metadata.shared` and `.asm["ptx"]`; launch `grid_size(Nq, Ng, config["GALLERIES"])`
@@ -241,7 +253,9 @@ def compile_ptx(dtype_name: str, hwq: int, hwg: int, c: int, p: int, arch: int =
     pointer = f"*{dtype_name}"
     signature = {"q_ptr": pointer, "g_ptr": pointer, "wq_ptr": "*fp32", "wg_ptr": "*fp32",
                  "n_q": "i32", "n_g": "i32", "out_ptr": "*fp32"}
-    for config in aot_configs(hwq, hwg):
+    key = TuningKey(f"sm{arch}", hwq, hwg, c, p, dtype_name, responses)
+    first = tuning.table_config(key) or tuning.default_config(key)
+    for config in map(LaunchConfig.kernel_args, tuning.launch_candidates(first, key)):
         consts = shape_constants(hwq, hwg, c, p, dtype_name, responses)
         consts.update({k: v for k, v in config.items() if k.isupper()})
         source = triton.compiler.ASTSource(

@@ -8,13 +8,28 @@ where only numpy is. Registering at import, not on first call, keeps the registr
 code that torch.compile traces.
 
 Backends (`backend=` argument):
-  auto    CUDA tensors -> the Triton kernel (the blocked torch path where Triton is missing,
-          the dtype is float64 or C > 256); CPU tensors -> the blocked torch path.
+  auto    CUDA tensors -> the Triton kernel for `qaconv_match` on float16 / bfloat16 features
+          with C <= 256 (where Triton is installed), else the blocked torch path (cuBLAS GEMM +
+          max); `qaconv_responses` -> the blocked torch path; CPU tensors -> the blocked torch
+          path.
   triton  the Triton kernel: CUDA tensors, or CPU tensors when TRITON_INTERPRET=1 (Triton's
           numpy interpreter: slow, for tests).
   torch   blocked GEMM + max (plugins/cpu.py), any device.
 Query and gallery of different dtypes are promoted to a common one. Outputs are fp32 (fp64
 when an input is fp64: that keeps gradcheck meaningful).
+
+**Why float32 runs on the torch path on CUDA (auto).** The kernel takes fp32 features as three
+tf32 tensor-core passes; that specialization compiles for over a minute (24x8 maps, C 128,
+sm_90: 77-85 s on a 2-core CPU, against 5-20 s for fp16), which no first call may cost.
+cuBLAS's fp32 GEMM + max needs no compile and keeps fp32 accuracy; half-precision features are
+what the kernel is for. `backend="triton"` still runs it on fp32.
+
+**Why responses run on the torch path on CUDA.** `qaconv_responses` is the training op (the
+heads' batch-statistics BN needs whole response vectors), called per phase, scale and expert on
+batch-sized inputs, and its backward is the blocked torch path anyway. There the cuBLAS GEMM +
+max needs no compile and ran at 65-70 TFLOP/s on an H200 at training sizes (issue 12), while
+each kernel specialization costs a compile at the first iteration; `benchmarks/match.py
+--training` times both. `backend="triton"` still runs the kernel in responses mode.
 """
 from __future__ import annotations
 
@@ -22,18 +37,20 @@ from types import SimpleNamespace
 
 from .errors import TalError
 
-from . import cpu
+from . import BACKENDS, cpu
 from .backward import qaconv_backward
 from .shapes import check_match_shapes, match_output_shape, responses_output_shape
 from .triton_env import KERNEL_MAX_CHANNELS, interpreting, triton_available
 
-BACKENDS = ("auto", "triton", "torch", "numpy")
-KERNEL_DTYPES = ("float16", "bfloat16", "float32")
+KERNEL_DTYPES = ("float16", "bfloat16", "float32")  # what backend="triton" takes
+AUTO_KERNEL_DTYPES = ("float16", "bfloat16")  # what backend="auto" gives it on CUDA
 
 
-def resolve_backend(backend: str, device_type: str, dtype_name: str, channels: int) -> str:
-    """The backend that runs torch tensors of this device type, dtype and channel count
-    ('triton' or 'torch'); TalError for a choice that cannot run here."""
+def resolve_backend(backend: str, device_type: str, dtype_name: str, channels: int,
+                    responses: bool = False) -> str:
+    """The backend that runs torch tensors of this device type, dtype and channel count, for
+    the projected op or (`responses`) the responses op: 'triton' or 'torch'; TalError for a
+    choice that cannot run here."""
     if backend not in BACKENDS:
         raise TalError(f"unknown QAConvMatch backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if backend == "numpy":
@@ -41,7 +58,9 @@ def resolve_backend(backend: str, device_type: str, dtype_name: str, channels: i
                        "'auto', 'triton' or 'torch'")
     kernel_fits = dtype_name in KERNEL_DTYPES and channels <= KERNEL_MAX_CHANNELS
     if backend == "auto":
-        return "triton" if device_type == "cuda" and kernel_fits and triton_available() else "torch"
+        use_kernel = (device_type == "cuda" and not responses and kernel_fits
+                      and dtype_name in AUTO_KERNEL_DTYPES)
+        return "triton" if use_kernel and triton_available() else "torch"
     if backend == "triton":
         if not triton_available():
             raise TalError("QAConvMatch backend 'triton' needs the triton package "
@@ -79,7 +98,8 @@ def _run(query, gallery, wq, wg, backend: str, responses: bool):
                        None if responses else wg.shape)
     query, gallery = _common_dtype(query, gallery)
     dtype_name = str(query.dtype).removeprefix("torch.")
-    if resolve_backend(backend, query.device.type, dtype_name, query.shape[2]) == "torch":
+    chosen = resolve_backend(backend, query.device.type, dtype_name, query.shape[2], responses)
+    if chosen == "torch":
         return cpu.torch_match(query, gallery, wq, wg, responses)
     from . import kernel
 

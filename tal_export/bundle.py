@@ -1,11 +1,13 @@
 """`export_bundle`: checkpoint -> export bundle folder (docs/bundle.md, docs/export.md).
 
-Steps: load and check the checkpoint; fold the model (fold.py), with the distilled global
-descriptor as an extra output when the checkpoint has one (descriptor.py, `tal-distill`);
-torch.export the fp32 folded extractor (extractor.pt2, written without pickles and read back by
-the runtime's reader) and convert it, or its fp16 twin, to extractor.onnx; build matcher.onnx / matcher_trt.onnx and
-heads.npz from the projection form; run the parity check in ONNX Runtime (parity.py);
-optionally build TensorRT engines; write manifest.json last.
+Steps: resolve the bundle's precision once (`tal_infer.precision`: float16 for ``fp16`` or
+``trt``, else float32), which every later step takes; load and check the checkpoint; fold the
+model (fold.py), with the distilled global descriptor as an extra output when the checkpoint
+has one (descriptor.py, `tal-distill`); torch.export the fp32 folded extractor (extractor.pt2,
+written without pickles and read back by the runtime's reader) and convert it, or its fp16
+twin, to extractor.onnx; build matcher.onnx / matcher_trt.onnx and heads.npz from the
+projection form; run the parity check in ONNX Runtime (parity.py) with the precision's
+criterion; optionally build TensorRT engines; write manifest.json (precision included) last.
 
 Where it writes: ``--out``, or ``export/<run name>`` with the checkpoint's run name turned into
 one plain folder name (a checkpoint is untrusted data: ``../x`` or ``/etc`` must not choose the
@@ -37,6 +39,7 @@ from tqdm import tqdm
 from tal_infer.atomic import make_sibling_dir
 from tal_infer.errors import TalError
 from tal_infer.hashing import file_sha256
+from tal_infer.precision import FLOAT16, FLOAT32, Precision
 from tal_train.checkpoint import CheckpointError, load_checkpoint
 from tal_train.distill import load_descriptor
 from tal_train.models import TALConfig, TALModel, build_model
@@ -177,23 +180,25 @@ def _session(path: Path):
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
 
-def _extractor(model: TALModel, head: DescriptorHead | None, fp16: bool = False) -> torch.nn.Module:
+def _extractor(model: TALModel, head: DescriptorHead | None,
+               precision: Precision = FLOAT32) -> torch.nn.Module:
     """The folded extractor, with the descriptor output when there is a head."""
-    folded = fold_model(model, fp16=fp16)
+    folded = fold_model(model, precision)
     return folded if head is None else WithDescriptor(folded, head)
 
 
-def _write_graphs(model: TALModel, folder: Path, fp16: bool, opset: int, max_batch: int,
-                  bar: tqdm, head: DescriptorHead | None = None) -> dict:
-    """extractor.pt2, extractor.onnx, matcher.onnx, matcher_trt.onnx, heads.npz; returns
-    the projection form (manifest ``matching`` + heads arrays)."""
+def _write_graphs(model: TALModel, folder: Path, precision: Precision, opset: int,
+                  max_batch: int, bar: tqdm, head: DescriptorHead | None = None) -> dict:
+    """extractor.pt2 (always the fp32 program), extractor.onnx, matcher.onnx, matcher_trt.onnx
+    in ``precision``, heads.npz; returns the projection form (manifest ``matching`` + heads
+    arrays)."""
     size = model.config.image_size
     bar.set_postfix_str(STEPS[1])
     extractor = _extractor(model, head)
     program = export_program(extractor, size, max_batch)
     save_program(program, folder / "extractor.pt2", size)
-    if fp16:
-        program = export_program(_extractor(model, head, fp16=True), size, max_batch)
+    if precision != FLOAT32:
+        program = export_program(_extractor(model, head, precision), size, max_batch)
     bar.update()
     bar.set_postfix_str(STEPS[2])
     _save_onnx(onnx_graph(program, extractor.names, opset), folder / "extractor.onnx")
@@ -201,10 +206,9 @@ def _write_graphs(model: TALModel, folder: Path, fp16: bool, opset: int, max_bat
     bar.set_postfix_str(STEPS[3])
     form = model.projection_form()
     features = mf.feature_specs(model)
-    dtype = "float16" if fp16 else "float32"
-    _save_onnx(build_matcher(form, features, dtype, opset), folder / "matcher.onnx")
+    _save_onnx(build_matcher(form, features, precision, opset), folder / "matcher.onnx")
     # The custom domain has no schema in onnx, so the full (shape-inferring) check cannot run.
-    trt_graph = build_matcher(form, features, dtype, opset, custom_op=True)
+    trt_graph = build_matcher(form, features, precision, opset, custom_op=True)
     onnx.checker.check_model(trt_graph)
     onnx.save_model(trt_graph, str(folder / "matcher_trt.onnx"))
     np.savez(folder / "heads.npz", **form["arrays"])
@@ -212,7 +216,7 @@ def _write_graphs(model: TALModel, folder: Path, fp16: bool, opset: int, max_bat
     return form
 
 
-def _parity(model: TALModel, folder: Path, fp16: bool, verify: bool,
+def _parity(model: TALModel, folder: Path, precision: Precision, verify: bool,
             verify_images: str | os.PathLike | None, max_batch: int,
             head: DescriptorHead | None = None) -> dict:
     if not verify:
@@ -222,7 +226,7 @@ def _parity(model: TALModel, folder: Path, fp16: bool, verify: bool,
                       else generated_images(size))
     report = parity_report(model, _session(folder / "extractor.onnx"),
                            _session(folder / "matcher.onnx"), images, source, max_batch, head)
-    return judge(report, fp16)
+    return judge(report, precision)
 
 
 def export_bundle(checkpoint: str | os.PathLike, out_dir: str | os.PathLike | None = None, *,
@@ -241,7 +245,7 @@ def export_bundle(checkpoint: str | os.PathLike, out_dir: str | os.PathLike | No
         from .tensorrt_build import check_trt_options
 
         check_trt_options(ptx_isa)  # fail before any work where TensorRT is absent
-        fp16 = True
+    precision = FLOAT16 if fp16 or trt else FLOAT32
     with tqdm(total=len(STEPS), desc="tal-export", unit="step", disable=not progress) as bar:
         bar.set_postfix_str(STEPS[0])
         model, ckpt = load_model(checkpoint, image_size)
@@ -253,15 +257,15 @@ def export_bundle(checkpoint: str | os.PathLike, out_dir: str | os.PathLike | No
         bar.update()
         tmp = make_sibling_dir(out, "partial")
         try:
-            form = _write_graphs(model, tmp, fp16, opset, max_batch, bar, head)
+            form = _write_graphs(model, tmp, precision, opset, max_batch, bar, head)
             bar.set_postfix_str(STEPS[4])
-            parity = _parity(model, tmp, fp16, verify, verify_images, max_batch, head)
+            parity = _parity(model, tmp, precision, verify, verify_images, max_batch, head)
             bar.update()
             features = mf.feature_specs(model)
             manifest = mf.build_manifest(
                 config=model.config, run_name=run_name, checkpoint=checkpoint,
                 checkpoint_sha256=file_sha256(checkpoint), epoch=int(ckpt["epoch"]),
-                features=features, matching=form["matching"], fp16=fp16, opset=opset,
+                features=features, matching=form["matching"], precision=precision, opset=opset,
                 parity=parity, descriptor=None if head is None else manifest_section(
                     head, ckpt["descriptor"].get("distillation", {})))
             if trt:

@@ -1,4 +1,4 @@
-"""tal-demo: the whole pipeline on generated data, on a CPU, in minutes (the README quick start).
+"""tal-demo: the whole pipeline on generated data, in minutes on a CPU (the README quick start).
 
 1. a synthetic camera network of four domains (`tal_train.data.synthetic`), Market layout;
 2. TAL, tiny preset, trained under protocol p2 on three domains (`tal_train.engine.train`,
@@ -10,7 +10,8 @@
 Everything lands in the work folder (default: the current one): ``data/synthetic``,
 ``runs/demo``, ``export/demo``, ``demo-report``, ``demo-ranks.json``. Existing data is reused
 when it was generated with the same options (else regenerated, with a line saying which options
-differ); ``--skip-train`` reuses the checkpoint too.
+differ); ``--skip-train`` reuses the checkpoint too. Training and tal-infer run on ``--device``
+(auto: the GPU when there is one).
 """
 from __future__ import annotations
 
@@ -52,10 +53,13 @@ Examples:
 @click.option("--topk", default=10, show_default=True, type=click.IntRange(1),
               help="Matches per query in the ranks and the report.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Data and training seed.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
+              show_default=True, help="Where training and tal-infer run (auto: CUDA if present).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @friendly_errors
 def main(workdir: Path, identities: int, epochs: int, iters: int, batch_size: int,
-         image_size: tuple[int, int] | None, skip_train: bool, topk: int, seed: int, quiet: bool) -> None:
+         image_size: tuple[int, int] | None, skip_train: bool, topk: int, seed: int,
+         device: str, quiet: bool) -> None:
     """Generate a camera network, train TAL on three domains, export it, and re-identify
     people in the fourth (unseen) domain; prints mAP/top-k and where everything is."""
     size = list(image_size) if image_size else None
@@ -74,7 +78,7 @@ def main(workdir: Path, identities: int, epochs: int, iters: int, batch_size: in
     else:
         click.echo(f"[2/4] training TAL (tiny) on {', '.join(_sources())} -> {checkpoint.parent}")
         checkpoint = train_model(data, checkpoint.parent, epochs, iters, batch_size, size, seed,
-                                 progress)
+                                 progress, device)
     click.echo(f"[3/4] exporting -> {workdir / 'export' / 'demo'}")
     from tal_export import export_bundle
 
@@ -82,7 +86,7 @@ def main(workdir: Path, identities: int, epochs: int, iters: int, batch_size: in
                            progress=progress)
     click.echo(f"[4/4] tal-infer on the unseen domain {TARGET}")
     report, ranks = workdir / "demo-report", workdir / "demo-ranks.json"
-    run_inference(bundle, data / TARGET, report, ranks, topk, quiet)
+    run_inference(bundle, data / TARGET, report, ranks, topk, quiet, device)
     click.echo(f"\ndone in {time.time() - started:.0f} s. Artifacts:\n"
                f"  data        {data}\n  checkpoint  {checkpoint}\n"
                f"  training    {checkpoint.parent / 'metrics.json'}\n  bundle      {bundle}\n"
@@ -113,14 +117,14 @@ def make_data(folder: Path, identities: int, seed: int, progress: bool) -> None:
 
 
 def train_model(data: Path, out: Path, epochs: int, iters: int, batch_size: int,
-                image_size: list[int] | None, seed: int, progress: bool) -> Path:
+                image_size: list[int] | None, seed: int, progress: bool, device: str = "auto") -> Path:
     """p2 leave-one-out on the generated domains, as ``tal-train`` runs it; returns ckpt.pth."""
     from tal_train.engine import TrainOptions, train
 
     result = train(TrainOptions(
         protocol="p2", data_root=str(data), target=TARGET, sources=_sources(), preset="tiny",
         image_size=image_size, epochs=epochs, iters=iters, batch_size=batch_size,
-        pretrained="none", seed=seed, device="cpu", run_name="demo", out=str(out),
+        pretrained="none", seed=seed, device=device, run_name="demo", out=str(out),
         progress=progress))
     last = result.metrics[-1] if result.metrics else {}
     scores = last.get(TARGET, {}).get("tal")
@@ -131,13 +135,13 @@ def train_model(data: Path, out: Path, epochs: int, iters: int, batch_size: int,
 
 
 def run_inference(bundle: Path, target: Path, report: Path, ranks: Path, topk: int,
-                  quiet: bool) -> None:
+                  quiet: bool, device: str = "auto") -> None:
     """tal-infer on the target's query and gallery folders (prints mAP and CMC)."""
     from tal_infer.cli import main as infer
 
     args = ["--gallery", str(target / "bounding_box_test"), "--queries", str(target / "query"),
             "--model", str(bundle), "--topk", str(topk), "--out", str(ranks), "--report",
-            str(report), "--device", "cpu"] + (["--quiet"] if quiet else [])
+            str(report), "--device", device] + (["--quiet"] if quiet else [])
     infer.main(args, standalone_mode=False)
 
 

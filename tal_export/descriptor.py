@@ -11,7 +11,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from tal_infer.bundle import DESCRIPTOR
+from tal_infer.features import DESCRIPTOR
 from tal_train.models.descriptor import DescriptorHead
 
 from .fold import FoldedExtractor

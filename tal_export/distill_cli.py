@@ -30,7 +30,8 @@ Examples:
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Write the checkpoint with the descriptor here [default: in place].")
 @click.option("--dim", default=256, show_default=True, type=click.IntRange(8),
-              help="Descriptor length (stored as fp16 in an index: 2 bytes per value).")
+              help="Descriptor length (an index stores it in the bundle's precision: 2 bytes "
+                   "per value with --fp16, else 4).")
 @click.option("--blocks", default=8, show_default=True, type=click.IntRange(1),
               help="Blocks of crops scored all-against-all by the TAL model (the teacher).")
 @click.option("--block-size", default=480, show_default=True, type=click.IntRange(16),

@@ -7,19 +7,27 @@ What folding does (all folding arithmetic in float64, rounded once to the comput
   `DomainNorm` becomes a `FoldedNorm`: a per-stream channel affine ``x * scale[j] + shift[j]``
   from an [S, C] table (eval statistics folded into scale/shift). Convolutions are untouched and
   shared, so the graph holds one Conv per convolution of the network.
-* **DABN** (eqs. 5-6) is ``x * (S a) + (T a)``: S, T in R^{C x K} are the experts' folded affines,
+* **DABN** (eqs. 5-6) is ``x * (S a) + (T a)``: S, T in R^{C x K} are the folded affines of the
+  K branches it mixes (`DABN.branch_affines`: the experts' eval-form BNs for ``dabn_stats``
+  "experts"; the experts' affines over the DI stream's own running statistics for "own"),
   a = softmax(W2 relu(W1 GAP(x))) is computed in the graph for the DI chunk. The ``avg``
   ablation (a = 1/K) and the ``bn`` ablation are static rows of the table.
 * **Preprocessing** (uint8 BGR NHWC -> RGB, /255, mean/std) is folded into the stem
   convolution: its input channels are reversed and scaled by 1 / (255 std), and the graph only
   subtracts 255 * mean (BGR order) from the pixels. Zero padding of the shifted pixels equals
   zero padding of the normalized image, so this is exact.
-* **Shared stem.** Where the stem normalization is an instance norm (IBN-b), the stem does not
-  depend on the stream, so the batch is tiled after the stem's max-pool instead of before it.
+* **Shared stem.** Where the stem holds no `DomainNorm` (IBN-b's and OSNet-AIN's instance-norm
+  stems), it does not depend on the stream, so the batch is tiled after the stem.
 
-fp16 (``dtype=torch.float16``): convolution weights, the folded tables and activations are fp16;
-these stay fp32 (see `FP32_PARTS`): instance-norm statistics, the DABN attention (GAP, FCs,
-softmax) and its mixing of the expert statistics, and the neck's L2 normalization.
+The backbone is used only through its contract (`tal_train.models.backbones.Backbone`: the
+stem's input convolution, ``forward_stem``, ``forward_stages``), so every registered backbone
+exports without code of its own here.
+
+The compute dtype comes from the export's `Precision` (`tal_infer.precision`). fp16:
+convolution weights, the folded tables and activations are fp16; these stay fp32
+(`tal_infer.precision.FP32_PARTS`, which the manifest lists): instance-norm statistics, the
+DABN attention (GAP, FCs, softmax) and its mixing of the expert statistics, the neck's L2
+normalization, and the pixel shift.
 """
 from __future__ import annotations
 
@@ -29,22 +37,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from tal_infer.features import feature_names, split_feature_name
+from tal_infer.precision import FLOAT32, Precision
 from tal_train.models import DomainNorm, TALModel, expert_affines
 from tal_train.models.norm import Stream
-
-FP32_PARTS = ["instance_norm", "dabn_attention", "dabn_mixing", "l2_normalize", "preprocess_shift"]
-
-
-def model_streams(model: TALModel) -> tuple[Stream, ...]:
-    """The tiled streams in order: experts 0..K-1 (DS stream), then "di"."""
-    cfg = model.config
-    experts = tuple(range(cfg.num_domains)) if "ds" in cfg.streams else ()
-    return experts + (("di",) if "di" in cfg.streams else ())
 
 
 def output_names(model: TALModel) -> list[str]:
     """Extractor outputs in graph order: ``<stream>_<scale>``, streams then scales."""
-    return [f"{stream}_{s}" for stream in model.config.streams for s in model.config.scales]
+    return feature_names(model.config.streams, model.config.scales)
 
 
 class FloatIsland(nn.Module):
@@ -79,7 +80,8 @@ class FoldedNorm(nn.Module):
                 scale, shift = expert_affines(nn.ModuleList([norm.di]))
                 rows.append((scale[0], shift[0]))
             else:  # avg: a_i = 1/K for every sample
-                rows.append((expert_scale.mean(0), expert_shift.mean(0)))
+                scale, shift = norm.di.branch_affines(norm.experts)
+                rows.append((scale.mean(0), shift.mean(0)))
         channels = expert_scale.shape[1]
         table = (torch.stack([torch.stack(r) for r in rows], dim=1) if rows
                  else torch.zeros(2, 0, channels, dtype=torch.float64))
@@ -88,15 +90,16 @@ class FoldedNorm(nn.Module):
         self.attention = None
         if dabn:
             self.attention = norm.di.attention.float()
-            self.register_buffer("expert_scale", expert_scale.float())
-            self.register_buffer("expert_shift", expert_shift.float())
+            branch_scale, branch_shift = norm.di.branch_affines(norm.experts)
+            self.register_buffer("branch_scale", branch_scale.float())
+            self.register_buffer("branch_shift", branch_shift.float())
 
     def forward(self, x: Tensor) -> Tensor:
         xs = x.unflatten(0, (self.num_streams, -1))  # [S, N, C, h, w]
         scale, shift = self.scale, self.shift
         if self.attention is not None:
             a = torch.softmax(self.attention(xs[-1].float().mean(dim=(2, 3))), dim=1)  # [N, K]
-            s, t = (a @ self.expert_scale).to(x.dtype), (a @ self.expert_shift).to(x.dtype)
+            s, t = (a @ self.branch_scale).to(x.dtype), (a @ self.branch_shift).to(x.dtype)
             n = s.shape[0]
             scale = torch.cat((scale.expand(-1, n, -1), s[None]))
             shift = torch.cat((shift.expand(-1, n, -1), t[None]))
@@ -145,21 +148,18 @@ class FoldedExtractor(nn.Module):
         super().__init__()
         cfg = model.config
         self.dtype = dtype
-        self.streams = model_streams(model)
+        self.streams = cfg.tiled_streams()
         self.num_experts = cfg.num_domains if "ds" in cfg.streams else 0
         self.names = output_names(model)
-        self.scales = cfg.scales
         backbone = copy.deepcopy(model.backbone).eval().requires_grad_(False)
         necks = copy.deepcopy(model.necks).eval().requires_grad_(False)
         self.register_buffer("pixel_shift", _preprocessing_stem(
-            backbone.conv1, cfg.mean, cfg.std, dtype)[None, :, None, None])
-        self.shared_stem = isinstance(backbone.bn1, nn.InstanceNorm2d)
+            backbone.input_conv(), cfg.mean, cfg.std, dtype)[None, :, None, None])
+        self.shared_stem = not any(isinstance(m, DomainNorm) for stem in backbone.stem_modules()
+                                   for m in stem.modules())
         _fold_modules(backbone, self.streams, dtype)
         _fold_modules(necks, self.streams, dtype)
-        self.stem = nn.Sequential(backbone.conv1, backbone.bn1, backbone.relu, backbone.maxpool)
-        self.layers = nn.ModuleList(getattr(backbone, f"layer{i + 1}")
-                                    for i in range(len(backbone.channels)))
-        self.stage_names = list(backbone.channels)  # res2, res3, res4[, res5]
+        self.backbone = backbone
         self.necks = nn.ModuleDict({s: FoldedNeck(necks[s].conv, necks[s].bn) for s in necks})
 
     def _tile(self, x: Tensor) -> Tensor:
@@ -167,21 +167,19 @@ class FoldedExtractor(nn.Module):
 
     def forward(self, images: Tensor) -> tuple[Tensor, ...]:
         x = (images.permute(0, 3, 1, 2).float() - self.pixel_shift).to(self.dtype)
-        x = self._tile(self.stem(x)) if self.shared_stem else self.stem(self._tile(x))
-        maps = {}
-        for stage, layer in zip(self.stage_names, self.layers):
-            x = layer(x)
-            if stage in self.necks:
-                m = self.necks[stage](x)
-                maps[stage] = m.unflatten(0, (len(self.streams), -1))  # [S, N, C, h, w]
+        stem = self.backbone.forward_stem
+        x = self._tile(stem(x)) if self.shared_stem else stem(self._tile(x))
+        stages = self.backbone.forward_stages(x)
+        maps = {s: neck(stages[s]).unflatten(0, (len(self.streams), -1))  # [S, N, C, h, w]
+                for s, neck in self.necks.items()}
         out = []
         for name in self.names:
-            stream, scale = name.split("_")
+            stream, scale = split_feature_name(name)
             m = maps[scale]
             out.append(m[:self.num_experts].transpose(0, 1) if stream == "ds" else m[-1])
         return tuple(out)
 
 
-def fold_model(model: TALModel, fp16: bool = False) -> FoldedExtractor:
-    """The folded extractor of `model` in eval form (fp16: see the module docstring)."""
-    return FoldedExtractor(model, torch.float16 if fp16 else torch.float32).eval()
+def fold_model(model: TALModel, precision: Precision = FLOAT32) -> FoldedExtractor:
+    """The folded extractor of `model` in eval form, computing in ``precision`` (module doc)."""
+    return FoldedExtractor(model, precision.torch_dtype).eval()

@@ -7,9 +7,8 @@ from pathlib import Path
 
 from tal_infer import __version__
 from tal_infer.hashing import file_sha256
+from tal_infer.precision import Precision
 from tal_train.models import TALConfig, TALModel
-
-from .fold import FP32_PARTS
 
 BUNDLE_FORMAT = "tal-reid-bundle"
 BUNDLE_VERSION = 2  # 2: the global descriptor (section "descriptor", extractor output)
@@ -26,17 +25,9 @@ def feature_specs(model: TALModel) -> dict[str, dict]:
     return specs
 
 
-def precision(fp16: bool) -> dict:
-    if not fp16:
-        return {"weights": "float32", "activations": "float32", "kept_float32": []}
-    return {"weights": "float16", "activations": "float16", "kept_float32": list(FP32_PARTS),
-            "folding": "float64, rounded once to float16",
-            "scores": "float32 (matcher: features cast to float32 before the similarity maps)"}
-
-
 def build_manifest(*, config: TALConfig, run_name: str, checkpoint: Path, checkpoint_sha256: str,
-                   epoch: int, features: dict, matching: dict, fp16: bool, opset: int,
-                   parity: dict, descriptor: dict | None = None) -> dict:
+                   epoch: int, features: dict, matching: dict, precision: Precision,
+                   opset: int, parity: dict, descriptor: dict | None = None) -> dict:
     """The manifest dict without ``files`` (added last, `file_entries`) and ``tensorrt``;
     ``descriptor`` only when the extractor has that output."""
     height, width = config.image_size
@@ -54,8 +45,8 @@ def build_manifest(*, config: TALConfig, run_name: str, checkpoint: Path, checkp
         "streams": list(config.streams),
         "scales": list(config.scales),
         "features": features,
-        "dtype": "float16" if fp16 else "float32",
-        "precision": precision(fp16),
+        "dtype": precision.dtype,
+        "precision": precision.to_manifest(),
         "opset": opset,
         "matching": matching,
         "model_config": config.to_dict(),

@@ -1,8 +1,9 @@
 """The matcher graphs: query and gallery feature sets -> scores [Nq, Ng] (docs/bundle.md).
 
 Both graphs are built directly from the projection form (`TALModel.projection_form`, the same
-arrays as heads.npz), so matcher.onnx, matcher_trt.onnx and the runtime's fused path compute one
-formula from one set of numbers. They differ only in how a projection call
+arrays as heads.npz) and emit, as graph nodes, the score formulas whose one home is
+`tal_infer.heads` (the tests check the graphs against it), so matcher.onnx, matcher_trt.onnx and
+the runtime's fused path compute one formula from one set of numbers. They differ only in how a projection call
 ``r = qaconv_match(Q, G, wq, wg)`` is emitted:
 
 * ``matcher.onnx`` (standard ONNX ops, any ONNX Runtime): per (stream, scale) one batched MatMul
@@ -25,9 +26,10 @@ from typing import Any, Callable
 import numpy as np
 from onnx import ModelProto, TensorProto, helper, numpy_helper
 
+from tal_infer.features import MATCHER_SIDES, feature_name, matcher_input
+from tal_infer.heads import AFFINE, SCALE_ARRAYS, array_key
+from tal_infer.precision import Precision
 from tal_plugins import trt as plugin
-
-ONNX_DTYPES = {"float32": TensorProto.FLOAT, "float16": TensorProto.FLOAT16}
 
 
 class GraphBuilder:
@@ -107,8 +109,10 @@ def _match_layout(g: GraphBuilder, x: str, experts: int, channels: int, hw: int)
     return g.op("Transpose", [x], perm=[0, 1, 3, 2])
 
 
-def _stream_z(g: GraphBuilder, mode: str, r: str, arrays: dict, prefix: str) -> str:
-    """z [Nq, Ng] of one scale from r [K, Nq, Ng, P] (formulas of docs/bundle.md)."""
+def _stream_z(g: GraphBuilder, mode: str, r: str, arrays: dict, stream: str, scale: str) -> str:
+    """z [Nq, Ng] of one scale from r [K, Nq, Ng, P] (`tal_infer.heads.scale_z` as nodes)."""
+    if mode not in SCALE_ARRAYS:
+        raise ValueError(f"unknown matching mode {mode!r}")
     score_col = g.op("Slice", [r, g.const("start", [0], np.int64), g.const("end", [1], np.int64),
                                g.const("axis", [3], np.int64)])          # [K, Nq, Ng, 1]
     if mode in ("ms", "mean"):
@@ -116,17 +120,19 @@ def _stream_z(g: GraphBuilder, mode: str, r: str, arrays: dict, prefix: str) -> 
     hidden = g.op("Slice", [r, g.const("start", [1], np.int64),
                             g.const("end", [np.iinfo(np.int64).max], np.int64),
                             g.const("axis", [3], np.int64)])              # [K, Nq, Ng, H]
-    hidden = g.op("Add", [g.reduce("ReduceSum", hidden, [0]), g.const("b1", arrays[f"{prefix}/b1"])])
-    logits = g.op("MatMul", [g.op("Relu", [hidden]), g.const("w2t", arrays[f"{prefix}/w2"].T)])
-    alpha = g.op("Softmax", [g.op("Add", [logits, g.const("b2", arrays[f"{prefix}/b2"])])], axis=-1)
+    b1, w2, b2 = (arrays[array_key(stream, scale, k)] for k in ("b1", "w2", "b2"))
+    hidden = g.op("Add", [g.reduce("ReduceSum", hidden, [0]), g.const("b1", b1)])
+    logits = g.op("MatMul", [g.op("Relu", [hidden]), g.const("w2t", w2.T)])
+    alpha = g.op("Softmax", [g.op("Add", [logits, g.const("b2", b2)])], axis=-1)
     alpha = g.op("Transpose", [alpha], perm=[2, 0, 1])                    # [K, Nq, Ng]
     weighted = g.op("Mul", [alpha, g.reduce("ReduceSum", score_col, [3])])
     return g.reduce("ReduceSum", weighted, [0])
 
 
-def build_matcher(projection_form: dict, feature_specs: dict[str, dict], dtype: str, opset: int,
-                  custom_op: bool = False) -> ModelProto:
-    """The matcher graph (standard ops, or tal::QAConvMatch nodes with ``custom_op``).
+def build_matcher(projection_form: dict, feature_specs: dict[str, dict], precision: Precision,
+                  opset: int, custom_op: bool = False) -> ModelProto:
+    """The matcher graph (standard ops, or tal::QAConvMatch nodes with ``custom_op``) taking
+    features in ``precision``.
 
     ``feature_specs``: manifest ``features`` section (``shape`` [-1, (K,) C, h, w] per output).
     """
@@ -137,21 +143,21 @@ def build_matcher(projection_form: dict, feature_specs: dict[str, dict], dtype: 
     for stream in matching["score"]:
         mode, z = matching["streams"][stream]["mode"], None
         for scale in matching["scales"]:
-            shape = feature_specs[f"{stream}_{scale}"]["shape"]
+            shape = feature_specs[feature_name(stream, scale)]["shape"]
             experts = shape[1] if len(shape) == 5 else 1
             channels, hw = shape[-3], shape[-2] * shape[-1]
-            names = [f"{side}_{stream}_{scale}" for side in ("query", "gallery")]
-            inputs += [helper.make_tensor_value_info(n, ONNX_DTYPES[dtype], [f"n_{side}", *shape[1:]])
-                       for n, side in zip(names, ("query", "gallery"))]
+            names = [matcher_input(side, feature_name(stream, scale)) for side in MATCHER_SIDES]
+            inputs += [helper.make_tensor_value_info(n, precision.onnx_type,
+                                                     [f"n_{side}", *shape[1:]])
+                       for n, side in zip(names, MATCHER_SIDES)]
             q, gal = (_match_layout(g, n, experts, channels, hw) for n in names)
-            prefix = f"{stream}/{scale}"
-            wq, wg = arrays[f"{prefix}/wq"], arrays[f"{prefix}/wg"]
+            wq, wg = (arrays[array_key(stream, scale, k)] for k in ("wq", "wg"))
             if wq.ndim == 2:
                 wq, wg = wq[None], wg[None]
             r = emit(g, q, gal, wq, wg, hw, channels)
-            zl = _stream_z(g, mode, r, arrays, prefix)
+            zl = _stream_z(g, mode, r, arrays, stream, scale)
             z = zl if z is None else g.op("Add", [z, zl])
-        a, b = arrays[f"{stream}/affine"]
+        a, b = arrays[array_key(stream, None, AFFINE)]
         score = g.op("Add", [g.op("Mul", [z, g.const("A", a)]), g.const("B", b)],
                      hint=f"score_{stream}")
         total = score if total is None else g.op("Add", [total, score])
@@ -162,4 +168,7 @@ def build_matcher(projection_form: dict, feature_specs: dict[str, dict], dtype: 
     opsets = [helper.make_opsetid("", opset)]
     if custom_op:
         opsets.append(helper.make_opsetid(plugin.ONNX_DOMAIN, 1))
-    return helper.make_model(graph, opset_imports=opsets, producer_name="tal-reid")
+    # The lowest IR version these opsets need, not the installed onnx's newest (onnx 1.23 writes
+    # IR 14, which ONNX Runtime 1.30 refuses to load).
+    return helper.make_model(graph, opset_imports=opsets, producer_name="tal-reid",
+                             ir_version=helper.find_min_ir_version_for(opsets, ignore_unknown=True))

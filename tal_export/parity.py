@@ -20,9 +20,10 @@ tal_train.data.synthetic), features come from ``extractor.onnx`` and from ``TALM
 * ``descriptor`` (bundles with the global descriptor): ``max_abs`` of the ONNX output against
   the distilled head run on the PyTorch model's maps (unit vectors, so absolute error).
 
-Tolerances (the export fails past them): fp32, scores ``max_rel < 1e-4``; fp16,
-``top1_agreement_beyond_ties >= 0.99``; the descriptor ``max_abs`` below DESCRIPTOR_ABS (fp32
-1e-5; fp16 5e-3: the fp16 maps carry about 1e-3 relative error into the head).
+Tolerances (the export fails past them) belong to the export's precision
+(`tal_infer.precision`: ``Precision.parity``): fp32, scores ``max_rel < 1e-4``; fp16,
+``top1_agreement_beyond_ties >= 0.99``; with the descriptor also ``Precision.descriptor_parity``
+(``descriptor.max_abs`` below 1e-5 for fp32, 5e-3 for fp16).
 """
 from __future__ import annotations
 
@@ -32,18 +33,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tal_infer.bundle import DESCRIPTOR
+from tal_infer.features import DESCRIPTOR
 from tal_infer.errors import TalError
+from tal_infer.features import matcher_input
+from tal_infer.heads import GALLERY_BUDGET_BYTES
 from tal_infer.images import list_images, read_image, resize_batch
+from tal_infer.precision import Precision
 from tal_train.models import TALModel
 
-FP32_SCORE_REL = 1e-4
-FP16_TOP1 = 0.99
 TIE_REL = 1e-3              # fp16 score resolution, relative to the score scale
 GENERATED_IDENTITIES = 32   # x 3 images each: one flip is ~1% of the queries
 MAX_FOLDER_IMAGES = 256
-MATCH_BUDGET_BYTES = 256 * 2 ** 20
-DESCRIPTOR_ABS = {False: 1e-5, True: 5e-3}  # by fp16
 
 
 class ParityError(TalError):
@@ -70,10 +70,14 @@ def folder_images(folder: str | Path, image_size: tuple[int, int]) -> tuple[np.n
     return resize_batch([read_image(p) for p in paths], *image_size), str(folder)
 
 
-def reference_input(images: np.ndarray, mean: tuple, std: tuple) -> torch.Tensor:
-    """uint8 BGR [N, H, W, 3] -> the model's input: float RGB [N, 3, H, W], mean/std normalized."""
-    x = torch.from_numpy(np.ascontiguousarray(images[..., ::-1])).permute(0, 3, 1, 2).float() / 255
-    return (x - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
+def reference_input(images: np.ndarray, mean: tuple, std: tuple,
+                    device: str | torch.device = "cpu") -> torch.Tensor:
+    """uint8 BGR [N, H, W, 3] -> the model's input: float RGB [N, 3, H, W], mean/std normalized,
+    computed on `device` (the uint8 batch is what crosses to it)."""
+    x = torch.from_numpy(np.ascontiguousarray(images)).to(device).flip(-1)
+    x = x.permute(0, 3, 1, 2).float() / 255
+    mean, std = (torch.tensor(v, device=device)[:, None, None] for v in (mean, std))
+    return (x - mean) / std
 
 
 def run_extractor(session, images: np.ndarray, batch: int) -> dict[str, np.ndarray]:
@@ -85,7 +89,7 @@ def run_extractor(session, images: np.ndarray, batch: int) -> dict[str, np.ndarr
 
 
 def run_matcher(session, query: dict[str, np.ndarray], gallery: dict[str, np.ndarray],
-                budget_bytes: int = MATCH_BUDGET_BYTES) -> np.ndarray:
+                budget_bytes: int = GALLERY_BUDGET_BYTES) -> np.ndarray:
     """matcher.onnx scores [Nq, Ng], over query chunks that keep its similarity maps
     (sum over inputs of K * nq * Ng * HW^2 fp32 values) within `budget_bytes`."""
     num_gallery = next(iter(gallery.values())).shape[0]
@@ -95,8 +99,8 @@ def run_matcher(session, query: dict[str, np.ndarray], gallery: dict[str, np.nda
     num_query = next(iter(query.values())).shape[0]
     rows = []
     for start in range(0, num_query, chunk):
-        feed = {f"query_{k}": v[start:start + chunk] for k, v in query.items()}
-        feed.update({f"gallery_{k}": v for k, v in gallery.items()})
+        feed = {matcher_input("query", k): v[start:start + chunk] for k, v in query.items()}
+        feed.update({matcher_input("gallery", k): v for k, v in gallery.items()})
         rows.append(session.run(["scores"], feed)[0])
     return np.concatenate(rows)
 
@@ -162,21 +166,18 @@ def parity_report(model: TALModel, extractor, matcher, images: np.ndarray, sourc
     return report
 
 
-def judge(report: dict, fp16: bool) -> dict:
-    """`report` with ``passed`` and ``criterion`` set; raises ParityError when it fails."""
-    if fp16:
-        criterion = f"top1_agreement_beyond_ties >= {FP16_TOP1}"
-        passed = report["top1_agreement_beyond_ties"] >= FP16_TOP1
-    else:
-        criterion = f"scores.max_rel < {FP32_SCORE_REL:g}"
-        passed = report["scores"]["max_rel"] < FP32_SCORE_REL
-    if "descriptor" in report:
-        criterion += f" and descriptor.max_abs < {DESCRIPTOR_ABS[fp16]:g}"
-        passed = passed and report["descriptor"]["max_abs"] < DESCRIPTOR_ABS[fp16]
-    report = {**report, "criterion": criterion, "passed": bool(passed)}
+def judge(report: dict, precision: Precision) -> dict:
+    """`report` with ``passed`` and ``criterion`` (``precision.parity``, and
+    ``precision.descriptor_parity`` when the report has a descriptor) set; raises ParityError
+    when it fails."""
+    criteria = [precision.parity] + ([precision.descriptor_parity] if "descriptor" in report
+                                     else [])
+    passed = all(c.passed(report) for c in criteria)
+    criterion = " and ".join(map(str, criteria))
+    report = {**report, "criterion": criterion, "passed": passed}
     if not passed:
         raise ParityError(
-            f"parity check failed ({'fp16' if fp16 else 'fp32'}: needs {criterion}) on "
+            f"parity check failed ({precision.short_name}: needs {criterion}) on "
             f"{report['count']} {report['images']} images: scores max_rel "
             f"{report['scores']['max_rel']:.2e}, features max_abs "
             f"{report['features']['max_abs']:.2e}, top-1 agreement {report['top1_agreement']:.3f} "

@@ -4,7 +4,7 @@ Written against the TensorRT 10 Python API (10.9+, for the plugin's `aot_impl`):
 ``STRONGLY_TYPED`` creation flag -> ``trt.OnnxParser.parse_from_file`` -> one
 ``create_optimization_profile`` with ``set_shape(input, min, opt, max)`` per dynamic input ->
 ``build_serialized_network``. Strongly typed, because the fp16 graphs already say which parts are
-fp16 and which stay fp32 (fold.FP32_PARTS); TensorRT 10.12+ deprecates the weakly typed
+fp16 and which stay fp32 (tal_infer.precision.FP32_PARTS); TensorRT 10.12+ deprecates the weakly typed
 ``BuilderFlag.FP16`` route and TensorRT 11 removes it (there the flag is kept, ignored, and
 networks are always strongly typed, so the same call works). The matcher engine needs the
 ``tal::QAConvMatch`` plugin, registered from tal_plugins (`tal_plugins.trt.register`) before
@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from tal_infer.errors import TalError
+from tal_infer.features import MATCHER_SIDES, matcher_input
 
 Shape = tuple[int, ...]
 
@@ -58,8 +59,8 @@ def matcher_profile(features: dict[str, dict], max_query: int,
     out = {}
     for name, spec in features.items():
         rest = tuple(spec["shape"][1:])
-        for side, top in (("query", max_query), ("gallery", max_gallery)):
-            out[f"{side}_{name}"] = tuple((n, *rest) for n in (1, top, top))
+        for side, top in zip(MATCHER_SIDES, (max_query, max_gallery)):
+            out[matcher_input(side, name)] = tuple((n, *rest) for n in (1, top, top))
     return out
 
 
@@ -89,7 +90,8 @@ def build_engines(folder: Path, extractor_onnx: Path, matcher_onnx: Path, manife
                   max_batch: int, max_gallery: int, ptx_isa: str | None = None) -> dict:
     """extractor.plan and matcher.plan in `folder`; returns the manifest's ``tensorrt`` section.
 
-    The plugin kernel is compiled for this machine's GPU with its PTX ISA capped at `ptx_isa`
+    The engines take the bundle's precision (``manifest["dtype"]``: float16, as ``--trt``
+    implies ``--fp16``). The plugin kernel is compiled for this machine's GPU with its PTX ISA capped at `ptx_isa`
     or at what this machine's driver supports; the section records both, because the engines
     run only with this TensorRT version on this GPU model, and the embedded PTX only under
     drivers that accept its ISA.
@@ -106,7 +108,8 @@ def build_engines(folder: Path, extractor_onnx: Path, matcher_onnx: Path, manife
                  matcher_profile(manifest["features"], max_batch, max_gallery))
     target = registration.target
     isas = sorted({k["ptx_isa"] for k in registration.kernels})
-    return {"version": str(trt.__version__), "precision": "float16", "strongly_typed": True,
+    return {"version": str(trt.__version__), "precision": manifest["dtype"],
+            "strongly_typed": True,
             "compute_capability": f"{target.arch // 10}.{target.arch % 10}",
             "extractor": {"file": "extractor.plan", "max_batch": max_batch},
             "matcher": {"file": "matcher.plan", "max_query": max_batch, "max_gallery": max_gallery,

@@ -25,8 +25,8 @@ import re
 import shutil
 from pathlib import Path
 
-from tal_infer.bundle import DESCRIPTOR
 from tal_infer.errors import TalError
+from tal_infer.features import DESCRIPTOR, MATCHER_SIDES, matcher_input
 
 TRITON_TYPES = {"uint8": "TYPE_UINT8", "float32": "TYPE_FP32", "float16": "TYPE_FP16"}
 QUEUE_DELAY_US = 2000
@@ -94,8 +94,8 @@ def extractor_config(name: str, manifest: dict, platform: str, max_batch: int) -
 
 def matcher_config(name: str, manifest: dict, platform: str) -> str:
     """config.pbtxt of the matcher (max_batch_size 0, explicit -1 dims)."""
-    inputs = [_tensor(f"{side}_{n}", manifest["dtype"], spec["shape"])
-              for n, spec in manifest["features"].items() for side in ("query", "gallery")]
+    inputs = [_tensor(matcher_input(side, n), manifest["dtype"], spec["shape"])
+              for n, spec in manifest["features"].items() for side in MATCHER_SIDES]
     return _config(name, platform, 0, inputs, [_tensor("scores", "float32", [-1, -1])],
                    model_parameters("matcher", manifest, platform))
 

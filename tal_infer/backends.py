@@ -1,19 +1,28 @@
-"""Extractor backends: run a bundle's extractor on uint8 BGR batches, return numpy maps.
+"""The two kinds of backend: extractor backends (images -> feature maps) and matching backends.
+
+Extractor backends (`EXTRACTOR_BACKENDS`, ``--backend``) run a bundle's extractor on uint8 BGR
+batches and return numpy maps:
 
 | backend | file | needs |
 |---|---|---|
 | ``onnxruntime`` | extractor.onnx | onnxruntime (CPU; CUDA / TensorRT execution providers when onnxruntime-gpu is installed) |
 | ``tensorrt`` | extractor.plan (+ matcher.plan for matching) | tensorrt >= 10.9 + torch with CUDA (device buffers are torch tensors, no pycuda; tensorrt_runtime.py) |
-| ``torch`` | extractor.pt2 | torch (read as data by `torch_program`, never `torch.export.load`); fp16 autocast on CUDA |
+| ``torch`` | extractor.pt2 | torch (read as data by `torch_program`, never `torch.export.load`); fp16 bundles: fp16 autocast on CUDA |
 
 ``auto`` takes, on CUDA, the TensorRT engine, then the torch program, then ONNX Runtime's CUDA
 provider; on the CPU, ONNX Runtime (faster than PyTorch eager on CPU, DESIGN.md Sec. 7). It says
 which it chose in one log line; a backend that cannot open is skipped, but a bundle file refused
 as unsafe (`UnsafeBundleError`) refuses the bundle. Every backend returns ``{output name:
-float32 array}`` in the extractor's own layout (docs/bundle.md), and the ONNX Runtime and torch
-backends check their graph's outputs against the manifest when they open; heavy imports happen
-only when a backend is opened. `open_matcher` pairs the matching with the extractor (TensorRT:
-matcher.plan).
+array}`` in the extractor's own layout (docs/bundle.md) and in the bundle's precision
+(`tal_infer.precision`: fp16 bundles give fp16 features, fp32 bundles fp32), and checks its
+graph's outputs against the manifest when it opens; heavy imports happen only when a backend is
+opened.
+
+Matching backends (`MATCH_BACKENDS`, ``--matcher``; `open_matcher`): ``numpy``, ``torch``,
+``triton`` and ``auto`` run the heads of heads.npz through `tal_plugins.qaconv_match` on that
+op backend (`tal_infer.scoring.Scorer`); ``tensorrt`` runs matcher.plan
+(`tal_infer.tensorrt_runtime.TensorRTMatcher`). ``auto`` pairs matcher.plan with the TensorRT
+extractor (a TensorRT deployment runs no Python kernel), and otherwise lets the op choose.
 """
 from __future__ import annotations
 
@@ -22,15 +31,20 @@ from typing import TYPE_CHECKING, Callable, Protocol
 
 import numpy as np
 
+from tal_plugins import BACKENDS as OP_BACKENDS
+
 from .bundle import Bundle
 from .errors import BundleError, TalError, UnsafeBundleError
+from .precision import Precision
 from .scoring import Scorer
 
 if TYPE_CHECKING:
     from .tensorrt_runtime import TensorRTMatcher
 
 log = logging.getLogger("tal_infer")
-BACKENDS = ("auto", "onnxruntime", "tensorrt", "torch")
+DEVICES = ("auto", "cpu", "cuda")
+EXTRACTOR_BACKENDS = ("auto", "onnxruntime", "tensorrt", "torch")
+MATCH_BACKENDS = (*OP_BACKENDS, "tensorrt")
 
 
 class Extractor(Protocol):
@@ -56,8 +70,8 @@ def cuda_available() -> bool:
 
 def resolve_device(device: str) -> str:
     """"auto" -> "cuda" when a GPU is usable, else "cpu"; "cuda" without a GPU is an error."""
-    if device not in ("auto", "cpu", "cuda"):
-        raise TalError(f"device must be auto, cpu or cuda, not {device!r}")
+    if device not in DEVICES:
+        raise TalError(f"device must be one of {', '.join(DEVICES)}, not {device!r}")
     if device == "auto":
         return "cuda" if cuda_available() else "cpu"
     if device == "cuda" and not cuda_available():
@@ -66,19 +80,22 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def open_extractor(bundle: Bundle, backend: str = "auto", device: str = "auto") -> Extractor:
-    """The extractor of ``bundle`` on the chosen backend and device (see module doc)."""
-    if backend not in BACKENDS:
-        raise TalError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+def open_extractor(bundle: Bundle, backend: str = "auto", device: str = "auto",
+                   precision: Precision | None = None) -> Extractor:
+    """The extractor of ``bundle`` on the chosen backend and device, giving features in
+    ``precision`` (default: the bundle's); see the module doc."""
+    if backend not in EXTRACTOR_BACKENDS:
+        raise TalError(f"unknown extractor backend {backend!r}; choose one of "
+                       f"{', '.join(EXTRACTOR_BACKENDS)}")
     device = resolve_device(device)
     if backend != "auto":
-        extractor = _OPENERS[backend](bundle, device)
+        extractor = _OPENERS[backend](bundle, device, precision)
     else:
         extractor, reasons = None, []
         for name in (("tensorrt", "torch", "onnxruntime") if device == "cuda"
                      else ("onnxruntime",)):
             try:
-                extractor = _OPENERS[name](bundle, device)
+                extractor = _OPENERS[name](bundle, device, precision)
                 break
             except UnsafeBundleError:
                 raise
@@ -93,7 +110,7 @@ def open_extractor(bundle: Bundle, backend: str = "auto", device: str = "auto") 
 class OnnxRuntimeExtractor:
     """extractor.onnx through ONNX Runtime."""
 
-    def __init__(self, bundle: Bundle, device: str):
+    def __init__(self, bundle: Bundle, device: str, precision: Precision | None = None):
         import onnxruntime as ort
 
         available = ort.get_available_providers()
@@ -117,17 +134,19 @@ class OnnxRuntimeExtractor:
         bundle.check_outputs({o.name: [d if isinstance(d, int) else None for d in o.shape]
                               for o in self.session.get_outputs()}, bundle.file("extractor.onnx"))
         self.name, self.device = f"onnxruntime[{self.session.get_providers()[0]}]", device
+        self.dtype = (precision or bundle.precision).numpy_dtype
 
     def __call__(self, images: np.ndarray) -> dict[str, np.ndarray]:
         values = self.session.run(self.outputs, {self.input: images})
-        return {k: np.asarray(v, dtype=np.float32) for k, v in zip(self.outputs, values)}
+        return {k: np.asarray(v, dtype=self.dtype) for k, v in zip(self.outputs, values)}
 
 
 class TorchExtractor:
     """extractor.pt2 interpreted by `tal_infer.torch_program` (no unpickling, no code from the
-    bundle), weights created on the device; fp16 autocast on CUDA."""
+    bundle), weights created on the device. extractor.pt2 is the fp32 program; an fp16 bundle
+    runs it under fp16 autocast on CUDA (on the CPU in fp32, its features rounded to fp16)."""
 
-    def __init__(self, bundle: Bundle, device: str):
+    def __init__(self, bundle: Bundle, device: str, precision: Precision | None = None):
         if not bundle.has("extractor.pt2"):
             raise TalError(f"{bundle.file('extractor.pt2')} is not in the bundle")
         try:
@@ -145,44 +164,57 @@ class TorchExtractor:
             raise BundleError(f"{path}: the program has {len(shapes)} outputs, the manifest "
                               f"lists {len(self.names)}")
         bundle.check_outputs(dict(zip(self.names, shapes)), path)
-        self.name, self.device = "torch" + ("[fp16]" if device == "cuda" else ""), device
+        self.precision, self.device = precision or bundle.precision, device
+        self.autocast = self.precision.is_half and device == "cuda"
+        self.name = "torch" + ("[fp16]" if self.autocast else "")
 
     def __call__(self, images: np.ndarray) -> dict[str, np.ndarray]:
         import torch
 
         x = torch.from_numpy(np.ascontiguousarray(images)).to(self.device)
-        with torch.no_grad(), torch.autocast("cuda", torch.float16,
-                                             enabled=self.device == "cuda"):
+        with torch.no_grad(), torch.autocast("cuda", torch.float16, enabled=self.autocast):
             out = self.program(x)
-        return {k: v.float().cpu().numpy() for k, v in zip(self.names, out)}
+        dtype = self.precision.torch_dtype
+        return {k: v.to(dtype).cpu().numpy() for k, v in zip(self.names, out)}
 
 
-def open_tensorrt(bundle: Bundle, device: str) -> Extractor:
+def open_tensorrt(bundle: Bundle, device: str, precision: Precision | None = None) -> Extractor:
     """extractor.plan; the bundle must also have matcher.plan, which matching then uses."""
-    if device != "cuda":
-        raise TalError("the tensorrt backend runs on CUDA only")
-    for plan in ("extractor.plan", "matcher.plan"):
-        if not bundle.has(plan):
-            raise TalError(f"{bundle.file(plan)} is not in the bundle (export with --trt)")
+    _check_tensorrt(bundle, device, ("extractor.plan", "matcher.plan"))
     from .tensorrt_runtime import TensorRTExtractor
 
-    return TensorRTExtractor(bundle, device)
+    return TensorRTExtractor(bundle, device, precision)
 
 
-def open_matcher(bundle: Bundle, extractor: Extractor, device: str) -> Scorer | TensorRTMatcher:
-    """Matching on the extractor's side: a TensorRT extractor is paired with matcher.plan (a
-    TensorRT deployment runs no Python kernel); any other with the bundle's heads (`Scorer`:
-    numpy on the CPU, the fused Triton kernel on CUDA)."""
-    if extractor.name == "tensorrt":
+def _check_tensorrt(bundle: Bundle, device: str, plans: tuple[str, ...]) -> None:
+    if device != "cuda":
+        raise TalError("the tensorrt backend runs on CUDA only")
+    for plan in plans:
+        if not bundle.has(plan):
+            raise TalError(f"{bundle.file(plan)} is not in the bundle (export with --trt)")
+
+
+def open_matcher(bundle: Bundle, extractor: Extractor, device: str, backend: str = "auto",
+                 precision: Precision | None = None) -> Scorer | TensorRTMatcher:
+    """The matching backend ``backend`` on ``device`` for features of ``extractor`` in
+    ``precision`` (default: the bundle's): matcher.plan for ``tensorrt`` (and for ``auto``
+    beside a TensorRT extractor: a TensorRT deployment runs no Python kernel), otherwise the
+    bundle's heads (`Scorer`)."""
+    if backend not in MATCH_BACKENDS:
+        raise TalError(f"unknown matching backend {backend!r}; choose one of "
+                       f"{', '.join(MATCH_BACKENDS)}")
+    if backend == "tensorrt" or (backend == "auto" and extractor.name == "tensorrt"):
+        _check_tensorrt(bundle, device, ("matcher.plan",))
         from .tensorrt_runtime import TensorRTMatcher
 
         matcher: Scorer | TensorRTMatcher = TensorRTMatcher(bundle, device)
-    else:
-        matcher = Scorer(bundle, device)
-    log.info("matching: %s on %s", "tensorrt (matcher.plan)" if extractor.name == "tensorrt"
-             else "heads.npz", device)
+        log.info("matching: tensorrt (matcher.plan) on %s", device)
+        return matcher
+    matcher = Scorer(bundle, device, precision, backend)
+    log.info("matching: %s on %s (heads.npz, %s features)", matcher.name, matcher.device,
+             matcher.precision.dtype)
     return matcher
 
 
-_OPENERS: dict[str, Callable[[Bundle, str], Extractor]] = {
+_OPENERS: dict[str, Callable[[Bundle, str, Precision | None], Extractor]] = {
     "onnxruntime": OnnxRuntimeExtractor, "tensorrt": open_tensorrt, "torch": TorchExtractor}

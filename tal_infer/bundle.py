@@ -2,9 +2,10 @@
 
 `load_bundle` checks the manifest (format, version, the sections the runtime needs, their types
 and ranges) and turns it into a `Bundle`: input size and preprocessing, the feature outputs
-with their match-layout shapes, the global descriptor (version 2; docs/scale.md) and the
-matching section. Version 1 bundles (no descriptor) still load; only two-stage retrieval
-needs the descriptor. File hashes are verified on request
+with their match-layout shapes, the precision (`tal_infer.precision`, read here once), the
+global descriptor (version 2; docs/scale.md) and the matching section. Version 1 bundles (no
+descriptor) still load; only two-stage retrieval needs the descriptor. File hashes are verified
+on request
 only (hashing a large extractor on every start would cost seconds); `find_latest_bundle` picks
 the default model for the CLI. `Bundle.fingerprint` ties a gallery index to the features a
 bundle produces.
@@ -29,14 +30,15 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from .errors import BundleError
+from .features import DESCRIPTOR, feature_name, split_feature_name
 from .hashing import file_sha256
+from .precision import FLOAT32, Precision, precision_of_manifest
 
 FORMAT = "tal-reid-bundle"
 FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)  # 2 added the global descriptor output
 MANIFEST = "manifest.json"
 EXTRACTOR = "extractor.onnx"
-DESCRIPTOR = "descriptor"  # the extractor output holding the global descriptor
 
 
 @dataclass(frozen=True)
@@ -48,11 +50,11 @@ class FeatureSpec:
 
     @property
     def stream(self) -> str:
-        return self.name.split("_", 1)[0]
+        return split_feature_name(self.name)[0]
 
     @property
     def scale(self) -> str:
-        return self.name.split("_", 1)[1]
+        return split_feature_name(self.name)[1]
 
     @property
     def match_shape(self) -> tuple[int, ...]:
@@ -70,6 +72,7 @@ class Bundle:
     height: int
     width: int
     features: dict[str, FeatureSpec] = field(default_factory=dict)
+    precision: Precision = FLOAT32
     descriptor_dim: int = 0
 
     @property
@@ -85,10 +88,6 @@ class Bundle:
     @property
     def name(self) -> str:
         return str(self.manifest.get("run_name") or self.path.name)
-
-    @property
-    def dtype(self) -> str:
-        return str(self.manifest.get("dtype", "float32"))
 
     @property
     def matching(self) -> dict[str, Any]:
@@ -220,8 +219,8 @@ def _parse(path: Path, manifest: dict[str, Any]) -> Bundle:
         if not isinstance(entry, dict) or not isinstance(entry.get("shape"), list):
             raise ValueError(f"features.{name} needs a shape list")
         shape = tuple(_positive(d, f"features.{name}.shape") for d in entry["shape"][1:])
-        if not (name.startswith("ds_") and len(shape) == 4 or
-                name.startswith("di_") and len(shape) == 3):
+        stream = split_feature_name(name)[0] if "_" in name else None
+        if (stream, len(shape)) not in (("ds", 4), ("di", 3)):
             raise ValueError(f"feature {name!r} has shape {entry['shape']}")
         hw = tuple(entry.get("hw", shape[-2:]))
         if hw != shape[-2:]:
@@ -233,10 +232,11 @@ def _parse(path: Path, manifest: dict[str, Any]) -> Bundle:
         if stream not in matching["streams"]:
             raise KeyError(f"matching.streams lacks {stream!r}")
         for scale in matching["scales"]:
-            if f"{stream}_{scale}" not in features:
-                raise KeyError(f"features lack {stream}_{scale}")
+            if feature_name(stream, scale) not in features:
+                raise KeyError(f"features lack {feature_name(stream, scale)}")
     _check_file_names(path, manifest)
-    return Bundle(path, manifest, height, width, features, _descriptor_dim(manifest))
+    return Bundle(path, manifest, height, width, features, precision_of_manifest(manifest),
+                  _descriptor_dim(manifest))
 
 
 def _descriptor_dim(manifest: dict[str, Any]) -> int:

@@ -50,7 +50,7 @@ def load_faiss() -> Any:
 
 
 @dataclass(frozen=True)
-class SearchOptions:
+class CandidateOptions:
     """How stage 1 searches (see the module doc); defaults suit galleries up to ~10^6 crops."""
     kind: str = "exact"
     device: str = "cpu"
@@ -76,7 +76,7 @@ class SearchOptions:
 class CandidateSearch:
     """A FAISS inner-product index over the gallery descriptors ``[N, D]`` (row = column)."""
 
-    def __init__(self, descriptors: np.ndarray, options: SearchOptions = SearchOptions()):
+    def __init__(self, descriptors: np.ndarray, options: CandidateOptions = CandidateOptions()):
         faiss = load_faiss()
         data = np.ascontiguousarray(descriptors, dtype=np.float32)
         if data.ndim != 2 or len(data) == 0:
@@ -144,7 +144,7 @@ def _same_camera_counts(q_cams: np.ndarray, g_cams: np.ndarray) -> np.ndarray:
     return np.where(found, counts[pos], 0)
 
 
-def _build(faiss: Any, data: np.ndarray, options: SearchOptions) -> Any:
+def _build(faiss: Any, data: np.ndarray, options: CandidateOptions) -> Any:
     n, dim = data.shape
     if options.kind == "exact":
         index = faiss.IndexFlatIP(dim)

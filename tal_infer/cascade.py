@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterable, Mapping
 import numpy as np
 from tqdm import tqdm
 
-from .bundle import DESCRIPTOR
+from .features import DESCRIPTOR
 from .candidates import CandidateSearch
 from .errors import TalError
 

@@ -8,6 +8,7 @@ from typing import Any, Callable
 
 import click
 
+from .backends import DEVICES
 from .errors import TalError
 
 
@@ -46,5 +47,5 @@ class SizeType(click.ParamType):
 
 device_option = click.option(
     "--device", default="auto", show_default=True,
-    type=click.Choice(["auto", "cpu", "cuda"]),
+    type=click.Choice(DEVICES),
     help="Where to run: auto picks CUDA when available.")

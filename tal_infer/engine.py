@@ -7,13 +7,16 @@
     for hits in engine.match(engine.embed([crop3]), gallery, k=5):
         print([(m.id, m.score, m.camera) for m in hits])
 
-Features are dicts ``{output name: float32 array [N, ...]}`` in match layout
-(`tal_infer.scoring.match_layout`), the global descriptor included; `stack_features` joins
-several. ``match(..., candidates=M)`` retrieves in two stages (FAISS candidates by descriptor,
-then the TAL score on them only; `tal_infer.cascade`); ``remove_where`` and
-``drop_older_than`` take entries out by metadata or age (`tal_infer.lifecycle`). Many threads embedding a
-few crops each share the extractor through `ReIDEngine.batcher` (a `MicroBatcher`): their crops
-run as full batches, and no crop waits longer than ``max_latency_s`` for its batch to start.
+Features are dicts ``{output name: array [N, ...]}`` in match layout
+(`tal_infer.features.match_layout`), the global descriptor ``[N, D]`` included, and in the
+bundle's precision (float16 or float32, read once from the manifest: `ReIDEngine.precision`).
+``backend`` chooses the extractor backend, ``matcher`` the matching backend
+(`tal_infer.backends`). ``match(..., candidates=M)`` retrieves in two stages (FAISS candidates
+by descriptor, then the TAL score on them only; `tal_infer.cascade`); ``remove_where`` and
+``drop_older_than`` take entries out by metadata or age (`tal_infer.lifecycle`). Many threads
+embedding a few crops each share the extractor through `ReIDEngine.batcher` (a
+`MicroBatcher`): their crops run as full batches, and no crop waits longer than
+``max_latency_s`` for its batch to start.
 """
 from __future__ import annotations
 
@@ -28,13 +31,16 @@ from tqdm import tqdm
 
 from .backends import open_extractor, open_matcher, resolve_device
 from .batching import MicroBatcher
-from .bundle import DESCRIPTOR, Bundle, find_latest_bundle, load_bundle
-from .candidates import CandidateSearch, SearchOptions
+from .bundle import Bundle, find_latest_bundle, load_bundle
+from .candidates import CandidateOptions, CandidateSearch
 from .cascade import require_descriptor, shortlist
 from .errors import TalError
+from .features import (DESCRIPTOR, FeatureArrays, Features, FeatureSource, num_items,
+                       outputs_in_match_layout, stack_features)
 from .images import DEFAULT_MAX_PIXELS, ImageError, read_image, resize_batch, to_bgr_uint8
+from .index import GalleryIndex, SyncReport, market_metadata
 from .lifecycle import EntryFilter
-from .scoring import Features, feature_chunks, match_layout, rank_gallery
+from .scoring import Ranking, rank_gallery
 
 
 class Match(NamedTuple):
@@ -52,11 +58,6 @@ class Embedded:
     features: Features
     paths: list[str]
     skipped: list[tuple[str, str]] = field(default_factory=list)
-
-
-def stack_features(parts: Sequence[Features]) -> Features:
-    """Concatenate feature dicts along N."""
-    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
 def _per_item(values: Any, n: int, what: str) -> list:
@@ -82,7 +83,7 @@ class Gallery:
         self._ids = itertools.count()
         self._parts: list[Features] = []
         self._features: Features | None = None
-        self._search: tuple[SearchOptions, CandidateSearch] | None = None  # for this content
+        self._search: tuple[CandidateOptions, CandidateSearch] | None = None  # for this content
         self.ids = np.zeros(0, np.int64)
         self.cameras = np.zeros(0, np.int64)  # -1 = unknown
         self.timestamps = np.zeros(0, np.float64)  # NaN = unknown
@@ -94,7 +95,7 @@ class Gallery:
     def add(self, features: Features, camera: int | Iterable[int] | None = None,
             timestamp: float | Iterable[float] | None = None, meta: Any = None) -> list[int]:
         """Add N embedded crops (`ReIDEngine.embed` output); returns their new ids."""
-        n = len(next(iter(features.values())))
+        n = num_items(features)
         cams = [-1 if c is None else int(c) for c in _per_item(camera, n, "camera")]
         times = [np.nan if t is None else float(t) for t in _per_item(timestamp, n, "timestamp")]
         metas = _per_item(meta, n, "meta")
@@ -103,7 +104,7 @@ class Gallery:
                 raise TalError(f"Gallery.add: features {sorted(features)} differ from the "
                                f"gallery's {sorted(self._parts[0])} (another model?)")
             new = [next(self._ids) for _ in range(n)]
-            self._parts.append({k: np.asarray(v, np.float32) for k, v in features.items()})
+            self._parts.append({k: np.asarray(v) for k, v in features.items()})
             self._features, self._search = None, None
             self.ids = np.concatenate([self.ids, new])
             self.cameras = np.concatenate([self.cameras, cams])
@@ -130,7 +131,7 @@ class Gallery:
         timestamps given to `add`; entries without one stay). Returns how many left."""
         return self.remove_where(EntryFilter(before=cutoff))
 
-    def searchable_snapshot(self, options: SearchOptions
+    def searchable_snapshot(self, options: CandidateOptions
                             ) -> tuple[tuple, CandidateSearch | None]:
         """(`snapshot`, stage-1 search over exactly those entries; None while the gallery is
         empty). The search is kept until the gallery changes."""
@@ -174,15 +175,16 @@ class Gallery:
 
 
 class ReIDEngine:
-    """A bundle loaded once: extractor backend, matching heads and preprocessing.
+    """A bundle loaded once: its precision, extractor backend, matching backend and preprocessing.
 
-    ``max_pixels`` bounds the size image files may declare (`embed_files`; None: no limit),
-    the guard against decompression bombs (`tal_infer.images`).
+    ``backend``: extractor backend (`tal_infer.backends.EXTRACTOR_BACKENDS`); ``matcher``:
+    matching backend (`MATCH_BACKENDS`). ``max_pixels`` bounds the size image files may declare
+    (`embed_files`; None: no limit), the guard against decompression bombs (`tal_infer.images`).
     """
 
     def __init__(self, model: str | os.PathLike | Bundle | None = None, backend: str = "auto",
                  device: str = "auto", batch_size: int = 32, verify: bool = False,
-                 max_pixels: int | None = DEFAULT_MAX_PIXELS):
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS, matcher: str = "auto"):
         if batch_size < 1:
             raise TalError(f"batch size must be >= 1, got {batch_size}")
         if max_pixels is not None and max_pixels < 1:
@@ -190,23 +192,23 @@ class ReIDEngine:
         if not isinstance(model, Bundle):
             model = load_bundle(find_latest_bundle() if model is None else model, verify=verify)
         self.bundle = model
+        self.precision = model.precision
         self.device = resolve_device(device)
-        self.extractor = open_extractor(model, backend, self.device)
-        self.scorer = open_matcher(model, self.extractor, self.device)
+        self.extractor = open_extractor(model, backend, self.device, self.precision)
+        self.scorer = open_matcher(model, self.extractor, self.device, matcher, self.precision)
         self.batch_size = batch_size
         self.max_pixels = max_pixels
 
     def embed(self, crops: Sequence[np.ndarray]) -> Features:
         """Features of numpy crops (BGR as OpenCV gives them, any size; gray/BGRA/16-bit ok)."""
         if len(crops) == 0:
-            return {k: np.zeros((0, *shape), np.float32)
+            return {k: np.zeros((0, *shape), self.precision.numpy_dtype)
                     for k, shape in self.bundle.output_shapes.items()}
         parts = []
         for start in range(0, len(crops), self.batch_size):
             batch = resize_batch(crops[start:start + self.batch_size], self.bundle.height,
                                  self.bundle.width)
-            parts.append({k: np.ascontiguousarray(match_layout(k, v))
-                          for k, v in self.extractor(batch).items()})
+            parts.append(outputs_in_match_layout(self.extractor(batch)))
         return stack_features(parts)
 
     def embed_files(self, paths: Sequence[str | os.PathLike], on_error: str = "fail",
@@ -232,27 +234,35 @@ class ReIDEngine:
         features = stack_features(parts) if parts else self.embed([])
         return Embedded(features, kept, skipped)
 
-    def scores(self, queries: Features, gallery: Features) -> np.ndarray:
+    def rank(self, queries: Features, gallery: FeatureSource | Features, k: int,
+             cameras: tuple[np.ndarray, np.ndarray] | None = None, keep_scores: bool = False,
+             progress: bool = False) -> Ranking:
+        """Top-``k`` gallery columns per query (`tal_infer.scoring.rank_gallery`), the gallery
+        (in-memory features or a `FeatureSource` such as an index snapshot) streamed in chunks
+        the matcher's memory budget allows."""
+        if isinstance(gallery, dict):
+            gallery = FeatureArrays(gallery)
+        chunks = gallery.iter_chunks(self.scorer.chunk_size(num_items(queries)))
+        return rank_gallery(self.scorer, queries, chunks, len(gallery), k, cameras, keep_scores,
+                            progress)
+
+    def scores(self, queries: Features, gallery: FeatureSource | Features) -> np.ndarray:
         """float32 ``[Nq, Ng]`` (higher = more similar), the gallery streamed in chunks."""
-        n = len(next(iter(gallery.values())))
-        ranking = rank_gallery(self.scorer, queries,
-                               feature_chunks(gallery, self.scorer.chunk_size(_count(queries))),
-                               n, k=0, keep_scores=True)
-        return ranking.scores
+        return self.rank(queries, gallery, k=0, keep_scores=True).scores
 
     def match(self, queries: Features, gallery: Gallery, k: int = 10,
               query_cameras: Iterable[int] | None = None, candidates: int = 0,
-              search: SearchOptions | str = "exact") -> list[list[Match]]:
+              search: CandidateOptions | str = "exact") -> list[list[Match]]:
         """Top-``k`` gallery entries per query, best first. With ``query_cameras``, entries
         from a query's own camera are left out (cross-camera linking). ``candidates=M > 0``:
         two-stage retrieval, the TAL score only on each query's top M by descriptor (found
-        with FAISS, ``search`` "exact", "ivf", "hnsw" or `SearchOptions`); 0 scores every
+        with FAISS, ``search`` "exact", "ivf", "hnsw" or `CandidateOptions`); 0 scores every
         entry."""
         if candidates < 0:
             raise TalError(f"candidates must be >= 0, got {candidates}")
-        options = search if isinstance(search, SearchOptions) else SearchOptions(
+        options = search if isinstance(search, CandidateOptions) else CandidateOptions(
             search, device=self.device)
-        nq = _count(queries)
+        nq = num_items(queries)
         stage1 = None
         if candidates and nq:
             (features, ids, cams, times, meta), stage1 = gallery.searchable_snapshot(options)
@@ -265,16 +275,26 @@ class ReIDEngine:
             cameras = (np.array([-1 if c is None else c for c in _per_item(query_cameras, nq,
                                                                            "camera")]), cams)
         if stage1 is not None:
-            rows = shortlist(self.scorer, queries, lambda cols: {key: features[key][cols] for
-                                                                  key in self.scorer.keys},
-                             stage1, candidates, cameras).rows(k)
+            rows = shortlist(self.scorer, queries, FeatureArrays(features).take, stage1,
+                             candidates, cameras).rows(k)
         else:
-            rows = rank_gallery(self.scorer, queries,
-                                feature_chunks(features, self.scorer.chunk_size(nq)), len(ids),
-                                k, cameras).topk.rows()
+            rows = self.rank(queries, features, k, cameras).topk.rows()
         return [[Match(int(ids[c]), s, None if cams[c] < 0 else int(cams[c]),
                        None if np.isnan(times[c]) else float(times[c]), meta[c])
                  for c, s in row] for row in rows]
+
+    def open_index(self, directory: str | os.PathLike, rebuild: bool = False) -> GalleryIndex:
+        """The gallery index in ``directory`` for this engine's bundle (`bundle_index`)."""
+        return bundle_index(self.bundle, directory, rebuild)
+
+    def sync_index(self, index: GalleryIndex, paths: Sequence[str | os.PathLike],
+                   on_error: str = "fail", progress: bool = False) -> SyncReport:
+        """Make ``index`` hold exactly the image files ``paths``, extracting only new and
+        changed ones (`GalleryIndex.sync`); camera and label from Market-1501-style names."""
+        return index.sync(paths, lambda batch: self.embed(
+                              [read_image(p, self.max_pixels) for p in batch]),
+                          market_metadata, batch_size=self.batch_size, on_error=on_error,
+                          progress=progress)
 
     def batcher(self, max_batch: int | None = None, max_latency_s: float = 0.01
                 ) -> MicroBatcher[np.ndarray, Features]:
@@ -290,6 +310,15 @@ class ReIDEngine:
                             name="reid-embedder", check=_checked_crop)
 
 
+def bundle_index(bundle: Bundle, directory: str | os.PathLike,
+                 rebuild: bool = False) -> GalleryIndex:
+    """The gallery index in ``directory`` for ``bundle``: its fingerprint, output shapes (the
+    descriptor too, when the bundle has one) and precision (`GalleryIndex`; created when new,
+    ``rebuild`` as there)."""
+    return GalleryIndex(directory, bundle.fingerprint, bundle.output_shapes,
+                        dtype=bundle.precision.dtype, rebuild=rebuild)
+
+
 def _fields(camera: int, meta: Any) -> dict[str, Any]:
     """What an `EntryFilter` compares for one in-memory entry."""
     fields = dict(meta) if isinstance(meta, dict) else {}
@@ -303,7 +332,4 @@ def _checked_crop(crop: np.ndarray) -> np.ndarray:
     shape = getattr(crop, "shape", None)
     return to_bgr_uint8(crop, name="crop" if shape is None else f"crop of shape {shape}")
 
-
-def _count(features: Features) -> int:
-    return len(next(iter(features.values())))
 

@@ -110,10 +110,14 @@ def to_bgr_uint8(array: np.ndarray, name: str = "crop") -> np.ndarray:
     return array
 
 
-def list_images(folder: str | os.PathLike, recursive: bool = True) -> list[Path]:
-    """Image files (known extensions, any case) under a folder, sorted; hidden entries skipped.
+def list_images(folder: str | os.PathLike, recursive: bool = True,
+                empty_ok: bool = False) -> list[Path]:
+    """Image files (`IMAGE_EXTENSIONS`, any case) under a folder, sorted; hidden entries
+    skipped. The one listing rule of the toolkit: the runtime, the export's parity images and
+    the training loaders (``recursive=False``) all list folders through it.
 
-    Raises `DataError` for a missing folder, a file given as folder, or no images at all.
+    Raises `DataError` for a missing folder, a file given as folder, or (unless ``empty_ok``)
+    no images at all.
     """
     folder = Path(folder)
     if not folder.exists():
@@ -121,7 +125,7 @@ def list_images(folder: str | os.PathLike, recursive: bool = True) -> list[Path]
     if not folder.is_dir():
         raise DataError(f"{folder}: not a folder")
     found = sorted(p for p in _walk(folder, recursive) if p.suffix.lower() in IMAGE_EXTENSIONS)
-    if not found:
+    if not found and not empty_ok:
         kinds = ", ".join(sorted(IMAGE_EXTENSIONS))
         raise DataError(f"{folder}: no images found ({kinds})"
                         + ("" if recursive else " at its top level"))

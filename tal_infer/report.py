@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 
 from .bundle import Bundle
+from .features import feature_name
 from .images import ImageError, read_image
 
 CELL = (128, 64)  # (height, width) of one crop in a rank list
@@ -125,15 +126,16 @@ def _correspondence_key(bundle: Bundle) -> str:
     """The finest map of the DI stream (one per image), else of the DS experts."""
     for stream in ("di", "ds"):
         for scale in bundle.matching["scales"]:
-            if f"{stream}_{scale}" in bundle.features:
-                return f"{stream}_{scale}"
+            if feature_name(stream, scale) in bundle.features:
+                return feature_name(stream, scale)
     return next(iter(bundle.features))
 
 
 def _map(feature: np.ndarray) -> np.ndarray:
-    """[HW, C] of one item; DS [K, HW, C] -> the experts' mean, L2-normalized again."""
+    """[HW, C] float32 of one item; DS [K, HW, C] -> the experts' mean, L2-normalized again."""
+    feature = feature.astype(np.float32)
     if feature.ndim == 3:
-        feature = feature.astype(np.float32).mean(axis=0)
+        feature = feature.mean(axis=0)
         feature = feature / np.maximum(np.linalg.norm(feature, axis=1, keepdims=True), 1e-12)
     return feature
 

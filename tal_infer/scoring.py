@@ -1,44 +1,38 @@
 """Query-vs-gallery scores from a bundle's heads in projection form (docs/bundle.md), streamed.
 
-Scores come from `tal_plugins.qaconv_match` and the head formulas of docs/bundle.md
-("Matching in projection form"): on numpy arrays (the blocked CPU path, no torch needed) or on
-CUDA tensors (the fused Triton kernel). The gallery is walked in chunks sized so the per-pair
-projections of one chunk fit a memory budget (on CUDA: a share of the free device memory), and
-`TopK` keeps each query's best entries as chunks arrive, so huge galleries never need a full
-score matrix unless the caller asks for one.
+`Scorer` computes scores with the head formulas of `tal_infer.heads` from heads.npz, calling
+`tal_plugins.qaconv_match` through the matching backend chosen (`MATCH_BACKENDS` in
+`tal_infer.backends`): ``numpy`` (the blocked CPU path on numpy arrays, no torch needed),
+``torch`` (blocked GEMM + max on torch tensors, any device), ``triton`` (the fused kernel) or
+``auto`` (numpy on the CPU; on CUDA the op's own choice: the kernel for fp16 features, cuBLAS for
+fp32). Features enter in the bundle's precision (`tal_infer.precision`), so fp16 features reach
+the kernel as fp16; the heads' arrays and the scores are fp32. The gallery is walked in chunks
+sized so the per-pair projections and features of one chunk fit a memory budget (on CUDA: a
+share of the free device memory), and `TopK` keeps each query's best entries as chunks arrive,
+so huge galleries never need a full score matrix unless the caller asks for one.
 
-Features travel in match layout: DS ``[N, K, HW, C]``, DI ``[N, HW, C]`` (`match_layout`);
-the global descriptor ``[N, D]`` travels beside them and is not used here (`tal_infer.cascade`).
+Features travel in match layout: DS ``[N, K, HW, C]``, DI ``[N, HW, C]``
+(`tal_infer.features.match_layout`); the global descriptor ``[N, D]`` travels beside them and
+is not used here (`tal_infer.cascade`).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 from tqdm import tqdm
 
 from tal_plugins import qaconv_match
 
-from .bundle import DESCRIPTOR, Bundle
-from .errors import BundleError
+from .bundle import Bundle
+from .errors import BundleError, TalError
+from .features import Chunks, feature_names, num_items
+from .heads import (AFFINE, GALLERY_BUDGET_BYTES, SCALE_ARRAYS, array_key, floats_per_pair,
+                    gallery_chunk, stream_score)
+from .precision import Precision
 
-Features = dict[str, np.ndarray]
-CPU_BUDGET_BYTES = 256 * 2 ** 20  # per-pair projections of one gallery chunk on the CPU
-CUDA_MEMORY_SHARE = 0.25          # of the free device memory, for one chunk (features + outputs)
-
-
-def match_layout(name: str, maps: np.ndarray) -> np.ndarray:
-    """Extractor output -> match layout: ds [N, K, C, h, w] -> [N, K, HW, C]; di [N, C, h, w]
-    -> [N, HW, C] (a view; `np.ascontiguousarray` it where contiguity matters); the descriptor
-    [N, D] as it is."""
-    if name == DESCRIPTOR:
-        return maps
-    if name.startswith("ds_"):
-        n, k, c = maps.shape[:3]
-        return maps.reshape(n, k, c, -1).swapaxes(2, 3)
-    n, c = maps.shape[:2]
-    return maps.reshape(n, c, -1).swapaxes(1, 2)
+CUDA_MEMORY_SHARE = 0.25  # of the free device memory, for one chunk (features + outputs)
 
 
 @dataclass(frozen=True)
@@ -51,26 +45,36 @@ class StreamHead:
 
     @property
     def floats_per_pair(self) -> int:
-        return sum(int(np.prod(s["wq"].shape[:-2] or (1,))) * s["wq"].shape[-1]
-                   for s in self.scales)
+        return floats_per_pair([s["wq"] for s in self.scales])
 
 
 class Scorer:
-    """The matching heads of a bundle on one device ("cpu": numpy; "cuda": torch tensors)."""
+    """The matching heads of a bundle on one matching backend and device (see module doc).
 
-    def __init__(self, bundle: Bundle, device: str = "cpu"):
-        self.device = device
+    ``device`` is where the features are matched ("cpu" or "cuda"); ``backend`` one of
+    auto/numpy/torch/triton. A backend that cannot run here is refused when the scorer opens.
+    """
+
+    def __init__(self, bundle: Bundle, device: str = "cpu", precision: Precision | None = None,
+                 backend: str = "auto"):
+        self.precision = precision or bundle.precision
         self.scale_names = tuple(bundle.matching["scales"])
         self.heads = tuple(_stream_head(bundle, s) for s in bundle.matching["score"])
-        self.keys = tuple(f"{h.stream}_{s}" for h in self.heads for s in self.scale_names)
-        self.item_bytes = sum(4 * int(np.prod(bundle.features[k].match_shape)) for k in self.keys)
-        if device == "cuda":
-            import torch
+        self.keys = tuple(feature_names([h.stream for h in self.heads], self.scale_names))
+        self.item_bytes = sum(self.precision.numpy_dtype.itemsize
+                              * int(np.prod(bundle.features[k].match_shape)) for k in self.keys)
+        self.backend, self.device = backend, device
+        if backend == "numpy" or (backend == "auto" and device == "cpu"):
+            self.backend, self.device, self.name = "numpy", "cpu", "numpy"
+            return
+        self.name = _torch_backend(backend, device, self.precision,
+                                   bundle.features[self.keys[0]].match_shape[-1])
+        import torch
 
-            self.heads = tuple(
-                StreamHead(h.stream, h.mode,
-                           tuple({k: torch.as_tensor(v, device="cuda") for k, v in s.items()}
-                                 for s in h.scales), h.affine) for h in self.heads)
+        self.heads = tuple(
+            StreamHead(h.stream, h.mode,
+                       tuple({k: torch.as_tensor(v, device=device) for k, v in s.items()}
+                             for s in h.scales), h.affine) for h in self.heads)
 
     @property
     def floats_per_pair(self) -> int:
@@ -81,50 +85,62 @@ class Scorer:
         q, g = self._on_device(query), self._on_device(gallery)
         total = None
         for head in self.heads:
-            z = sum(_scale_z(head.mode, s, q[f"{head.stream}_{name}"], g[f"{head.stream}_{name}"])
-                    for s, name in zip(head.scales, self.scale_names))
-            score = head.affine[0] * z + head.affine[1]
+            names = feature_names([head.stream], self.scale_names)
+            score = stream_score(head.mode, head.scales, head.affine, [q[n] for n in names],
+                                 [g[n] for n in names], self._project)
             total = score if total is None else total + score
-        if self.device == "cuda":
+        if self.backend != "numpy":
             total = total.float().cpu().numpy()
         return np.asarray(total, dtype=np.float32)
 
     def chunk_size(self, num_queries: int) -> int:
         """Gallery items per chunk: outputs + features within the device's budget."""
-        per_item = 4 * max(1, num_queries) * self.floats_per_pair + self.item_bytes
+        budget = GALLERY_BUDGET_BYTES
         if self.device == "cuda":
             import torch
 
             free, _ = torch.cuda.mem_get_info()
             budget = int(free * CUDA_MEMORY_SHARE)
-        else:
-            budget = CPU_BUDGET_BYTES
-        return max(1, budget // per_item)
+        return gallery_chunk(num_queries, self.floats_per_pair, self.item_bytes, budget)
 
-    def iter_scores(self, query: Mapping[str, Any],
-                    chunks: Iterable[tuple[int, int, Mapping[str, Any]]]
+    def iter_scores(self, query: Mapping[str, Any], chunks: Chunks
                     ) -> Iterator[tuple[int, int, np.ndarray]]:
         """(start, stop, scores [Nq, stop - start]) for each gallery chunk."""
         q = self._on_device(query)
         for start, stop, g in chunks:
             yield start, stop, self.scores(q, g)
 
+    def _project(self, q: Any, g: Any, wq: Any, wg: Any) -> Any:
+        return qaconv_match(q, g, wq, wg, backend=self.backend)
+
     def _on_device(self, feats: Mapping[str, Any]) -> dict[str, Any]:
-        if self.device != "cuda":
-            return {k: feats[k] for k in self.keys}
+        """The features this scorer matches, in the bundle's precision on its device."""
+        dtype = self.precision.numpy_dtype
+        if self.backend == "numpy":
+            return {k: np.asarray(feats[k], dtype=dtype) for k in self.keys}
         import torch
 
-        return {k: torch.as_tensor(np.asarray(feats[k]) if isinstance(feats[k], np.memmap)
-                                   else feats[k], device="cuda") for k in self.keys}
+        out = {}
+        for k in self.keys:
+            x = feats[k]
+            if not torch.is_tensor(x):
+                x = np.asarray(x, dtype=dtype)
+                x = torch.from_numpy(x if x.flags.writeable else x.copy())
+            out[k] = x.to(self.device, self.precision.torch_dtype)
+        return out
 
 
-def feature_chunks(features: Mapping[str, np.ndarray], size: int
-                   ) -> Iterator[tuple[int, int, dict[str, np.ndarray]]]:
-    """(start, stop, features) over in-memory features, as `IndexContents.iter_chunks` does."""
-    total = len(next(iter(features.values())))
-    for start in range(0, total, size):
-        stop = min(start + size, total)
-        yield start, stop, {k: v[start:stop] for k, v in features.items()}
+def _torch_backend(backend: str, device: str, precision: Precision, channels: int) -> str:
+    """The backend torch tensors of this precision run on (its name for the log); TalError
+    where it cannot run here (no torch; triton without a GPU or the interpreter)."""
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        raise TalError(f"matching backend {backend!r} needs torch installed (backend numpy "
+                       "runs without it)") from None
+    from tal_plugins.torch_op import resolve_backend
+
+    return resolve_backend(backend, device, precision.dtype, channels)
 
 
 class TopK:
@@ -158,16 +174,15 @@ class Ranking:
     scores: np.ndarray | None
 
 
-def rank_gallery(scorer: Scorer, query: Mapping[str, Any],
-                 chunks: Iterable[tuple[int, int, Mapping[str, Any]]], num_gallery: int, k: int,
-                 cameras: tuple[np.ndarray, np.ndarray] | None = None, keep_scores: bool = False,
-                 progress: bool = False) -> Ranking:
+def rank_gallery(scorer: Scorer, query: Mapping[str, Any], chunks: Chunks, num_gallery: int,
+                 k: int, cameras: tuple[np.ndarray, np.ndarray] | None = None,
+                 keep_scores: bool = False, progress: bool = False) -> Ranking:
     """Score every gallery chunk against the queries and keep the top ``k`` per query.
 
     ``cameras=(query cameras, gallery cameras)`` excludes same-camera pairs (-1 = unknown).
     ``keep_scores`` also returns the full ``[Nq, Ng]`` float32 matrix (before exclusion).
     """
-    num_queries = len(next(iter(query.values())))
+    num_queries = num_items(query)
     topk = TopK(num_queries, k)
     full = np.empty((num_queries, num_gallery), np.float32) if keep_scores else None
     with tqdm(total=num_gallery, desc="matching", unit="img", disable=not progress) as bar:
@@ -188,41 +203,33 @@ def exclude_same_camera(scores: np.ndarray, q_cams: np.ndarray, g_cams: np.ndarr
     scores[same] = -np.inf
 
 
+def top_k(scores: np.ndarray, k: int,
+          cameras: tuple[np.ndarray, np.ndarray] | None = None) -> TopK:
+    """The top ``k`` per query of a full score matrix (same-camera pairs excluded as in
+    `rank_gallery`; ``scores`` itself is left as it is)."""
+    topk = TopK(scores.shape[0], k)
+    if cameras is not None:
+        scores = scores.copy()
+        exclude_same_camera(scores, *cameras)
+    topk.update(0, scores)
+    return topk
+
+
 def _stream_head(bundle: Bundle, stream: str) -> StreamHead:
     heads, mode = bundle.heads, bundle.matching["streams"][stream]["mode"]
-    if mode not in ("ms", "attention", "mean"):
+    if mode not in SCALE_ARRAYS:
         raise BundleError(f"{bundle.file('heads.npz')}: unknown matching mode {mode!r} for "
                           f"stream {stream!r}")
-    keys = ("wq", "wg", "b1", "w2", "b2") if mode == "attention" else ("wq", "wg")
     try:
-        scales = tuple({k: heads[f"{stream}/{scale}/{k}"] for k in keys}
+        scales = tuple({k: heads[array_key(stream, scale, k)] for k in SCALE_ARRAYS[mode]}
                        for scale in bundle.matching["scales"])
-        a, b = (float(v) for v in heads[f"{stream}/affine"])
+        a, b = (float(v) for v in heads[array_key(stream, None, AFFINE)])
     except KeyError as err:
         raise BundleError(f"{bundle.file('heads.npz')}: missing array {err.args[0]}") from None
-    for scale, s in zip(bundle.matching["scales"], scales):
-        want = bundle.features[f"{stream}_{scale}"].match_shape[:-1]  # (K, HW) or (HW,)
+    for scale, s, name in zip(bundle.matching["scales"], scales,
+                              feature_names([stream], bundle.matching["scales"])):
+        want = bundle.features[name].match_shape[:-1]  # (K, HW) or (HW,)
         if s["wq"].shape[:-1] != want or s["wg"].shape[:-1] != want:
             raise BundleError(f"{bundle.file('heads.npz')}: {stream}/{scale} projections have "
                               f"shape {s['wq'].shape}, the features need {want} x P")
     return StreamHead(stream, mode, scales, (a, b))
-
-
-def _scale_z(mode: str, s: Mapping[str, Any], q, g):
-    """One scale's contribution z_l (docs/bundle.md); numpy arrays or torch tensors alike."""
-    if mode == "ms":
-        return qaconv_match(q, g, s["wq"], s["wg"])[..., 0]
-    r = [qaconv_match(q[:, i], g[:, i], s["wq"][i], s["wg"][i]) for i in range(q.shape[1])]
-    if mode == "mean":
-        return sum(ri[..., 0] for ri in r) / len(r)
-    pre = sum(ri[..., 1:] for ri in r) + s["b1"]
-    logits = (pre * (pre > 0)) @ s["w2"].T + s["b2"]  # relu, then [Nq, Ng, K]
-    alpha = _softmax_last(logits)
-    return sum(alpha[..., i] * ri[..., 0] for i, ri in enumerate(r))
-
-
-def _softmax_last(x):
-    if isinstance(x, np.ndarray):
-        e = np.exp(x - x.max(axis=-1, keepdims=True))
-        return e / e.sum(axis=-1, keepdims=True)
-    return x.softmax(dim=-1)

@@ -27,6 +27,8 @@ from tal_plugins import ptx as ptx_text
 
 from .bundle import Bundle
 from .errors import BundleError, TalError
+from .features import matcher_input
+from .precision import Precision
 
 log = logging.getLogger("tal_infer")
 
@@ -101,6 +103,11 @@ class TensorRTEngine:
         self.profile = {n: tuple(tuple(s) for s in self.engine.get_tensor_profile_shape(n, 0))
                         for n in self.inputs}
 
+    def output_shapes(self) -> dict[str, list[int | None]]:
+        """The engine's output shapes, None for a dynamic dimension (TensorRT says -1)."""
+        return {n: [None if d < 0 else int(d) for d in self.engine.get_tensor_shape(n)]
+                for n in self.outputs}
+
     def max_batch(self, name: str) -> int:
         """The largest first dimension the profile allows for input `name`."""
         return int(self.profile[name][-1][0])
@@ -146,17 +153,20 @@ def _batches(total: int, size: int) -> Iterator[slice]:
 
 
 class TensorRTExtractor:
-    """extractor.plan; batches above the profile's maximum run in chunks."""
+    """extractor.plan; batches above the profile's maximum run in chunks. Its outputs are
+    checked against the manifest's features when it opens, and returned in ``precision``."""
 
-    def __init__(self, bundle: Bundle, device: str):
+    def __init__(self, bundle: Bundle, device: str, precision: Precision | None = None):
         self.engine = TensorRTEngine(bundle, "extractor.plan", device)
+        bundle.check_outputs(self.engine.output_shapes(), self.engine.path)
         self.input = self.engine.inputs[0]
+        self.dtype = (precision or bundle.precision).torch_dtype
         self.name, self.device = "tensorrt", device
 
     def __call__(self, images: np.ndarray) -> dict[str, np.ndarray]:
         parts = [self.engine.run({self.input: np.ascontiguousarray(images[part])})
                  for part in _batches(len(images), self.engine.max_batch(self.input))]
-        return {k: np.concatenate([p[k].float().cpu().numpy() for p in parts])
+        return {k: np.concatenate([p[k].to(self.dtype).cpu().numpy() for p in parts])
                 for k in self.engine.outputs}
 
 
@@ -166,14 +176,15 @@ class TensorRTMatcher:
 
     def __init__(self, bundle: Bundle, device: str):
         self.engine = TensorRTEngine(bundle, "matcher.plan", device)
-        self.keys = tuple(n[len("query_"):] for n in self.engine.inputs if n.startswith("query_"))
+        prefix = matcher_input("query", "")
+        self.keys = tuple(n[len(prefix):] for n in self.engine.inputs if n.startswith(prefix))
         missing = [k for k in self.keys if k not in bundle.features]
         if missing or not self.keys:
             raise BundleError(f"{self.engine.path}: inputs {self.engine.inputs} do not match the "
                               f"manifest's features {sorted(bundle.features)}")
         self.shapes = {k: bundle.features[k].shape for k in self.keys}
-        self.max_query = self.engine.max_batch(f"query_{self.keys[0]}")
-        self.max_gallery = self.engine.max_batch(f"gallery_{self.keys[0]}")
+        self.max_query = self.engine.max_batch(matcher_input("query", self.keys[0]))
+        self.max_gallery = self.engine.max_batch(matcher_input("gallery", self.keys[0]))
         self.name, self.device = "tensorrt", device
 
     def chunk_size(self, num_queries: int) -> int:
@@ -187,8 +198,8 @@ class TensorRTMatcher:
         out = np.empty((n_q, n_g), np.float32)
         for rows in _batches(n_q, self.max_query):
             for cols in _batches(n_g, self.max_gallery):
-                feed = {f"query_{k}": q[k][rows] for k in self.keys}
-                feed.update({f"gallery_{k}": g[k][cols] for k in self.keys})
+                feed = {matcher_input("query", k): q[k][rows] for k in self.keys}
+                feed.update({matcher_input("gallery", k): g[k][cols] for k in self.keys})
                 out[rows, cols] = self.engine.run(feed)["scores"].float().cpu().numpy()
         return out
 
@@ -206,6 +217,6 @@ class TensorRTMatcher:
         out = {}
         for k in self.keys:
             x = feats[k] if torch.is_tensor(feats[k]) else torch.tensor(np.asarray(feats[k]))
-            x = x.to(self.engine.device, self.engine.dtype(f"query_{k}"))
+            x = x.to(self.engine.device, self.engine.dtype(matcher_input("query", k)))
             out[k] = x.transpose(-1, -2).reshape(len(x), *self.shapes[k]).contiguous()
         return out

@@ -82,7 +82,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:  # weights_only=True refused the file
-        raise CheckpointError(f"{path}: {_refusal(str(err))}") from None
+        raise CheckpointError(f"{path}: {weights_only_refusal(err, 'tal-reid checkpoint')}"
+                              ) from None
     except Exception as err:  # torch raises many types for truncated/foreign files
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(f"{path}: not a readable tal-reid checkpoint ({first})") from None
@@ -97,13 +98,16 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     return ckpt
 
 
-def _refusal(message: str) -> str:
-    """torch's weights_only refusal retold in one line, without its advice to retry with
-    ``weights_only=False``, which would run whatever code the file carries."""
+def weights_only_refusal(err: pickle.UnpicklingError, what: str) -> str:
+    """torch's ``weights_only=True`` refusal of a file (a ``what``: checkpoint, weights file)
+    retold in one line, without torch's advice to retry with ``weights_only=False``, which would
+    run whatever code the file carries. Every file tal-reid loads with torch.load says it so."""
+    message = str(err)
     found = re.search(r"GLOBAL ([\w.]+)", message)
     if found:
         return (f"holds the Python object {found[1]}, not only tensors and plain containers; "
                 "refused, because loading it could run code")
     details = [line.strip() for line in message.splitlines() if line.strip()
-               and "weights_only" not in line and not line.startswith("Check the documentation")]
-    return f"not a readable tal-reid checkpoint ({details[0] if details else 'damaged'})"
+               and "weights_only" not in line and "Weights only load failed" not in line
+               and not line.startswith("Check the documentation")]
+    return f"not a readable {what} ({details[0] if details else 'damaged'})"

@@ -4,8 +4,10 @@ One loop (DESIGN.md section 2): per epoch the `BatchPlanner` draws the batches (
 then every iteration runs the model's phases (`phases.train_iteration`), the lr schedule steps
 once per epoch, targets are evaluated every ``eval_every`` epochs and after the last, and
 ``OUT/ckpt.pth`` is written after every epoch. Outputs in ``OUT``: ``ckpt.pth``
-(`tal_train.checkpoint`), ``metrics.json`` (the checkpoint's metrics list), ``train_log.json``
-(per-epoch mean losses, lr, time), ``curves.png``.
+(`tal_train.checkpoint`), ``metrics.json`` (the checkpoint's metrics list: per evaluated epoch
+its training images/s and each target's metrics), ``train_log.json`` (per-epoch mean losses, lr,
+time, images/s), ``curves.png``. Training speed (images/s over the epoch, all ranks) is also in
+the progress bar and the per-epoch log line.
 
 **Reproducibility.** Model init uses ``seed``; every epoch reseeds its own generators from
 (seed, epoch[, rank]): numpy for the plan (same on every rank), torch and ``random`` for
@@ -18,6 +20,9 @@ evaluation interval, output folder, device, workers and progress display may cha
 options may be given again (the user's own command with ``--resume`` appended) as long as they
 equal the checkpoint's (resolved) values; real changes are refused, each named with its old
 and new value.
+
+**Recipes** (`tal_train.recipes`, ``--recipe``): options left unset (None) take the recipe's
+defaults in `_resolve` and `model_config`; the resolved values are what the checkpoint stores.
 """
 from __future__ import annotations
 
@@ -43,12 +48,13 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .curves import plot_curves
 from .data import build_protocol
 from .data.protocols import Protocol
-from .data.transforms import TrainImages
+from .data.transforms import AUGMENTATIONS, TrainImages
 from .epoch_plan import BatchPlanner
-from .evaluation import evaluate_target, format_metrics_table
-from .losses import DEFAULT_MARGIN
-from .models import TALConfig, TALModel, build_model, load_pretrained, pretrained_url
+from .evaluation import evaluate_epoch, format_metrics_table
+from .losses import DEFAULT_MARGIN, LOSSES
+from .models import TALConfig, TALModel, backbone_spec, build_model, load_pretrained
 from .phases import DEFAULT_CLIP, PhaseBatch, StepSettings, train_iteration
+from .recipes import default_augment, get_recipe
 from .samplers import Iteration
 from .schedule import (build_optimizer, build_scheduler, default_milestones,
                        load_scheduler_state, scheduler_state)
@@ -70,20 +76,25 @@ class TrainOptions:
     target: str | None = None            # p2
     sources: list[str] | None = None     # p2 (None: every other dataset under data_root)
     preset: str = "paper"
+    backbone: str | None = None          # a registered name; None: the preset's
+    recipe: str = "tal"                  # tal_train.recipes: defaults of everything left None
     streams: list[str] | None = None
     scales: list[str] | None = None
     di_norm: str | None = None
     ds_head: str | None = None
+    dabn_stats: str | None = None        # "experts" / "own"; None: the config default
     image_size: list[int] | None = None  # (H, W) override of the preset
-    epochs: int = 30
+    epochs: int | None = None            # None: the recipe's (30 tal, 15 qaconv-gs)
     iters: int | None = None             # per epoch; None: one pass over the identities
     batch_size: int | None = None        # images per batch; None: 64 (paper) / 32 (tiny)
     instances: int = 4                   # images per identity in a batch
     sampler: str = "gs"
-    lr: float = 0.005
+    lr: float | None = None              # None: the recipe's (0.005 tal, 0.001 qaconv-gs)
     milestones: list[int] | None = None  # None: x0.1 after 2/3 of the epochs
+    loss: str | None = None              # "triplet" / "pairwise"; None: the recipe's
     margin: float = DEFAULT_MARGIN
     mining: str | None = None            # "hard" / "all"; None: hard once pretrained, else all
+    augment: str | None = None           # transforms.AUGMENTATIONS; None: recipes.default_augment
     clip: float = DEFAULT_CLIP
     pretrained: str | None = None        # path/URL, "none", or None (official for paper)
     seed: int = 0
@@ -121,6 +132,7 @@ def resume_options(checkpoint: str | os.PathLike, **given: Any) -> TrainOptions:
     stored = load_checkpoint(checkpoint).get("train_args")
     if not stored:
         raise TalError(f"{checkpoint}: checkpoint holds no training options to resume from")
+    stored = {"augment": "standard", **stored}  # runs from before --augment used the standard set
     options = TrainOptions(**{k: v for k, v in stored.items() if k in known})
     changed = [f"{_flag(k)} {_shown(k, getattr(options, k))} -> {_shown(k, v)}"
                for k, v in sorted(given.items())
@@ -160,13 +172,21 @@ def default_run_name(options: TrainOptions) -> str:
 
 
 def model_config(options: TrainOptions, domains: Sequence[str]) -> TALConfig:
+    """The preset, with the recipe's model switches, with the options given on top."""
     overrides = {k: tuple(v) if isinstance(v, list) else v
-                 for k in ("streams", "scales", "di_norm", "ds_head", "image_size")
+                 for k in ("backbone", "streams", "scales", "di_norm", "ds_head", "dabn_stats",
+                           "image_size")
                  if (v := getattr(options, k)) is not None}
-    return TALConfig.preset(options.preset, domains=tuple(domains), **overrides)
+    recipe = get_recipe(options.recipe).model
+    return TALConfig.preset(options.preset, domains=tuple(domains), **{**recipe, **overrides})
 
 
 def _resolve(options: TrainOptions) -> TrainOptions:
+    recipe = get_recipe(options.recipe)
+    defaults = {"epochs": recipe.epochs, "lr": recipe.lr, "loss": recipe.loss,
+                "augment": default_augment(options.recipe, options.preset)}
+    options = dataclasses.replace(options, **{k: v for k, v in defaults.items()
+                                              if getattr(options, k) is None})
     run_name = options.run_name or default_run_name(options)
     batch_size = options.batch_size or DEFAULT_BATCH_SIZE.get(options.preset, 64)
     checks = [(options.epochs >= 1, "--epochs must be at least 1"),
@@ -180,10 +200,15 @@ def _resolve(options: TrainOptions) -> TrainOptions:
                "--eval-every must be at least 1"),
               (options.workers >= 0, "--workers must be >= 0"),
               (options.sampler in ("gs", "pk"), "--sampler must be gs or pk"),
-              (options.mining in (None, "hard", "all"), "--mining must be hard or all")]
+              (options.mining in (None, "hard", "all"), "--mining must be hard or all"),
+              (options.loss in LOSSES, f"--loss must be one of {', '.join(LOSSES)}"),
+              (options.augment in AUGMENTATIONS,
+               f"--augment must be one of {', '.join(AUGMENTATIONS)}")]
     for ok, message in checks:
         if not ok:
             raise TalError(message)
+    if options.backbone is not None:
+        backbone_spec(options.backbone)  # an unknown name fails here, before any data is read
     milestones = (default_milestones(options.epochs) if options.milestones is None
                   else sorted(options.milestones))
     return dataclasses.replace(options, run_name=run_name, batch_size=batch_size,
@@ -236,19 +261,33 @@ def _read_train_log(folder: Path, before_epoch: int) -> list[dict]:
 
 
 def _init_model(options: TrainOptions, config: TALConfig) -> tuple[TALModel, float]:
-    """A fresh model and its backbone lr multiplier (0.1 when ImageNet weights were loaded)."""
+    """A fresh model and its backbone lr multiplier (0.1 when ImageNet weights were loaded).
+
+    The paper preset needs its ImageNet weights: when they cannot be loaded that is an error,
+    unless ``--pretrained none`` asks for random initialization explicitly (`_prepare` warns).
+    """
     torch.manual_seed(options.seed)
     model = build_model(config)
     source = options.pretrained
-    if source is None and options.preset == "paper":
-        source, allow_random = pretrained_url(config.depth, config.ibn), True
-    else:
-        allow_random = False
+    if source is None and options.preset == "paper":  # the backbone's published weights
+        source = backbone_spec(config.backbone).weights
+        if source is None:
+            raise TalError(f"backbone {config.backbone} has no published ImageNet weights, and the "
+                           "paper preset trains from them: pass --pretrained PATH, or "
+                           "--pretrained none to train from random initialization")
     if source is None or source == "none":
-        log.info("backbone starts from random initialization (no --pretrained)")
+        log.info("backbone %s starts from random initialization (--pretrained %s)",
+                 config.backbone, source or "not given")
         return model, 1.0
-    report = load_pretrained(model, source, allow_random=allow_random)
-    return model, PRETRAINED_LR_MULT if report is not None else 1.0
+    try:
+        load_pretrained(model, source)
+    except TalError as err:
+        if options.preset != "paper":
+            raise
+        raise TalError(f"{err}; the paper preset trains from ImageNet weights: pass a local "
+                       "copy with --pretrained PATH, or --pretrained none to train from random "
+                       "initialization (not the paper's setting)") from None
+    return model, PRETRAINED_LR_MULT
 
 
 def _split(images: torch.Tensor, labels: torch.Tensor, it: Iteration
@@ -257,15 +296,6 @@ def _split(images: torch.Tensor, labels: torch.Tensor, it: Iteration
     per_domain = [(d, PhaseBatch(*chunks[j])) for j, (d, _) in enumerate(it.per_domain)]
     hybrid = PhaseBatch(*chunks[-1]) if it.hybrid is not None else None
     return per_domain, hybrid
-
-
-def _evaluate(model: TALModel, protocol: Protocol, epoch: int, device: torch.device,
-              options: TrainOptions) -> dict:
-    entry: dict[str, Any] = {"epoch": epoch}
-    for name, dataset in protocol.targets.items():
-        entry[name] = evaluate_target(model, dataset, device, 2 * options.batch_size,
-                                      options.workers, progress=options.progress)
-    return entry
 
 
 def train(options: TrainOptions) -> TrainResult:
@@ -307,9 +337,13 @@ def _prepare(options: TrainOptions, protocol: Protocol, device: torch.device) ->
         model, lr_mult = _init_model(options, config)
     # batch-hard collapses from a random backbone (see tal_train.losses): batch-all there
     mining = options.mining or ("hard" if lr_mult == PRETRAINED_LR_MULT else "all")
+    if ckpt is None and options.preset == "paper" and lr_mult != PRETRAINED_LR_MULT:
+        log.warning("--pretrained none: the paper preset starts from random initialization, not "
+                    "from ImageNet weights as in the paper; %s", _mining_note(options, mining))
     options = dataclasses.replace(options, backbone_lr_mult=lr_mult, mining=mining)
     model.to(device)
-    optimizer = build_optimizer(model, options.lr, lr_mult)
+    optimizer = build_optimizer(model, options.lr, lr_mult,
+                                nesterov=get_recipe(options.recipe).nesterov)
     scheduler = build_scheduler(optimizer, options.milestones)
     run = _Run(options, config, model, optimizer, scheduler, 1, [], [])
     if ckpt is not None:
@@ -323,6 +357,16 @@ def _prepare(options: TrainOptions, protocol: Protocol, device: torch.device) ->
             log.warning("%s already completed epoch %d of %d; nothing to train (raise "
                         "--epochs)", options.resume, run.start_epoch - 1, options.epochs)
     return run
+
+
+def _mining_note(options: TrainOptions, mining: str) -> str:
+    """What random initialization means for the loss (the warning of `_prepare`)."""
+    if options.loss != "triplet":
+        return f"the {options.loss} loss needs no mining"
+    if options.mining is None:
+        return ("triplet mining falls back from batch-hard (the paper's) to batch-all, since "
+                "batch-hard collapses from random init (docs/training.md)")
+    return f"triplet mining {mining} as given"
 
 
 def _train(options: TrainOptions, info: distributed.DistInfo, device: torch.device,
@@ -345,20 +389,25 @@ def _train(options: TrainOptions, info: distributed.DistInfo, device: torch.devi
     amp = options.amp and device.type == "cuda"
     if options.amp and not amp:
         log.warning("--amp needs a CUDA device; training in fp32")
-    settings = StepSettings(options.margin, options.mining, options.clip, amp,
-                            torch.amp.GradScaler("cuda") if amp else None)
-    dataset = TrainImages(protocol.train, run.config.image_size, run.config.mean, run.config.std)
+    settings = StepSettings(margin=options.margin, mining=options.mining, loss=options.loss,
+                            clip=options.clip, amp=amp,
+                            scaler=torch.amp.GradScaler("cuda") if amp else None)
+    dataset = TrainImages(protocol.train, run.config.image_size, run.config.mean, run.config.std,
+                          augment=AUGMENTATIONS[options.augment])
+    pk_epochs = get_recipe(options.recipe).pk_epochs
     if info.is_main:
-        log.info("%s: %d domains %s, %d identities, %d images; phases %s; %s-triplet; "
-                 "targets %s", options.run_name, protocol.num_domains, protocol.domains,
-                 protocol.num_ids, len(protocol.train), list(phases), options.mining,
-                 list(protocol.targets))
+        log.info("%s: %d domains %s, %d identities, %d images; phases %s; %s loss%s; %s "
+                 "augmentation; targets %s", options.run_name, protocol.num_domains,
+                 protocol.domains, protocol.num_ids, len(protocol.train), list(phases),
+                 options.loss, f" ({options.mining} mining)" if options.loss == "triplet" else "",
+                 options.augment, list(protocol.targets))
     losses: list[dict[str, float]] = []
     epoch = run.start_epoch - 1
     for epoch in range(run.start_epoch, options.epochs + 1):
         rng = _seed_epoch(options.seed, epoch, info.rank)
         plan = planner.plan(model, rng, device, 2 * options.batch_size,
-                            share=lambda t: distributed.broadcast_from_main(t, info))
+                            share=lambda t: distributed.broadcast_from_main(t, info),
+                            sampler="pk" if epoch <= pk_epochs else None)
         iterations = plan.iterations(options.iters or plan.default_iterations(info.world_size),
                                      info.rank, info.world_size)
         epoch_losses, entry = _train_epoch(net, run, dataset, iterations, phases, settings,
@@ -369,7 +418,12 @@ def _train(options: TrainOptions, info: distributed.DistInfo, device: torch.devi
             log.info("epoch %d: loss %.3f, %.1f s, %.0f images/s", epoch,
                      entry["loss"]["total"], entry["seconds"], entry["images_per_s"])
             if epoch == options.epochs or (options.eval_every and epoch % options.eval_every == 0):
-                run.metrics.append(_evaluate(model, protocol, epoch, device, options))
+                evaluation, per_query = evaluate_epoch(model, protocol.targets, epoch, device,
+                                                       2 * options.batch_size, options.workers,
+                                                       options.progress)
+                evaluation["images_per_s"] = entry["images_per_s"]
+                run.metrics.append(evaluation)
+                write_json(out / "per_query.json", per_query)
                 print(f"\nepoch {epoch} target metrics (%):\n"
                       f"{format_metrics_table(run.metrics[-1])}", flush=True)
             _write_outputs(out, run, epoch)

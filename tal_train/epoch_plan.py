@@ -53,10 +53,14 @@ class BatchPlanner:
                             "nothing to train on")
 
     def plan(self, model: TALModel, rng: np.random.Generator, device: torch.device,
-             batch_size: int = 128, share: Callable[[Tensor], Tensor] = lambda t: t) -> EpochPlan:
-        """This epoch's batches; `share` makes every rank use the same score matrices."""
+             batch_size: int = 128, share: Callable[[Tensor], Tensor] = lambda t: t,
+             sampler: str | None = None) -> EpochPlan:
+        """This epoch's batches; `share` makes every rank use the same score matrices.
+        ``sampler`` overrides the planner's for this epoch (random PK warm-up epochs)."""
+        kind = sampler or self.sampler
+
         def scores(images: dict[int, list[int]], fn) -> np.ndarray | None:
-            if self.sampler != "gs":
+            if kind != "gs":
                 return None
             picks = [self.records[int(rng.choice(idx))] for idx in images.values()]
             return share(fn(picks).float().contiguous()).cpu().numpy()
@@ -65,13 +69,13 @@ class BatchPlanner:
         for d, (images, batch_ids) in enumerate(zip(self.domain_images, self.domain_batch_ids)):
             s = scores(images, lambda picks, d=d: expert_scores(model, picks, d, device,
                                                                  batch_size)) if batch_ids else None
-            domains.append(identity_batches(self.sampler, s, list(images), images, batch_ids,
+            domains.append(identity_batches(kind, s, list(images), images, batch_ids,
                                             self.instances, rng))
         hybrid = ()
         if self.hybrid_batch_ids:
             s = scores(self.hybrid_images,
                        lambda picks: inference_scores(model, picks, device, batch_size))
-            hybrid = identity_batches(self.sampler, s, list(self.hybrid_images),
+            hybrid = identity_batches(kind, s, list(self.hybrid_images),
                                       self.hybrid_images, self.hybrid_batch_ids, self.instances,
                                       rng)
         return EpochPlan(tuple(domains), hybrid)

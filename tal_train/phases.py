@@ -5,7 +5,7 @@
 3. `hybrid_di_phase`: the same hybrid batch through the DI stream and MS-QAConv(DI).
 
 Which parameters each phase reaches is decided by the model (`TALModel.forward`); a phase here
-only scores its batch, applies the batch-hard triplet loss and back-propagates (gradients
+only scores its batch, applies the loss (`losses.score_loss`) and back-propagates (gradients
 accumulate over the phases, so the iteration minimizes their sum). `train_iteration` runs the
 phases the model trains, clips the gradient norm and makes one optimizer step. Calls go through
 ``model(...)`` so a DistributedDataParallel wrapper averages the gradients of every phase.
@@ -19,17 +19,18 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from .losses import DEFAULT_MARGIN, TRIPLET_LOSSES
+from .losses import DEFAULT_MARGIN, score_loss
 
 DEFAULT_CLIP = 512.0
 
 
 @dataclass
 class StepSettings:
-    """How a phase steps: triplet margin and mining ("hard" / "all", `losses`), gradient
-    clipping, AMP (CUDA only; scaler with it)."""
+    """How a phase steps: loss ("triplet" / "pairwise", `losses`), triplet margin and mining
+    ("hard" / "all"), gradient clipping, AMP (CUDA only; scaler with it)."""
     margin: float = DEFAULT_MARGIN
     mining: str = "hard"
+    loss: str = "triplet"
     clip: float = DEFAULT_CLIP
     amp: bool = False
     scaler: torch.amp.GradScaler | None = None
@@ -42,12 +43,13 @@ class PhaseBatch:
     labels: Tensor
 
 
-def _triplet_phase(model: nn.Module, batch: PhaseBatch, settings: StepSettings, phase: str,
+def _loss_phase(model: nn.Module, batch: PhaseBatch, settings: StepSettings, phase: str,
                    domain: int | None = None) -> float:
     autocast = (torch.autocast("cuda", dtype=torch.float16) if settings.amp else nullcontext())
     with autocast:
         scores = model(batch.images, phase, domain)
-    loss = TRIPLET_LOSSES[settings.mining](scores, batch.labels, settings.margin).loss
+    loss = score_loss(settings.loss, settings.mining, scores, batch.labels,
+                      settings.margin).loss
     (settings.scaler.scale(loss) if settings.scaler is not None else loss).backward()
     return loss.item()
 
@@ -55,17 +57,17 @@ def _triplet_phase(model: nn.Module, batch: PhaseBatch, settings: StepSettings, 
 def per_domain_phase(model: nn.Module, batch: PhaseBatch, domain: int,
                      settings: StepSettings) -> float:
     """Phase 1: expert `domain` on its own domain's batch; returns the loss."""
-    return _triplet_phase(model, batch, settings, "per_domain", domain)
+    return _loss_phase(model, batch, settings, "per_domain", domain)
 
 
 def hybrid_ds_phase(model: nn.Module, batch: PhaseBatch, settings: StepSettings) -> float:
     """Phase 2: frozen experts on the hybrid batch, only MSDA-QAConv learns; returns the loss."""
-    return _triplet_phase(model, batch, settings, "hybrid_ds")
+    return _loss_phase(model, batch, settings, "hybrid_ds")
 
 
 def hybrid_di_phase(model: nn.Module, batch: PhaseBatch, settings: StepSettings) -> float:
     """Phase 3: the DI stream on the hybrid batch; returns the loss."""
-    return _triplet_phase(model, batch, settings, "hybrid_di")
+    return _loss_phase(model, batch, settings, "hybrid_di")
 
 
 def train_iteration(model: nn.Module, optimizer: torch.optim.Optimizer, phases: Sequence[str],

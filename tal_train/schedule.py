@@ -26,14 +26,16 @@ def default_milestones(epochs: int) -> list[int]:
 
 
 def build_optimizer(model: TALModel, lr: float, backbone_lr_mult: float = 1.0,
-                    weight_decay: float = WEIGHT_DECAY) -> torch.optim.SGD:
-    """SGD over two groups: pretrained backbone weights (lr x mult) and everything else."""
+                    weight_decay: float = WEIGHT_DECAY, nesterov: bool = False) -> torch.optim.SGD:
+    """SGD over two groups: pretrained backbone weights (lr x mult) and everything else
+    (``nesterov``: Nesterov momentum, as QAConv-GS v2.0)."""
     backbone, new = [], []
     for name, p in model.named_parameters():
         pretrained = name.startswith("backbone.") and ".attention." not in name
         (backbone if pretrained else new).append(p)
     groups = [{"params": backbone, "lr": lr * backbone_lr_mult}, {"params": new, "lr": lr}]
-    return torch.optim.SGD(groups, lr=lr, momentum=MOMENTUM, weight_decay=weight_decay)
+    return torch.optim.SGD(groups, lr=lr, momentum=MOMENTUM, weight_decay=weight_decay,
+                           nesterov=nesterov)
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, milestones: Sequence[int]) -> MultiStepLR:

@@ -10,7 +10,9 @@ import sys
 import pytest
 
 DEMO = [sys.executable, "-c", "from tal_export.demo import main; main()"]
-TINY = ["--identities", "8", "--epochs", "1", "--iters", "2", "--image-size", "64x32", "--quiet"]
+# On the CPU wherever the test runs: it compares training-side and runtime metrics to the digit.
+TINY = ["--identities", "8", "--epochs", "1", "--iters", "2", "--image-size", "64x32", "--quiet",
+        "--device", "cpu"]
 
 
 @pytest.mark.slow

@@ -1,10 +1,11 @@
 """The SQLite catalog of a gallery index: what is in it, and which feature rows are valid.
 
-Tables: ``info`` (format version, model fingerprint, feature shapes, feature generation,
-committed row count) and ``items`` (one row per indexed file: path, feature row, size,
-mtime, content hash, camera, timestamp, label, extra metadata as JSON). Every change is one
-SQLite transaction, so the catalog is always the last committed state; the feature files
-never hold fewer rows than it says (they are made durable before the commit).
+Tables: ``info`` (format version, model fingerprint, feature shapes and dtype, feature
+generation, committed row count; indexes written before the dtype was recorded hold float16)
+and ``items`` (one row per indexed file: path, feature row, size, mtime, content hash, camera,
+timestamp, label, extra metadata as JSON). Every change is one SQLite transaction, so the
+catalog is always the last committed state; the feature files never hold fewer rows than it
+says (they are made durable before the commit).
 
 `problems` is the cheap self-check every open runs: SQLite's ``quick_check``, both tables
 present, readable info values, and item rows that are distinct and within the committed row
@@ -17,6 +18,8 @@ import json
 import sqlite3
 from pathlib import Path
 from typing import Any, Iterable, Iterator, NamedTuple
+
+from .store import SUFFIXES
 
 FORMAT_VERSION = 1
 TABLES = frozenset({"info", "items"})
@@ -55,6 +58,7 @@ class Info(NamedTuple):
     shapes: dict[str, tuple[int, ...]]
     generation: int
     rows: int
+    dtype: str = "float16"
 
 
 def connect(path: Path) -> sqlite3.Connection:
@@ -93,9 +97,12 @@ def parse_info(raw: dict[str, str]) -> Info:
     """The info values; `ValueError` when one is missing or malformed."""
     try:
         shapes = {k: tuple(int(d) for d in v) for k, v in json.loads(raw["shapes"]).items()}
-        info = Info(raw["fingerprint"], shapes, int(raw["generation"]), int(raw["rows"]))
+        info = Info(raw["fingerprint"], shapes, int(raw["generation"]), int(raw["rows"]),
+                    raw.get("dtype", "float16"))
     except (KeyError, TypeError, AttributeError, ValueError) as err:
         raise ValueError(f"unreadable info table ({type(err).__name__}: {err})") from None
+    if info.dtype not in SUFFIXES:
+        raise ValueError(f"unknown feature dtype {info.dtype!r}")
     if info.rows < 0 or info.generation < 0:
         raise ValueError(f"negative row count or generation ({info.rows}, {info.generation})")
     return info
@@ -118,14 +125,14 @@ def problems(con: sqlite3.Connection, info: Info) -> str | None:
 
 
 def initialize(con: sqlite3.Connection, fingerprint: str, shapes: dict[str, tuple[int, ...]],
-               generation: int) -> None:
+               generation: int, dtype: str) -> None:
     """(Re)start an empty catalog; inside the caller's transaction."""
     for statement in filter(str.strip, _SCHEMA.split(";")):  # executescript would commit
         con.execute(statement)
     con.execute("DELETE FROM items")
     write_info(con, format_version=str(FORMAT_VERSION), fingerprint=fingerprint,
                shapes=json.dumps({k: list(v) for k, v in shapes.items()}, sort_keys=True),
-               generation=str(generation), rows="0")
+               dtype=dtype, generation=str(generation), rows="0")
 
 
 def write_info(con: sqlite3.Connection, **values: Any) -> None:

@@ -1,8 +1,9 @@
 """`GalleryIndex`: the persistent, incremental, crash-safe gallery (DESIGN.md Sec. 5).
 
-An index folder holds ``index.sqlite`` (the catalog, `catalog.py`) and fp16 feature files
-(`store.py`). It is tied to one model by a fingerprint string (any string that changes
-whenever the features would, e.g. a hash of the bundle's extractor and input size).
+An index folder holds ``index.sqlite`` (the catalog, `catalog.py`) and feature files
+(`store.py`) in the dtype the index was made for (the bundle's precision: `ReIDEngine.open_index`
+passes it). It is tied to one model by a fingerprint string (any string that changes whenever
+the features would, e.g. a hash of the bundle's extractor and input size).
 
 Crash safety (a SIGKILL at any point resumes to the result of a clean build):
 
@@ -28,8 +29,8 @@ checks the catalog (`catalog.problems`: SQLite's quick_check, tables, item rows 
 below the committed count) and that every feature file holds all committed rows
 (`FeatureStore.check`); otherwise `IndexDamagedError` says what is wrong. A feature file is
 never padded. ``rebuild=True`` starts a damaged or mismatched index over, but only in a folder
-that holds nothing except index files (catalog, lock, ``features-<n>/*.f16``); any other
-file there means it is not (only) an index, and it is left untouched.
+that holds nothing except index files (catalog, lock, ``features-<n>/*.f16`` or ``*.f32``);
+any other file there means it is not (only) an index, and it is left untouched.
 
 "Exactly a clean build" assumes ``extract_fn`` is deterministic per file (batch composition
 differs after a resume; real backends can differ in the last bits between batch sizes).
@@ -49,13 +50,14 @@ import numpy as np
 from tqdm import tqdm
 
 from ..errors import DataError, TalError
+from ..features import chunk_bounds
 from ..hashing import file_sha256
 from ..lifecycle import EntryFilter
 from ..naming import parse_market_name
 from . import catalog
 from .catalog import IndexRecord
 from .errors import GalleryIndexError, IndexDamagedError, IndexMismatchError, damaged
-from .store import FeatureStore
+from .store import SUFFIXES, FeatureStore
 
 try:
     import fcntl
@@ -95,8 +97,9 @@ class RemovalReport:
 class IndexContents:
     """A committed snapshot: records sorted by path, and their features without a copy.
 
-    ``features[key]`` are read-only memory maps ``[stored rows, *shape]`` fp16 in storage
-    order; ``rows[i]`` is the row of ``records[i]``. Use `chunk` to stream the gallery.
+    ``features[key]`` are read-only memory maps ``[stored rows, *shape]`` (the index's dtype)
+    in storage order; ``rows[i]`` is the row of ``records[i]``. A `FeatureSource`
+    (tal_infer.features): `iter_chunks` streams the gallery, `take` reads items by position.
     """
     records: list[IndexRecord]
     rows: np.ndarray
@@ -118,20 +121,20 @@ class IndexContents:
 
     def iter_chunks(self, size: int) -> Iterator[tuple[int, int, dict[str, np.ndarray]]]:
         """(start, stop, features) over all records in chunks of ``size``."""
-        for start in range(0, len(self), size):
-            stop = min(start + size, len(self))
+        for start, stop in chunk_bounds(len(self), size):
             yield start, stop, self.chunk(start, stop)
 
-    def gather(self, columns: np.ndarray, keys: Iterable[str] | None = None
-               ) -> dict[str, np.ndarray]:
-        """float32 features of ``records[columns]`` (any order), reading only their rows of
-        the feature files (in file order, for locality)."""
+    def take(self, columns: Sequence[int] | np.ndarray,
+             keys: Iterable[str] | None = None) -> dict[str, np.ndarray]:
+        """Features of ``records[columns]`` (every key, or ``keys``; a copy, in memory, any
+        order), reading only their rows of the feature files, in file order for locality
+        (two-stage retrieval gathers its candidates so)."""
         rows = self.rows[np.asarray(columns, np.int64)]
         order = np.argsort(rows, kind="stable")
         inverse = np.empty_like(order)
         inverse[order] = np.arange(len(order))
-        wanted = self.features if keys is None else {k: self.features[k] for k in keys}
-        return {k: np.asarray(v[rows[order]], np.float32)[inverse] for k, v in wanted.items()}
+        return {k: np.asarray(self.features[k][rows[order]])[inverse]
+                for k in (self.features if keys is None else keys)}
 
 
 def market_metadata(path: str) -> dict[str, Any]:
@@ -141,20 +144,23 @@ def market_metadata(path: str) -> dict[str, Any]:
 
 
 class GalleryIndex:
-    """A gallery index folder for one model fingerprint and fixed feature item shapes.
+    """A gallery index folder for one model fingerprint, fixed feature item shapes and dtype.
 
     ``feature_shapes`` maps each feature key to the shape of one item, e.g.
-    ``{"ds_res4": (K, HW, C), "di_res4": (HW, C)}``. A new folder is created; an existing
-    index built for another fingerprint (or shapes) raises `IndexMismatchError`, a damaged one
+    ``{"ds_res4": (K, HW, C), "di_res4": (HW, C)}``; ``dtype`` ("float16" or "float32") is what
+    the features are stored as. A new folder is created; an existing index built for another
+    fingerprint (or shapes, or dtype) raises `IndexMismatchError`, a damaged one
     `IndexDamagedError`; with ``rebuild=True`` either is emptied at once (the next `sync` fills
     it again), unless the folder holds files that are not the index's.
     """
 
     def __init__(self, directory: str | os.PathLike, fingerprint: str,
-                 feature_shapes: Mapping[str, Sequence[int]], *, rebuild: bool = False):
+                 feature_shapes: Mapping[str, Sequence[int]], *, dtype: str = "float16",
+                 rebuild: bool = False):
         self.directory = Path(directory)
         self.fingerprint = str(fingerprint)
-        self.store = FeatureStore(self.directory, {k: tuple(v) for k, v in feature_shapes.items()})
+        self.store = FeatureStore(self.directory, {k: tuple(v) for k, v in feature_shapes.items()},
+                                  dtype)
         self._db = self.directory / CATALOG
         try:
             ready = self._snapshot(with_items=False) is not None
@@ -181,7 +187,7 @@ class GalleryIndex:
             info = catalog.parse_info(raw)
         except ValueError as err:
             raise damaged(directory, str(err)) from None
-        return cls(directory, info.fingerprint, info.shapes)
+        return cls(directory, info.fingerprint, info.shapes, dtype=info.dtype)
 
     def sync(self, paths: Iterable[str | os.PathLike], extract_fn: ExtractFn,
              metadata_fn: MetadataFn = market_metadata, batch_size: int = 64,
@@ -254,7 +260,7 @@ class GalleryIndex:
     def feature_bytes(self) -> int:
         """Bytes of every feature file in the folder (all generations present)."""
         return sum(f.stat().st_size for g in self.store.generations()
-                   for f in self.store.folder(g).glob("*.f16"))
+                   for f in self.store.folder(g).iterdir() if f.suffix in SUFFIXES.values())
 
     # -- internals ---------------------------------------------------------------------
 
@@ -347,6 +353,9 @@ class GalleryIndex:
         if info.shapes != self.store.shapes:
             raise IndexMismatchError(f"{self.directory}: index holds features {info.shapes}, "
                                      f"the model gives {self.store.shapes}; rebuild it")
+        if info.dtype != self.store.dtype_name:
+            raise IndexMismatchError(f"{self.directory}: index stores {info.dtype} features, "
+                                     f"the model gives {self.store.dtype_name}; rebuild it")
         return info
 
     def _erase(self, select: Callable[[IndexRecord], bool]) -> RemovalReport:
@@ -387,9 +396,11 @@ class GalleryIndex:
     def _initialize(self, generation: int) -> catalog.Info:
         """An empty catalog for this model whose features live in ``generation``."""
         with self._connect() as con, catalog.transaction(con):
-            catalog.initialize(con, self.fingerprint, self.store.shapes, generation)
+            catalog.initialize(con, self.fingerprint, self.store.shapes, generation,
+                               self.store.dtype_name)
         self.store.remove_other_generations(generation)
-        return catalog.Info(self.fingerprint, self.store.shapes, generation, 0)
+        return catalog.Info(self.fingerprint, self.store.shapes, generation, 0,
+                            self.store.dtype_name)
 
     def _refresh_known(self, con: Any, wanted: list[str], current: dict, metadata_fn,
                        report: SyncReport, on_error: str) -> list[str]:
@@ -476,7 +487,7 @@ class GalleryIndex:
                              f"{sorted(self.store.shapes)}")
         out = {}
         for key, shape in self.store.shapes.items():
-            array = np.asarray(arrays[key], dtype=np.float16)
+            array = np.asarray(arrays[key], dtype=self.store.dtype)
             if array.shape != (n, *shape):
                 raise ValueError(f"extract_fn returned {key} of shape {array.shape}, expected "
                                  f"{(n, *shape)}")

@@ -1,7 +1,9 @@
-"""Feature rows on disk: one raw fp16 file per feature key, one folder per generation.
+"""Feature rows on disk: one raw file per feature key, one folder per generation.
 
-``<index>/features-<generation>/<key>.f16`` holds rows ``[rows, *item_shape]`` in C order,
-little-endian float16, no header (the catalog records shapes, row count and generation).
+``<index>/features-<generation>/<key>.f16`` (``.f32``) holds rows ``[rows, *item_shape]`` in C
+order, little-endian float16 (float32), no header; the catalog records dtype, shapes, row count
+and generation. The dtype is the bundle's precision (`tal_infer.precision`): features are
+stored as the extractor gives them.
 Rows are only appended; bytes past the catalog's committed row count are leftovers of an
 interrupted write and are cut off before the next append. Compaction writes a whole new
 generation beside the old one; the catalog commit that names it is the switch.
@@ -22,7 +24,8 @@ import numpy as np
 
 from .errors import damaged
 
-FEATURE_DTYPE = np.dtype("<f2")
+# The feature dtypes an index stores, with their files' suffix.
+SUFFIXES = {"float16": ".f16", "float32": ".f32"}
 _GENERATION = re.compile(r"^features-(\d+)$")
 _COPY_ROWS = 1024  # rows gathered at once while compacting
 
@@ -45,19 +48,23 @@ def _remove_tree(folder: Path) -> None:
 
 
 class FeatureStore:
-    """The feature files of an index folder, for a fixed set of keys and item shapes."""
+    """The feature files of an index folder, for a fixed set of keys, item shapes and dtype
+    (a key of `SUFFIXES`)."""
 
-    def __init__(self, root: Path, shapes: Mapping[str, tuple[int, ...]]):
+    def __init__(self, root: Path, shapes: Mapping[str, tuple[int, ...]],
+                 dtype: str = "float16"):
         self.root = root
         self.shapes = {key: tuple(int(d) for d in shape) for key, shape in shapes.items()}
-        self.row_bytes = {key: int(np.prod(shape)) * FEATURE_DTYPE.itemsize
+        self.dtype_name = dtype
+        self.dtype = np.dtype(dtype).newbyteorder("<")
+        self.row_bytes = {key: int(np.prod(shape)) * self.dtype.itemsize
                           for key, shape in self.shapes.items()}
 
     def folder(self, generation: int) -> Path:
         return self.root / f"features-{generation}"
 
     def file(self, generation: int, key: str) -> Path:
-        return self.folder(generation) / f"{key}.f16"
+        return self.folder(generation) / f"{key}{SUFFIXES[self.dtype_name]}"
 
     def check(self, generation: int, rows: int) -> None:
         """Raise `IndexDamagedError` unless every feature file holds the ``rows`` committed
@@ -86,7 +93,7 @@ class FeatureStore:
             with open(self.file(generation, key), "ab+") as f:
                 f.truncate(committed * self.row_bytes[key])  # drop an interrupted write (only)
                 f.seek(0, os.SEEK_END)
-                f.write(np.ascontiguousarray(array, dtype=FEATURE_DTYPE).tobytes())
+                f.write(np.ascontiguousarray(array, dtype=self.dtype).tobytes())
                 f.flush()
                 _fsync(f.fileno())
         _sync_folder(folder)
@@ -104,9 +111,9 @@ class FeatureStore:
         maps = {}
         for key, shape in self.shapes.items():
             if rows == 0:
-                maps[key] = np.empty((0, *shape), FEATURE_DTYPE)
+                maps[key] = np.empty((0, *shape), self.dtype)
                 continue
-            maps[key] = np.memmap(self.file(generation, key), dtype=FEATURE_DTYPE, mode="r",
+            maps[key] = np.memmap(self.file(generation, key), dtype=self.dtype, mode="r",
                                   shape=(rows, *shape))
         return maps
 
@@ -120,7 +127,7 @@ class FeatureStore:
             with open(self.file(generation, key), "wb") as f:
                 for start in range(0, len(order), _COPY_ROWS):
                     rows = source[key][order[start:start + _COPY_ROWS]]
-                    f.write(np.ascontiguousarray(rows, dtype=FEATURE_DTYPE).tobytes())
+                    f.write(np.ascontiguousarray(rows, dtype=self.dtype).tobytes())
                 f.flush()
                 _fsync(f.fileno())
         _sync_folder(folder)
@@ -141,4 +148,4 @@ class FeatureStore:
     def is_own_entry(self, entry: Path) -> bool:
         """Whether a folder entry is a generation folder holding only feature files."""
         return (entry.is_dir() and _GENERATION.match(entry.name) is not None
-                and all(f.suffix == ".f16" and f.is_file() for f in entry.iterdir()))
+                and all(f.suffix in SUFFIXES.values() and f.is_file() for f in entry.iterdir()))

@@ -43,7 +43,8 @@ def main() -> None:
 Examples:
   tal-data synthesize data/synthetic
   tal-data synthesize data/synth --domains 4 --identities 100 --cameras 6 --seed 1
-  tal-data synthesize data/big --size 256x128 --images-per-id 8-16""")
+  tal-data synthesize data/big --size 256x128 --images-per-id 8-16
+  tal-data synthesize data/dg --domains 4 --identities 280 --shift structural""")
 @click.argument("out", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--identities", default=SyntheticConfig.identities, show_default=True, type=int,
               help="Identities per domain (half train, half test).")
@@ -59,19 +60,24 @@ Examples:
               help="Distractor images (pid 0000) per domain gallery.")
 @click.option("--junk", default=SyntheticConfig.junk, show_default=True, type=int,
               help="Junk images (pid -1) per domain gallery.")
+@click.option("--shift", type=click.Choice(["photometric", "structural"]),
+              default=SyntheticConfig.shift, show_default=True,
+              help="How domains differ: photometric (background, colour cast, contrast, blur, "
+                   "noise, resolution) or structural (also viewpoint, camera pitch, person "
+                   "scale and crop alignment, occlusion, clothing palette and texture).")
 @seed_option
 @overwrite_option
 @quiet_option
 @friendly_errors
 def synthesize_cmd(out: Path, identities: int, domains: int, cameras: int, images_per_id: str,
-                   size: tuple[int, int], distractors: int, junk: int, seed: int, overwrite: bool,
-                   quiet: bool) -> None:
+                   size: tuple[int, int], distractors: int, junk: int, shift: str, seed: int,
+                   overwrite: bool, quiet: bool) -> None:
     """Write a synthetic camera network to OUT: one Market-1501-format folder per domain
     (OUT/domain-a, OUT/domain-b, ...) with disjoint identities."""
     config = SyntheticConfig(identities=identities, domains=domains, cameras=cameras,
                              images_per_id=_images_per_id(images_per_id),
                              size=size, seed=seed,
-                             distractors=distractors, junk=junk)
+                             distractors=distractors, junk=junk, shift=shift)
     folders = synthesize(out, config, overwrite=overwrite, progress=not quiet)
     click.echo(format_summaries([build_dataset("custom", f) for f in folders]))
     click.echo(f"wrote {len(folders)} domains to {out}")

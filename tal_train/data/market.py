@@ -13,12 +13,12 @@ import os
 from pathlib import Path
 
 from tal_infer.errors import DataError
+from tal_infer.images import list_images
 from tal_infer.naming import parse_market_name
 
 from .records import Dataset, ImageRecord
 
 MARKET_FOLDERS = {"train": "bounding_box_train", "query": "query", "gallery": "bounding_box_test"}
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp")
 MARKET_FPS = 25.0
 
 
@@ -26,23 +26,14 @@ def is_market_layout(folder: Path) -> bool:
     return all((folder / sub).is_dir() for sub in MARKET_FOLDERS.values())
 
 
-def list_images(folder: Path, exts: tuple[str, ...] = IMAGE_EXTS) -> list[str]:
-    """Sorted image file names in a folder (hidden files and other files such as Thumbs.db
-    are ignored)."""
-    with os.scandir(folder) as it:
-        names = [e.name for e in it if e.is_file() and not e.name.startswith(".")
-                 and os.path.splitext(e.name)[1].lower() in exts]
-    return sorted(names)
-
-
-def read_market_split(folder: Path, split: str, domain: str,
-                      exts: tuple[str, ...] = IMAGE_EXTS) -> list[ImageRecord]:
-    """Records of one Market-layout folder with the junk/distractor rules applied."""
+def read_market_split(folder: Path, split: str, domain: str) -> list[ImageRecord]:
+    """Records of one Market-layout folder (its image files, `tal_infer.images.list_images`:
+    other files such as Thumbs.db are ignored) with the junk/distractor rules applied."""
     if not folder.is_dir():
         raise DataError(f"{folder}: missing folder '{folder.name}/' (the Market-1501 layout needs "
                         f"{', '.join(f + '/' for f in MARKET_FOLDERS.values())})")
     records = []
-    for name in list_images(folder, exts):
+    for name in (p.name for p in list_images(folder, recursive=False, empty_ok=True)):
         parsed = parse_market_name(name)
         if parsed is None or parsed.pid < -1:
             raise DataError(f"{folder / name}: malformed file name, expected "
@@ -56,18 +47,17 @@ def read_market_split(folder: Path, split: str, domain: str,
     return records
 
 
-def load_market_layout(root: str | os.PathLike, name: str,
-                       exts: tuple[str, ...] = IMAGE_EXTS) -> Dataset:
+def load_market_layout(root: str | os.PathLike, name: str) -> Dataset:
     root = Path(root).resolve()
     if not root.is_dir():
         raise DataError(f"{root}: dataset folder not found")
-    splits = {split: read_market_split(root / sub, split, name, exts)
+    splits = {split: read_market_split(root / sub, split, name)
               for split, sub in MARKET_FOLDERS.items()}
     return Dataset(name=name, root=root, **splits)
 
 
 def load_market1501(root: str | os.PathLike) -> Dataset:
-    return load_market_layout(root, "market1501", (".jpg",))
+    return load_market_layout(root, "market1501")
 
 
 def load_cuhk03(root: str | os.PathLike) -> Dataset:
@@ -77,7 +67,7 @@ def load_cuhk03(root: str | os.PathLike) -> Dataset:
         for sub in ("detected", "labeled"):
             if is_market_layout(root / sub):
                 raise DataError(f"{root}: give the CUHK03-NP subset folder, e.g. {root / sub}")
-    return load_market_layout(root, "cuhk03", (".png", ".jpg"))
+    return load_market_layout(root, "cuhk03")
 
 
 def load_custom(root: str | os.PathLike) -> Dataset:

@@ -15,8 +15,8 @@ import re
 from pathlib import Path
 
 from tal_infer.errors import DataError
+from tal_infer.images import list_images
 
-from .market import list_images
 from .records import Dataset, ImageRecord
 
 SUBSET_DIR = "randperson_subset"
@@ -45,7 +45,7 @@ def load_randperson(root: str | os.PathLike) -> Dataset:
         raise DataError(f"{root}: dataset folder not found")
     image_dir = randperson_image_dir(root)
     parsed = []
-    for name in list_images(image_dir, (".jpg", ".jpeg", ".png")):
+    for name in (p.name for p in list_images(image_dir, recursive=False, empty_ok=True)):
         fields = parse_randperson_name(name)
         if fields is None:
             raise DataError(f"{image_dir / name}: malformed RandPerson file name, expected "

@@ -14,14 +14,22 @@ norm. A stream is an expert index ``i`` or ``"di"``. A tuple of streams runs the
 pass: the batch is the input tiled ``len(streams)`` times and chunk j is normalized by stream j
 (the export folds the network the same way).
 
-**DABN reading** (DESIGN.md). Eq. 5 mixes the K DSBN outputs
-``sum_i a_i(x) (g_i (x - mu_i) / sqrt(var_i + eps) + b_i)``. We take (mu_i, var_i, g_i, b_i) to
-be DSBN_i's *running* statistics and affine parameters, used read-only (detached) by the DI
-stream in training and in eval: the DI stream learns how to mix source-domain statistics, which
-is what lets it approximate an unseen domain, and DABN never changes the experts. (The other
-reading of eq. 4, batch statistics of x, would make all K branches share one x-hat and reduce
-DABN to a mixture of affines.) Since the mix is linear in x, DABN is a per-sample channel
-affine ``x * (S a) + (T a)`` with S, T in R^{C x K}, computed here exactly that way.
+**DABN readings** (DESIGN.md, ``dabn_stats``). Eq. 5 mixes K branches
+``sum_i a_i(x) (g_i x_hat + b_i)``; the paper leaves open whose statistics x_hat uses:
+
+* ``experts`` (the first implementation): branch i normalizes with DSBN_i's *running* mean and
+  variance, so DABN is a learned mixture of the experts' whole eval-form BNs ("predicts the
+  statistics of the unseen domain from DSBNs", Fig. 2); the DI stream is an "average expert".
+* ``own``: eq. 4 calls mu, sigma "the mean and variance of the input feature" and eq. 5's x_hat
+  has no expert index, so every branch shares one x_hat normalized with the DI stream's *own*
+  statistics (batch statistics in training, its own running statistics in eval, kept as
+  ``running_mean`` / ``running_var`` beside the attention); only the experts' g_i, b_i mix.
+
+In both readings the experts' tensors are used read-only (detached): the DI stream learns how to
+mix them, and DABN never changes the experts. Each branch is an eval-form channel affine
+(`DABN.branch_affines`: ``scale`` [K, C], ``shift`` [K, C]) and the mix is linear in x, so eval
+DABN is the per-sample channel affine ``x * (a @ scale) + (a @ shift)`` in either reading, which
+is how the export folds it.
 
 **Attention** (eq. 6): ``a = softmax(W2 relu(W1 GAP(x)))`` on the un-normalized input, without
 biases as written in eq. 6, hidden width ``max(C // r, 8)`` (r = 16; the floor keeps narrow
@@ -33,11 +41,19 @@ from contextlib import contextmanager
 from typing import Iterator, Union
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 Stream = Union[int, str]
 DI_NORMS = ("dabn", "avg", "bn")
+DABN_STATS = ("experts", "own")
 MIN_ATTENTION_HIDDEN = 8
+
+
+def _expert_affine_params(experts: nn.ModuleList) -> tuple[Tensor, Tensor]:
+    """(g [K, C], b [K, C]) of the experts, detached."""
+    return (torch.stack([bn.weight for bn in experts]).detach(),
+            torch.stack([bn.bias for bn in experts]).detach())
 
 
 def expert_affines(experts: nn.ModuleList) -> tuple[Tensor, Tensor]:
@@ -45,8 +61,7 @@ def expert_affines(experts: nn.ModuleList) -> tuple[Tensor, Tensor]:
 
     Shapes [K, C]. The DI stream and the export both read the experts through this.
     """
-    weight = torch.stack([bn.weight for bn in experts]).detach()
-    bias = torch.stack([bn.bias for bn in experts]).detach()
+    weight, bias = _expert_affine_params(experts)
     mean = torch.stack([bn.running_mean for bn in experts])
     var = torch.stack([bn.running_var for bn in experts])
     scale = weight / torch.sqrt(var + experts[0].eps)
@@ -54,18 +69,32 @@ def expert_affines(experts: nn.ModuleList) -> tuple[Tensor, Tensor]:
 
 
 class DABN(nn.Module):
-    """Domain-adaptive BN (eqs. 5-6); with ``attention=False`` the `avg` ablation (a_i = 1/K)."""
+    """Domain-adaptive BN (eqs. 5-6); with ``attention=False`` the `avg` ablation (a_i = 1/K).
+
+    ``stats``: ``"experts"`` or ``"own"`` (module docstring). The ``own`` buffers follow
+    BatchNorm2d's names and update rule (momentum 0.1), so ImageNet BN statistics load into them.
+    """
 
     def __init__(self, num_features: int, num_domains: int, reduction: int = 16,
-                 attention: bool = True):
+                 attention: bool = True, stats: str = "experts", eps: float = 1e-5,
+                 momentum: float = 0.1):
         super().__init__()
-        self.num_domains = num_domains
+        if stats not in DABN_STATS:
+            raise ValueError(f"stats must be one of {DABN_STATS}, got {stats!r}")
+        self.num_domains, self.stats, self.eps, self.momentum = num_domains, stats, eps, momentum
         self.attention = None
         if attention:
             hidden = max(num_features // reduction, MIN_ATTENTION_HIDDEN)
             self.attention = nn.Sequential(nn.Linear(num_features, hidden, bias=False),
                                            nn.ReLU(inplace=True),
                                            nn.Linear(hidden, num_domains, bias=False))
+        if stats == "own":
+            self.register_buffer("running_mean", torch.zeros(num_features))
+            self.register_buffer("running_var", torch.ones(num_features))
+            self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
+
+    def extra_repr(self) -> str:
+        return f"stats={self.stats}"
 
     def weights(self, x: Tensor) -> Tensor:
         """Mixing weights a [N, K] (fp32); rows sum to 1."""
@@ -75,23 +104,46 @@ class DABN(nn.Module):
         logits = self.attention(x.mean(dim=(2, 3)))
         return torch.softmax(logits.float(), dim=1)
 
+    def branch_affines(self, experts: nn.ModuleList) -> tuple[Tensor, Tensor]:
+        """Eval-form (scale, shift) [K, C] of the K mixed branches, detached: branch i is
+        ``x * scale[i] + shift[i]``. The export folds DABN from these."""
+        if self.stats == "experts":
+            return expert_affines(experts)
+        gamma, beta = _expert_affine_params(experts)
+        inv_std = torch.rsqrt(self.running_var + self.eps)
+        return gamma * inv_std, beta - (self.running_mean * inv_std) * gamma
+
     def forward(self, x: Tensor, experts: nn.ModuleList) -> Tensor:
-        scale, shift = expert_affines(experts)
         a = self.weights(x)
+        if self.stats == "own" and self.training:
+            return self._own_batch_statistics(x, a, experts)
+        scale, shift = self.branch_affines(experts)
         with torch.autocast(x.device.type, enabled=False):  # statistics stay fp32 under AMP
             s, t = a @ scale.float(), a @ shift.float()
         return x * s.to(x.dtype)[:, :, None, None] + t.to(x.dtype)[:, :, None, None]
+
+    def _own_batch_statistics(self, x: Tensor, a: Tensor, experts: nn.ModuleList) -> Tensor:
+        """Training form of ``own``: x_hat from this batch (updating the running statistics),
+        then the attention-mixed expert affine."""
+        self.num_batches_tracked.add_(1)
+        x_hat = F.batch_norm(x, self.running_mean, self.running_var, None, None, True,
+                             self.momentum, self.eps)
+        gamma, beta = _expert_affine_params(experts)
+        with torch.autocast(x.device.type, enabled=False):
+            g, b = a @ gamma.float(), a @ beta.float()
+        return x_hat * g.to(x.dtype)[:, :, None, None] + b.to(x.dtype)[:, :, None, None]
 
 
 class DomainNorm(nn.Module):
     """K DSBN experts plus the DI-stream norm; normalizes with the stream selected by `use_stream`.
 
-    ``di_norm=None`` builds no DI part (models without a DI stream). State-dict layout:
+    ``di_norm=None`` builds no DI part (models without a DI stream); ``dabn_stats`` is the DABN
+    reading of the ``dabn`` and ``avg`` DI norms. State-dict layout:
     ``experts.<i>.{weight,bias,running_mean,running_var,num_batches_tracked}``, ``di.*``.
     """
 
     def __init__(self, num_features: int, num_domains: int, di_norm: str | None = "dabn",
-                 reduction: int = 16):
+                 reduction: int = 16, dabn_stats: str = "experts"):
         super().__init__()
         if di_norm is not None and di_norm not in DI_NORMS:
             raise ValueError(f"di_norm must be one of {DI_NORMS} or None, got {di_norm!r}")
@@ -102,7 +154,8 @@ class DomainNorm(nn.Module):
         if di_norm == "bn":
             self.di = nn.BatchNorm2d(num_features)
         elif di_norm is not None:
-            self.di = DABN(num_features, num_domains, reduction, attention=di_norm == "dabn")
+            self.di = DABN(num_features, num_domains, reduction, attention=di_norm == "dabn",
+                           stats=dabn_stats)
         self.stream: Stream | tuple[Stream, ...] | None = None
 
     def extra_repr(self) -> str:

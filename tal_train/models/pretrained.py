@@ -1,46 +1,40 @@
 """ImageNet initialization of the backbone (paper Sec. 4.1: "IBN-Net50 pretrained on ImageNet").
 
-`load_pretrained` reads torchvision ResNet or official IBN-Net weights from a local file or a URL
-(``torch.hub.load_state_dict_from_url``, cached under the torch hub folder; URLs only when
-online), always with ``weights_only=True``, and copies them into the backbone: convolutions and
-instance norms one to one, every BatchNorm into *each* DSBN expert of its `DomainNorm` (and into
-the DI BN of the ``bn`` ablation). The one key filter is `filter_imagenet_state_dict`. DABN
-attention, necks and heads have no ImageNet counterpart and keep their random initialization.
-Offline with ``allow_random=True`` the model continues from random init with a log line.
+`load_pretrained` reads weights in the upstream layout of the model's backbone (the registry
+entry's ``key_filter``: torchvision / IBN-Net for ResNets, torchreid for OSNet) from a local file,
+a URL, or the entry's published `PretrainedWeights`, always with ``weights_only=True``, and copies
+them into the backbone: convolutions and instance norms one to one, every BatchNorm into *each*
+DSBN expert of its `DomainNorm` (and into the DI BN of the ``bn`` ablation). DABN attention,
+necks and heads have no ImageNet counterpart and keep their random initialization.
+
+Downloads go to the torch hub cache (``<hub dir>/checkpoints``, or ``cache_dir``) and are checked
+against the SHA-256 prefix the entry declares (for a URL given by hand: the prefix in its file
+name, torch.hub's convention); a cached file is checked again on every use, so a damaged file is
+named, never loaded. A source that cannot be read is an error (training from random init is an
+explicit choice: ``--pretrained none``).
 """
 from __future__ import annotations
 
 import logging
+import os
+import pickle
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
+from urllib.parse import urlparse
 
 import torch
 from torch import Tensor, nn
 
 from tal_infer.errors import TalError
+from tal_infer.hashing import file_sha256
+
+from ..checkpoint import weights_only_refusal
+from .backbones import KeyFilter, PretrainedWeights
 
 log = logging.getLogger(__name__)
 
-_TORCHVISION = "https://download.pytorch.org/models/"
-_IBN_NET = "https://github.com/XingangPan/IBN-Net/releases/download/v1.0/"
-# Official ImageNet weights: torchvision IMAGENET1K_V1 and XingangPan/IBN-Net release v1.0
-# (the files QAConv-GS loads through torch.hub).
-PRETRAINED_URLS: dict[tuple[int, str | None], str] = {
-    (18, None): _TORCHVISION + "resnet18-f37072fd.pth",
-    (34, None): _TORCHVISION + "resnet34-b627a593.pth",
-    (50, None): _TORCHVISION + "resnet50-0676ba61.pth",
-    (101, None): _TORCHVISION + "resnet101-63fe2227.pth",
-    (18, "a"): _IBN_NET + "resnet18_ibn_a-2f571257.pth",
-    (34, "a"): _IBN_NET + "resnet34_ibn_a-94bc1577.pth",
-    (50, "a"): _IBN_NET + "resnet50_ibn_a-d9d0bb7b.pth",
-    (101, "a"): _IBN_NET + "resnet101_ibn_a-59ea0ac6.pth",
-    (18, "b"): _IBN_NET + "resnet18_ibn_b-bc2f3c11.pth",
-    (34, "b"): _IBN_NET + "resnet34_ibn_b-04134c37.pth",
-    (50, "b"): _IBN_NET + "resnet50_ibn_b-9ca61e85.pth",
-    (101, "b"): _IBN_NET + "resnet101_ibn_b-c55f6dba.pth",
-}
 # DomainNorm levels that have no counterpart in a plain network: removed to find the source key.
 _DOMAIN_LEVEL = re.compile(r"\.(experts\.\d+|di)(?=\.)")
 _PREVIEW = 6
@@ -55,13 +49,12 @@ class LoadReport:
     unexpected: tuple[str, ...]
 
 
-def pretrained_url(depth: int, ibn: str | None) -> str:
-    """The official ImageNet weights URL of ResNet-`depth` / IBN-Net-`ibn`."""
-    try:
-        return PRETRAINED_URLS[(depth, ibn)]
-    except KeyError:
-        raise TalError(f"no official ImageNet weights for ResNet-{depth}"
-                       f"{'-IBN-' + ibn if ibn else ''}") from None
+def drop_prefixes(*prefixes: str) -> KeyFilter:
+    """A key filter that drops the upstream heads (e.g. the ImageNet classifier ``fc.``)."""
+    def key_filter(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        return {k: v for k, v in state.items() if not k.startswith(prefixes)}
+
+    return key_filter
 
 
 def source_key(key: str) -> str:
@@ -80,16 +73,16 @@ def _unwrap(obj: Any) -> dict[str, Tensor]:
     return dict(obj)
 
 
-def filter_imagenet_state_dict(weights: Any, target: Mapping[str, Tensor]
-                               ) -> tuple[dict[str, Tensor], list[str], list[str]]:
-    """Map ImageNet classification weights onto the backbone state dict `target`.
+def map_pretrained_state_dict(weights: Any, target: Mapping[str, Tensor], key_filter: KeyFilter
+                              ) -> tuple[dict[str, Tensor], list[str], list[str]]:
+    """Map upstream weights onto the backbone state dict `target`.
 
-    Unwraps containers, strips DataParallel's ``module.`` prefix, drops the classifier ``fc.*``,
-    and fills each target key from `source_key(key)`, so one BN feeds every DSBN expert.
+    Unwraps containers, strips DataParallel's ``module.`` prefix, applies the backbone's
+    `key_filter` (upstream layout -> plain-network keys), and fills each target key from
+    `source_key(key)`, so one BN feeds every DSBN expert.
     Returns (state dict to load, target keys not found, file keys not used).
     """
-    source = {k.removeprefix("module."): v for k, v in _unwrap(weights).items()}
-    source = {k: v for k, v in source.items() if not k.startswith("fc.")}
+    source = key_filter({k.removeprefix("module."): v for k, v in _unwrap(weights).items()})
     mapped, missing = {}, []
     for key, value in target.items():
         src = source.get(source_key(key))
@@ -104,24 +97,52 @@ def filter_imagenet_state_dict(weights: Any, target: Mapping[str, Tensor]
     return mapped, missing, sorted(set(source) - used)
 
 
-def _read(path_or_url: str, cache_dir: str | None) -> Any:
-    if "://" in path_or_url:
-        try:
-            return torch.hub.load_state_dict_from_url(path_or_url, model_dir=cache_dir,
-                                                      map_location="cpu", check_hash=True,
-                                                      weights_only=True)
-        except OSError as err:  # URLError and socket errors are OSErrors
-            reason = getattr(err, "reason", None) or err
-            raise TalError(f"{path_or_url}: cannot download pretrained weights ({reason}); "
-                           "offline? download the file and pass its path") from None
-        except Exception as err:  # noqa: BLE001 - torch raises many types for bad files
-            raise TalError(f"{path_or_url}: not a readable weights file ({_first_line(err)})") from None
-    path = Path(path_or_url)
-    if not path.is_file():
-        raise TalError(f"{path}: pretrained weights file not found")
+def _download(url: str, file_name: str, sha256: str | None, cache_dir: str | None) -> Path:
+    """The cached file of `url`, downloaded first if absent; checked against `sha256`."""
+    folder = Path(cache_dir) if cache_dir else Path(torch.hub.get_dir()) / "checkpoints"
+    path = folder / file_name
+    if path.is_file():
+        if sha256 and not file_sha256(path).startswith(sha256):
+            raise TalError(f"{path}: cached weights do not match the SHA-256 prefix {sha256} of "
+                           f"{url} (damaged file?); delete it to download it again")
+        return path
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        torch.hub.download_url_to_file(url, str(path), hash_prefix=sha256)
+    except OSError as err:  # URLError and socket errors are OSErrors
+        reason = getattr(err, "reason", None) or err
+        raise TalError(f"{url}: cannot download pretrained weights ({reason}); offline? "
+                       "download the file and pass its path") from None
+    except RuntimeError:  # torch.hub's hash check
+        raise TalError(f"{url}: the downloaded file does not match its SHA-256 prefix "
+                       f"{sha256}") from None
+    if not sha256:
+        log.warning("%s publishes no checksum; SHA-256 of the downloaded %s: %s", url, path,
+                    file_sha256(path))
+    return path
+
+
+def _url_weights(url: str) -> PretrainedWeights:
+    """A URL given by hand: its file name, and the SHA-256 prefix that name carries (if any)."""
+    file_name = Path(urlparse(url).path).name or "pretrained.pth"
+    match = torch.hub.HASH_REGEX.search(file_name)
+    return PretrainedWeights(url, file_name, match.group(1) if match else None)
+
+
+def _read(source: str | PretrainedWeights, cache_dir: str | None) -> Any:
+    if isinstance(source, str) and "://" in source:
+        source = _url_weights(source)
+    if isinstance(source, PretrainedWeights):
+        path = _download(source.url, source.file_name, source.sha256, cache_dir)
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise TalError(f"{path}: pretrained weights file not found")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001
+    except pickle.UnpicklingError as err:  # weights_only=True refused the file
+        raise TalError(f"{path}: {weights_only_refusal(err, 'weights file')}") from None
+    except Exception as err:  # noqa: BLE001 - torch raises many types for bad files
         raise TalError(f"{path}: not a readable weights file ({_first_line(err)})") from None
 
 
@@ -134,25 +155,23 @@ def _preview(keys: list[str]) -> str:
     return ", ".join(keys[:_PREVIEW]) + (f", ... ({len(keys)} in all)" if len(keys) > _PREVIEW else "")
 
 
-def load_pretrained(model: nn.Module, path_or_url: str, allow_random: bool = False,
-                    cache_dir: str | None = None) -> LoadReport | None:
-    """Initialize the backbone of `model` (a TALModel or a bare ResNet) from ImageNet weights.
+def load_pretrained(model: nn.Module, source: str | os.PathLike | PretrainedWeights,
+                    cache_dir: str | None = None) -> LoadReport:
+    """Initialize the backbone of `model` (a TALModel or a registry-built backbone) from
+    ImageNet weights in the backbone's upstream layout: a file, a URL, or published weights.
 
-    Returns what was loaded, or None when the weights could not be read and ``allow_random``
-    let the model continue from random initialization. Raises `TalError` for an unreadable or
-    unreachable source (unless ``allow_random``) and for weights of another architecture.
+    Returns what was loaded. Raises `TalError` for an unreadable or unreachable source and for
+    weights of another architecture.
     """
-    path_or_url = str(path_or_url)
     backbone = getattr(model, "backbone", model)
+    if isinstance(source, PretrainedWeights):
+        path_or_url = source.url
+    else:
+        source = path_or_url = str(source)
+    weights = _read(source, cache_dir)
     try:
-        weights = _read(path_or_url, cache_dir)
-    except TalError as err:
-        if not allow_random:
-            raise
-        log.warning("%s; continuing from random initialization", err)
-        return None
-    try:
-        mapped, missing, unexpected = filter_imagenet_state_dict(weights, backbone.state_dict())
+        mapped, missing, unexpected = map_pretrained_state_dict(weights, backbone.state_dict(),
+                                                                backbone.spec.key_filter)
     except TalError as err:
         raise TalError(f"{path_or_url}: {err}") from None
     backbone.load_state_dict(mapped, strict=False)

@@ -5,29 +5,23 @@ After the two max-reductions every head is linear up to the MSDA attention nonli
 in eval is a scalar affine, FC is linear and shared by both halves, and FC1 of a concatenation of
 per-expert vectors is a sum of per-expert products. So a head needs, per pair, only
 ``r = qaconv_match(Q, G, wq, wg)`` with a few columns (column 0: score, columns 1..: MSDA
-attention hidden units), and the score follows from r with the formulas of docs/bundle.md:
-
-* ``ms``:        z = sum_l r_l[..., 0]
-* ``attention``: alpha_l = softmax_i(relu(sum_i r_{i,l}[..., 1:] + b1_l) @ w2_l^T + b2_l),
-                 z = sum_l sum_i alpha_{l,i} r_{i,l}[..., 0]
-* ``mean``:      z = sum_l mean_i r_{i,l}[..., 0]
-
-and the head score is ``A * z + B``. `projection_scores` is the one implementation of these
-formulas on the PyTorch side; `HeadProjection.arrays` writes the same numbers as heads.npz.
+attention hidden units). `HeadProjection` holds a live head's projections; the score formulas
+themselves have one home, `tal_infer.heads`, which `projection_scores` calls on these tensors
+(as the runtime does on heads.npz), and `HeadProjection.arrays` writes the same numbers as
+heads.npz.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from tal_infer.heads import (AFFINE, GALLERY_BUDGET_BYTES, array_key, floats_per_pair,
+                             gallery_chunk, stream_score)
 from tal_plugins import qaconv_match
-
-MODES = ("ms", "attention", "mean")
-DEFAULT_BUDGET_BYTES = 256 * 2 ** 20
 
 
 @dataclass(frozen=True)
@@ -38,6 +32,11 @@ class ScaleProjection:
     b1: Tensor | None = None
     w2: Tensor | None = None
     b2: Tensor | None = None
+
+    def as_dict(self) -> dict[str, Tensor]:
+        """The arrays that are set, by their heads.npz names (wq, wg[, b1, w2, b2])."""
+        return {f.name: getattr(self, f.name) for f in fields(self)
+                if getattr(self, f.name) is not None}
 
 
 @dataclass(frozen=True)
@@ -57,65 +56,39 @@ class HeadProjection:
 
     def arrays(self, stream: str, scale_names: Sequence[str]) -> dict[str, np.ndarray]:
         """The heads.npz entries of this head as stream `stream` (float32 numpy copies)."""
-        out = {f"{stream}/affine": self.affine}
+        out = {array_key(stream, None, AFFINE): self.affine}
         for name, s in zip(scale_names, self.scales):
-            for key in ("wq", "wg", "b1", "w2", "b2"):
-                value = getattr(s, key)
-                if value is not None:
-                    out[f"{stream}/{name}/{key}"] = value
+            out.update((array_key(stream, name, key), value)
+                       for key, value in s.as_dict().items())
         return {k: v.detach().to("cpu", torch.float32).numpy().copy() for k, v in out.items()}
-
-
-def gallery_chunk(num_query: int, floats_per_pair: int,
-                  budget_bytes: int = DEFAULT_BUDGET_BYTES) -> int:
-    """Gallery items per chunk so that the per-pair fp32 outputs stay within `budget_bytes`.
-
-    This bounds what the heads hold (responses or projections); the similarity maps inside the
-    matching op are bounded by the op itself (tal_plugins).
-    """
-    return max(1, budget_bytes // max(1, 4 * num_query * floats_per_pair))
 
 
 def over_gallery_chunks(fn: Callable[[Sequence[Tensor], Sequence[Tensor]], Tensor],
                         q_maps: Sequence[Tensor], g_maps: Sequence[Tensor],
-                        floats_per_pair: int, budget_bytes: int = DEFAULT_BUDGET_BYTES) -> Tensor:
-    """fn(q_maps, g_maps) -> [Nq, Ng], evaluated on gallery chunks and concatenated.
+                        floats_per_pair: int, budget_bytes: int = GALLERY_BUDGET_BYTES) -> Tensor:
+    """fn(q_maps, g_maps) -> [Nq, Ng], evaluated on gallery chunks and concatenated, each
+    chunk's per-pair fp32 outputs within `budget_bytes` (`tal_infer.heads.gallery_chunk`; the
+    similarity maps inside the matching op are bounded by the op itself).
 
     Exact only when fn treats pairs independently (eval-mode heads, projection form).
     """
     num_gallery = g_maps[0].shape[0]
-    chunk = gallery_chunk(q_maps[0].shape[0], floats_per_pair, budget_bytes)
+    chunk = gallery_chunk(q_maps[0].shape[0], floats_per_pair, budget_bytes=budget_bytes)
     if chunk >= num_gallery:
         return fn(q_maps, g_maps)
     return torch.cat([fn(q_maps, [g[start:start + chunk] for g in g_maps])
                       for start in range(0, num_gallery, chunk)], dim=1)
 
 
-def _scale_z(mode: str, s: ScaleProjection, q: Tensor, g: Tensor) -> Tensor:
-    if mode == "ms":
-        return qaconv_match(q, g, s.wq, s.wg)[..., 0]
-    r = torch.stack([qaconv_match(q[:, i], g[:, i], s.wq[i], s.wg[i])
-                     for i in range(s.wq.shape[0])], dim=-1)  # [Nq, Ng, P, K]
-    if mode == "mean":
-        return r[:, :, 0].mean(dim=-1)
-    hidden = torch.relu(r[:, :, 1:].sum(dim=-1) + s.b1)
-    alpha = torch.softmax(hidden @ s.w2.t() + s.b2, dim=-1)
-    return (alpha * r[:, :, 0]).sum(dim=-1)
-
-
 def projection_scores(proj: HeadProjection, q_maps: Sequence[Tensor], g_maps: Sequence[Tensor],
-                      budget_bytes: int = DEFAULT_BUDGET_BYTES) -> Tensor:
-    """Scores [Nq, Ng] of a head in projection form, over gallery chunks.
-
-    Maps are in match layout, one per scale: [N, HW, C] (mode ms) or [N, K, HW, C].
-    """
-    if proj.mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {proj.mode!r}")
+                      budget_bytes: int = GALLERY_BUDGET_BYTES) -> Tensor:
+    """Scores [Nq, Ng] of a head in projection form (`tal_infer.heads.stream_score`), over
+    gallery chunks. Maps are in match layout, one per scale: [N, HW, C] (mode ms) or
+    [N, K, HW, C]."""
+    scales = [s.as_dict() for s in proj.scales]
 
     def scores(qs: Sequence[Tensor], gs: Sequence[Tensor]) -> Tensor:
-        z = sum(_scale_z(proj.mode, s, q, g) for s, q, g in zip(proj.scales, qs, gs))
-        return proj.affine[0] * z + proj.affine[1]
+        return stream_score(proj.mode, scales, proj.affine, qs, gs, qaconv_match)
 
-    floats = sum(s.wq.shape[0] * s.wq.shape[-1] if s.wq.dim() == 3 else s.wq.shape[-1]
-                 for s in proj.scales)
+    floats = floats_per_pair([s.wq for s in proj.scales])
     return over_gallery_chunks(scores, q_maps, g_maps, floats, budget_bytes)

@@ -29,16 +29,12 @@ from typing import Sequence, Union
 import torch
 from torch import Tensor, nn
 
+from tal_infer.features import match_layout
 from tal_plugins import qaconv_responses
 
 from .projection import HeadProjection, ScaleProjection, over_gallery_chunks, projection_scores
 
 Maps = Union[Tensor, Sequence[Tensor]]
-
-
-def match_layout(x: Tensor) -> Tensor:
-    """[N, C, h, w] -> [N, h*w, C], or [N, K, C, h, w] -> [N, K, h*w, C] (row-major over (h, w))."""
-    return x.flatten(-2).transpose(-1, -2).contiguous()
 
 
 def bn_affine(bn: nn.BatchNorm1d) -> tuple[Tensor, Tensor]:

@@ -1,9 +1,9 @@
-"""ResNet and IBN-Net backbones with a pluggable norm layer (paper Sec. 4.1: IBN-Net50 backbone).
+"""ResNet and IBN-Net backbones (paper Sec. 4.1: IBN-Net50 backbone) and their registry entries.
 
 The module tree and therefore the ``state_dict`` keys and shapes are those of torchvision's
 ResNet (``ibn=None``) and of the official IBN-Net models (XingangPan/IBN-Net, ``resnet_ibn.py``)
 when ``norm_layer`` is BatchNorm2d, so their ImageNet weights load unchanged (minus ``fc``, which
-re-id does not use). The layouts followed:
+re-id does not use: the key filter drops it). The layouts followed:
 
 * ResNet (torchvision, "v1.5"): stride on the 3x3 convolution; ``downsample = (conv1x1, norm)``.
 * IBN-a: in layers 1-3 every block's ``bn1`` is an `IBN` (InstanceNorm2d(affine) on the first
@@ -11,22 +11,25 @@ re-id does not use). The layouts followed:
 * IBN-b: the stem ``bn1`` is InstanceNorm2d(affine); the *last* block of layer1 and layer2 applies
   ``IN`` = InstanceNorm2d(affine) after the residual addition, before the ReLU.
 
-``norm_layer`` is a factory ``(num_features) -> nn.Module`` (timm style); the TAL model passes
-`DomainNorm`. Instance norms stay plain (shared by all streams): they carry no statistics.
-``base_width`` scales every width (64 = the standard networks; 16 = the tiny CPU preset).
-``last_scale="res4"`` builds no layer4, for models that match on res4 only.
+Registered (`BACKBONES`): ``resnet{18,34,50,101}`` plain, ``_ibn_a`` and ``_ibn_b``, each at full
+width (base width 64, with the official ImageNet weights) and at a quarter of it (``_x0_25``,
+base width 16, no published weights: the ``tiny`` CPU preset uses ``resnet18_ibn_b_x0_25``).
+Scales: res4 = layer3 (stride 16), res5 = layer4 (stride 16 x ``last_stride``).
 """
 from __future__ import annotations
 
-from typing import Callable
+import functools
 
 import torch
 from torch import Tensor, nn
 
-NormFactory = Callable[[int], nn.Module]
+from .backbones import Backbone, BackboneSpec, NormFactory, PretrainedWeights, ScaleSpec
+from .pretrained import drop_prefixes
+
 LAYERS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
 IBN_CONFIG = {None: (None, None, None, None), "a": ("a", "a", "a", None), "b": ("b", "b", None, None)}
-SCALE_LAYERS = {"res2": "layer1", "res3": "layer2", "res4": "layer3", "res5": "layer4"}
+FULL_WIDTH = 64
+WIDTHS = (FULL_WIDTH, 16)  # base widths registered: standard, and x0.25 for CPU presets and tests
 
 
 class IBN(nn.Module):
@@ -96,21 +99,21 @@ class Bottleneck(nn.Module):
         return self.relu(out)
 
 
-class ResNet(nn.Module):
-    """Backbone only (no pooling/classifier): `forward_features` returns the stage outputs."""
+class ResNet(Backbone):
+    """Backbone only (no pooling/classifier): stem conv1-bn1-relu-maxpool, stages layer1..4."""
+    stem_names = ("conv1", "bn1", "relu", "maxpool")
 
     def __init__(self, depth: int, ibn: str | None = None, norm_layer: NormFactory = nn.BatchNorm2d,
-                 last_stride: int = 2, base_width: int = 64, last_scale: str = "res5"):
+                 last_stride: int = 2, base_width: int = FULL_WIDTH, last_stage: str = "layer4"):
         super().__init__()
         if depth not in LAYERS:
             raise ValueError(f"depth must be one of {sorted(LAYERS)}, got {depth}")
         if ibn not in IBN_CONFIG:
             raise ValueError(f"ibn must be None, 'a' or 'b', got {ibn!r}")
-        if last_scale not in ("res4", "res5"):
-            raise ValueError(f"last_scale must be 'res4' or 'res5', got {last_scale!r}")
+        if last_stage not in ("layer3", "layer4"):
+            raise ValueError(f"last_stage must be 'layer3' or 'layer4', got {last_stage!r}")
         block = BasicBlock if depth < 50 else Bottleneck
         ibn_cfg = IBN_CONFIG[ibn]
-        self.depth, self.ibn, self.base_width = depth, ibn, base_width
         self.conv1 = nn.Conv2d(3, base_width, 7, 2, 3, bias=False)
         self.bn1 = (nn.InstanceNorm2d(base_width, affine=True) if ibn == "b"
                     else norm_layer(base_width))
@@ -118,13 +121,12 @@ class ResNet(nn.Module):
         self.maxpool = nn.MaxPool2d(3, 2, 1)
         self.inplanes = base_width
         strides = (1, 2, 2, last_stride)
-        num_layers = 4 if last_scale == "res5" else 3
+        num_layers = int(last_stage[-1])
         for i in range(num_layers):
             layer = self._make_layer(block, base_width * 2 ** i, LAYERS[depth][i], strides[i],
                                      norm_layer, ibn_cfg[i])
             self.add_module(f"layer{i + 1}", layer)
-        self.channels = {f"res{i + 2}": base_width * 2 ** i * block.expansion
-                         for i in range(num_layers)}
+        self.stage_names = tuple(f"layer{i + 1}" for i in range(num_layers))
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -145,20 +147,52 @@ class ResNet(nn.Module):
             self.inplanes = planes * block.expansion
         return nn.Sequential(*layers)
 
-    def forward_features(self, x: Tensor) -> dict[str, Tensor]:
-        """Stage outputs {"res2": layer1, "res3": layer2, "res4": layer3[, "res5": layer4]}."""
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        out = {}
-        for scale in self.channels:
-            x = getattr(self, SCALE_LAYERS[scale])(x)
-            out[scale] = x
-        return out
 
-    def forward(self, x: Tensor) -> dict[str, Tensor]:
-        return self.forward_features(x)
+# ---- registry entries ---------------------------------------------------------------------
+
+_TORCHVISION = "https://download.pytorch.org/models/"
+_IBN_NET = "https://github.com/XingangPan/IBN-Net/releases/download/v1.0/"
+# Official ImageNet weights: torchvision IMAGENET1K_V1 and XingangPan/IBN-Net release v1.0
+# (the files QAConv-GS loads through torch.hub). torch.hub naming: <name>-<sha256 prefix>.pth.
+_WEIGHT_FILES = {
+    (18, None): _TORCHVISION + "resnet18-f37072fd.pth",
+    (34, None): _TORCHVISION + "resnet34-b627a593.pth",
+    (50, None): _TORCHVISION + "resnet50-0676ba61.pth",
+    (101, None): _TORCHVISION + "resnet101-63fe2227.pth",
+    (18, "a"): _IBN_NET + "resnet18_ibn_a-2f571257.pth",
+    (34, "a"): _IBN_NET + "resnet34_ibn_a-94bc1577.pth",
+    (50, "a"): _IBN_NET + "resnet50_ibn_a-d9d0bb7b.pth",
+    (101, "a"): _IBN_NET + "resnet101_ibn_a-59ea0ac6.pth",
+    (18, "b"): _IBN_NET + "resnet18_ibn_b-bc2f3c11.pth",
+    (34, "b"): _IBN_NET + "resnet34_ibn_b-04134c37.pth",
+    (50, "b"): _IBN_NET + "resnet50_ibn_b-9ca61e85.pth",
+    (101, "b"): _IBN_NET + "resnet101_ibn_b-c55f6dba.pth",
+}
 
 
-def resnet(depth: int = 50, ibn: str | None = None, norm_layer: NormFactory = nn.BatchNorm2d,
-           last_stride: int = 2, base_width: int = 64, last_scale: str = "res5") -> ResNet:
-    """ResNet-`depth` (18/34/50/101), optionally IBN-Net-a/-b, with norms from `norm_layer`."""
-    return ResNet(depth, ibn, norm_layer, last_stride, base_width, last_scale)
+def _published(url: str) -> PretrainedWeights:
+    file_name = url.rsplit("/", 1)[1]
+    return PretrainedWeights(url, file_name, file_name.rsplit("-", 1)[1].split(".")[0])
+
+
+def resnet_name(depth: int, ibn: str | None, base_width: int = FULL_WIDTH) -> str:
+    """Registry name: ``resnet50``, ``resnet50_ibn_b``, ``resnet18_ibn_b_x0_25`` (width x0.25)."""
+    width = "" if base_width == FULL_WIDTH else "_x" + f"{base_width / FULL_WIDTH:g}".replace(".", "_")
+    return f"resnet{depth}" + (f"_ibn_{ibn}" if ibn else "") + width
+
+
+def _entry(depth: int, ibn: str | None, base_width: int) -> BackboneSpec:
+    channels = base_width * (1 if depth < 50 else 4)  # out channels of layer1
+    width = "" if base_width == FULL_WIDTH else f", base width {base_width}"
+    return BackboneSpec(
+        name=resnet_name(depth, ibn, base_width),
+        description=f"ResNet-{depth}" + (f"-IBN-{ibn}" if ibn else "") + width,
+        builder=functools.partial(ResNet, depth, ibn, base_width=base_width),
+        scales={"res4": ScaleSpec("layer3", 16, channels * 4),
+                "res5": ScaleSpec("layer4", 16, channels * 8, after_last_stride=True)},
+        key_filter=drop_prefixes("fc."),  # the ImageNet classifier
+        weights=_published(_WEIGHT_FILES[depth, ibn]) if base_width == FULL_WIDTH else None)
+
+
+BACKBONES = tuple(_entry(depth, ibn, width) for width in WIDTHS for depth in LAYERS
+                  for ibn in IBN_CONFIG)

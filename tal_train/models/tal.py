@@ -1,8 +1,10 @@
 """TALModel: the two-stream adaptive learning network (paper Sec. 3, Fig. 2; DESIGN.md section 2).
 
-One ResNet/IBN-Net whose convolutions are shared by every stream and whose BatchNorms are
-`DomainNorm`s: the DS stream is K experts (DSBN, one per source domain), the DI stream
-normalizes with DABN (or the Table 4 ablations). Per scale (res4 = layer3, res5 = layer4) a neck
+One registered backbone (``config.backbone``, `tal_train.models.backbones`; the paper's IBN-Net50)
+whose convolutions are shared by every stream and whose BatchNorms are `DomainNorm`s (injected
+as its norm factory): the DS stream is K experts (DSBN, one per source domain), the DI stream
+normalizes with DABN (or the Table 4 ablations). Per scale (the stage the registry names for
+res4 / res5: ResNet layer3 / layer4) a neck
 maps the stage output to ``neck_channels`` with a 3x3 convolution and a norm, then L2-normalizes
 every location over channels (as QAConv). **Neck norm reading:** the neck's BatchNorm is a
 `DomainNorm` too, like every BN of the backbone; DSBN replaces all of them, and the experts'
@@ -20,8 +22,9 @@ Training phases (DESIGN.md, our reading of Sec. 3.1-3.3), one method each:
    parameters are no longer updated": our reading freezes the statistics too, so the experts run
    without gradients and with their running statistics, untouched (`ds_feature_maps`).
 3. ``hybrid_di_scores(x)``: the hybrid batch through the DI stream -> ``di_head``. Updates shared
-   convolutions, necks' convolutions, DABN attention and ``di_head``; DABN reads the experts'
-   statistics and affine detached, so DSBN never changes here.
+   convolutions, necks' convolutions, DABN attention (reading ``own``: also the DI stream's own
+   running statistics) and ``di_head``; DABN reads the experts' tensors detached, so DSBN never
+   changes here.
 
 `parameter_groups` names the parameters of each kind, for optimizers and for checking this
 routing. ``forward(images, phase, domain)`` dispatches to the three phase methods, so a
@@ -39,12 +42,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from tal_infer.features import feature_name, feature_names
+
+from .backbones import NormFactory, backbone_spec
 from .config import TALConfig
 from .msda import MSDAQAConvHead
 from .norm import DomainNorm, Stream, use_stream
 from .projection import HeadProjection, projection_scores
 from .qaconv import MSQAConvHead, match_layout
-from .resnet import NormFactory, resnet
 
 PHASES = ("per_domain", "hybrid_ds", "hybrid_di")
 
@@ -82,10 +87,11 @@ class TALModel(nn.Module):
         self.config = config
         k, scales = config.num_domains, config.scales
         norm = functools.partial(DomainNorm, num_domains=k, reduction=config.dabn_reduction,
-                                 di_norm=config.di_norm if "di" in config.streams else None)
-        self.backbone = resnet(config.depth, config.ibn, norm, config.last_stride,
-                               config.base_width, last_scale=scales[-1])
-        self.necks = nn.ModuleDict({s: Neck(self.backbone.channels[s], config.neck_channels, norm)
+                                 di_norm=config.di_norm if "di" in config.streams else None,
+                                 dabn_stats=config.dabn_stats)
+        spec = backbone_spec(config.backbone)
+        self.backbone = spec.build(norm, config.last_stride, last_scale=scales[-1])
+        self.necks = nn.ModuleDict({s: Neck(spec.scales[s].channels, config.neck_channels, norm)
                                     for s in scales})
         hw = [h * w for h, w in config.scale_sizes().values()]
         self.ds_head = MSQAConvHead(hw)
@@ -132,22 +138,22 @@ class TALModel(nn.Module):
         ``ds_<scale>`` [N, K, C, h, w] and ``di_<scale>`` [N, C, h, w], for the configured
         streams; the unfolded reference the exported graph is checked against.
         """
-        k, streams = self.config.num_domains, self.config.streams
-        tiles = (tuple(range(k)) if "ds" in streams else ()) + (("di",) if "di" in streams else ())
+        k = self.config.num_domains
         with torch.no_grad(), eval_mode(self):
-            maps = self._tiled_maps(images, tiles)
+            maps = self._tiled_maps(images, self.config.tiled_streams())
         out = {}
-        for stream in streams:
+        for stream in self.config.streams:
             for s, m in maps.items():
-                out[f"{stream}_{s}"] = (m[:k].transpose(0, 1).contiguous() if stream == "ds"
-                                        else m[-1])
+                out[feature_name(stream, s)] = (m[:k].transpose(0, 1).contiguous()
+                                                if stream == "ds" else m[-1])
         return out
 
     def feature_shapes(self) -> dict[str, tuple[int, int]]:
         """(h, w) of each extractor output; the full shapes are [N, K, C, h, w] / [N, C, h, w]
         with K = ``config.num_domains`` and C = ``config.neck_channels``."""
         sizes = self.config.scale_sizes()
-        return {f"{stream}_{s}": sizes[s] for stream in self.config.streams for s in sizes}
+        return {feature_name(stream, s): sizes[s] for stream in self.config.streams
+                for s in sizes}
 
     # ---- training phases ----------------------------------------------------------------
     def _ordered(self, maps: dict[str, Tensor]) -> list[Tensor]:
@@ -241,7 +247,7 @@ class TALModel(nn.Module):
             projections = self.stream_projections()
             total = None
             for part in parts:
-                names = [f"{part}_{s}" for s in self.config.scales]
+                names = feature_names([part], self.config.scales)
                 score = projection_scores(projections[part],
                                           [match_layout(query_feats[n]) for n in names],
                                           [match_layout(gallery_feats[n]) for n in names])

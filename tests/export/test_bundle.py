@@ -16,7 +16,9 @@ from click.testing import CliRunner
 from tal_export import ParityError, bundle, export_bundle, parity
 from tal_export.cli import main
 from tal_export.parity import judge, ranking_agreement, reference_input, top1_beyond_ties
+from tal_infer import ReIDEngine, scoring
 from tal_infer.errors import TalError
+from tal_infer.precision import FLOAT16, FLOAT32
 from tal_infer.torch_program import load_program
 from tal_train.checkpoint import CheckpointError
 
@@ -135,6 +137,35 @@ def test_fp16_bundle(fp16_bundle, crops, tiny_model):
     assert all(o.dtype == np.float16 for o in outputs)
 
 
+@pytest.mark.parametrize("precision", [FLOAT32, FLOAT16], ids=["fp32", "fp16"])
+def test_the_exports_precision_holds_from_the_extractor_to_the_op(precision, fp32_bundle,
+                                                                  fp16_bundle, tiny_model,
+                                                                  monkeypatch):
+    """Decided once by the export, recorded in the manifest, read once by the runtime: an fp16
+    bundle's features reach qaconv_match as fp16, an fp32 bundle's as fp32."""
+    folder = fp16_bundle if precision is FLOAT16 else fp32_bundle[0]
+    manifest = manifest_of(folder)
+    assert (manifest["dtype"], manifest["precision"]) == (precision.dtype,
+                                                          precision.to_manifest())
+    engine = ReIDEngine(folder, backend="onnxruntime", device="cpu")
+    assert engine.precision is precision
+    seen, real = [], scoring.qaconv_match
+
+    def spy(q, g, wq, wg, backend="auto"):
+        seen.extend((q.dtype, g.dtype))
+        return real(q, g, wq, wg, backend=backend)
+
+    monkeypatch.setattr(scoring, "qaconv_match", spy)
+    feats = engine.embed(list(images_for(tiny_model, 3)))
+    assert engine.scores(feats, feats).shape == (3, 3)
+    assert seen and set(seen) == {precision.numpy_dtype}
+
+
+def test_precision_onnx_types_are_the_onnx_enums():
+    assert (FLOAT32.onnx_type, FLOAT16.onnx_type) == (onnx.TensorProto.FLOAT,
+                                                      onnx.TensorProto.FLOAT16)
+
+
 def test_failed_export_leaves_no_bundle_and_keeps_an_earlier_one(tmp_path, tiny_checkpoint,
                                                                  monkeypatch):
     def fake_graphs(model, folder, *args):
@@ -179,10 +210,10 @@ def test_parity_judgement():
               "scores": {"max_abs": 2e-4, "max_rel": 2e-4}, "top1_agreement": 0.98,
               "top10_agreement": 1.0, "top1_agreement_beyond_ties": 1.0, "tie_tolerance": 0.01}
     with pytest.raises(ParityError, match=r"fp32: needs scores.max_rel < 0.0001.*no bundle"):
-        judge(report, fp16=False)
-    assert judge(report, fp16=True)["passed"] is True
+        judge(report, FLOAT32)
+    assert judge(report, FLOAT16)["passed"] is True
     with pytest.raises(ParityError, match="fp16: needs top1_agreement_beyond_ties >= 0.99"):
-        judge({**report, "top1_agreement_beyond_ties": 0.98}, fp16=True)
+        judge({**report, "top1_agreement_beyond_ties": 0.98}, FLOAT16)
 
 
 def test_ranking_agreement_excludes_self_matches():

@@ -137,13 +137,14 @@ def test_engines_record_tensorrt_gpu_and_ptx_in_the_manifest(tmp_path, monkeypat
         return registration
 
     monkeypatch.setattr(plugin, "register", register)
-    manifest = {"input": {"height": 128, "width": 64},
+    manifest = {"input": {"height": 128, "width": 64}, "dtype": "float16",
                 "features": {"di_res4": {"shape": [-1, 64, 8, 4]}}}
     section = tensorrt_build.build_engines(tmp_path, tmp_path / "extractor.onnx",
                                            tmp_path / "matcher_trt.onnx", manifest, 16, 1024,
                                            ptx_isa="8.4")
     assert registered == ["8.4"]
     assert section["version"] == "10.13.0.35" and section["compute_capability"] == "9.0"
+    assert section["precision"] == "float16"  # the bundle's, as the manifest records it
     assert section["matcher"] == {
         "file": "matcher.plan", "max_query": 16, "max_gallery": 1024, "plugin": "tal::QAConvMatch",
         "ptx_target": "sm_90a", "ptx_isa": "8.4", "ptx_isa_limit": "8.4",

@@ -11,18 +11,22 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from tal_export.descriptor import WithDescriptor
 from tal_export.distill_cli import main as tal_distill
-from tal_export.parity import DESCRIPTOR_ABS, ParityError, judge, reference_input
+from tal_export.fold import fold_model
+from tal_export.parity import ParityError, judge, reference_input
 from tal_export.triton_repo import extractor_config
 from tal_infer.backends import TorchExtractor
 from tal_infer.bundle import load_bundle
 from tal_infer.errors import TalError
 from tal_infer.images import list_images
+from tal_infer.precision import FLOAT16, FLOAT32
 from tal_train.checkpoint import load_checkpoint
 from tal_train.distill import load_descriptor
 from tal_train.models.descriptor import DescriptorHead
 
-from tiny_models import randomized_model, write_checkpoint
+from test_backbone_families import FAMILIES
+from tiny_models import random_descriptor_head, randomized_model, write_checkpoint
 
 DIM = 32  # tiny_models.random_descriptor_head
 
@@ -71,7 +75,8 @@ def test_onnx_descriptor_equals_the_pytorch_head_on_fresh_images(fp32_bundle, fp
     assert got.shape == (6, DIM)
     # fp32: the same arithmetic; fp16: maps rounded to fp16 before the (fp32) head
     np.testing.assert_allclose(got.astype(np.float64), want, rtol=0,
-                               atol=DESCRIPTOR_ABS[precision == "fp16"])
+                               atol=(FLOAT16 if precision == "fp16" else FLOAT32
+                                     ).descriptor_parity.bound)
     np.testing.assert_allclose(np.linalg.norm(got.astype(np.float64), axis=1), 1.0, atol=2e-3)
 
 
@@ -82,10 +87,10 @@ def test_manifest_parity_torch_backend_and_triton_see_the_descriptor(fp32_bundle
     assert manifest["descriptor"]["shape"] == [-1, DIM]
     assert manifest["descriptor"]["method"] == "distilled"
     assert manifest["descriptor"]["distillation"] == {"test": "random weights"}
-    assert manifest["parity"]["descriptor"]["max_abs"] < DESCRIPTOR_ABS[False]
+    assert manifest["parity"]["descriptor"]["max_abs"] < FLOAT32.descriptor_parity.bound
     assert "descriptor.max_abs" in manifest["parity"]["criterion"]
     fp16 = json.loads((fp16_bundle / "manifest.json").read_text())["parity"]
-    assert fp16["passed"] and fp16["descriptor"]["max_abs"] < DESCRIPTOR_ABS[True]
+    assert fp16["passed"] and fp16["descriptor"]["max_abs"] < FLOAT16.descriptor_parity.bound
 
     bundle = load_bundle(folder)
     assert bundle.output_shapes["descriptor"] == (DIM,)
@@ -112,5 +117,23 @@ def test_parity_fails_on_a_wrong_descriptor():
               "top1_agreement": 1.0, "top1_agreement_beyond_ties": 1.0, "tie_tolerance": 0.0,
               "descriptor": {"max_abs": 0.02, "max_rel": 0.02}}
     with pytest.raises(ParityError, match="descriptor max_abs 2.00e-02"):
-        judge(report, fp16=True)
-    assert judge({**report, "descriptor": {"max_abs": 1e-6}}, fp16=False)["passed"]
+        judge(report, FLOAT16)
+    assert judge({**report, "descriptor": {"max_abs": 1e-6}}, FLOAT32)["passed"]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_descriptor_output_works_for_every_backbone_family(family):
+    """The head reads the neck's stream maps, which every registered backbone gives alike: the
+    folded extractor's descriptor equals the head on the unfolded model's maps."""
+    model = randomized_model(seed=5, backbone=FAMILIES[family][0])
+    head = random_descriptor_head(model)
+    g = torch.Generator().manual_seed(int(torch.randint(0, 2 ** 31, ())))
+    images = torch.randint(0, 256, (3, *model.config.image_size, 3), dtype=torch.uint8,
+                           generator=g)
+    extractor = WithDescriptor(fold_model(model), head)
+    with torch.no_grad():
+        got = extractor(images)[-1]
+        want = head(model.extract(reference_input(images.numpy(), model.config.mean,
+                                                  model.config.std)))
+    assert extractor.names[-1] == "descriptor" and got.shape == (3, DIM)
+    torch.testing.assert_close(got, want, atol=FLOAT32.descriptor_parity.bound, rtol=0)

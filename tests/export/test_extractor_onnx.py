@@ -18,7 +18,8 @@ from tiny_models import randomized_model
 
 ABLATIONS = {
     # DI stream alone with its own BN, one scale, IBN-a (split instance/batch norm)
-    "di-only-bn-res4-ibn-a": dict(streams=("di",), di_norm="bn", scales=("res4",), ibn="a"),
+    "di-only-bn-res4-ibn-a": dict(streams=("di",), di_norm="bn", scales=("res4",),
+                                     backbone="resnet18_ibn_a_x0_25"),
     # (DS + DI with DABN on both scales runs in test_bundle.py; DS alone is folded like the
     # DS rows there, see test_fold.py)
 }

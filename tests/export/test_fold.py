@@ -17,8 +17,10 @@ ABLATIONS = {
     "di-only-res5": dict(streams=("di",), scales=("res5",)),
     "di-bn-res4": dict(di_norm="bn", scales=("res4",)),
     "di-avg": dict(di_norm="avg"),
-    "ibn-a-bottleneck": dict(depth=50, ibn="a", base_width=4),
-    "plain-resnet": dict(ibn=None),
+    "dabn-own-stats": dict(dabn_stats="own"),
+    "di-avg-own-stats": dict(di_norm="avg", dabn_stats="own"),
+    "ibn-a-bottleneck": dict(backbone="resnet50_ibn_a_x0_25"),
+    "plain-resnet": dict(backbone="resnet18_x0_25"),
 }
 
 

@@ -1,4 +1,4 @@
-"""fp16 folding: every fp32 island of `tal_export.fold.FP32_PARTS` really computes in fp32 (the
+"""fp16 folding: every fp32 island of `tal_infer.precision.FP32_PARTS` really computes in fp32 (the
 dtype of each call is recorded), the rest really in fp16, and the features stay within a bound
 set from measurement.
 
@@ -16,7 +16,8 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from tal_export.fold import FP32_PARTS, FoldedNorm, fold_model, output_names
+from tal_export.fold import FoldedNorm, fold_model, output_names
+from tal_infer.precision import FLOAT16, FP32_PARTS
 from tal_export.parity import reference_input
 
 from tiny_models import randomized_model
@@ -49,7 +50,7 @@ def test_fp16_fold_keeps_every_fp32_island_and_stays_close():
     model = randomized_model(seed=seed)
     images = torch.randint(0, 256, (4, *model.config.image_size, 3), dtype=torch.uint8)
     ref = model.extract(reference_input(images.numpy(), model.config.mean, model.config.std))
-    folded = fold_model(model, fp16=True)
+    folded = fold_model(model, FLOAT16)
     with torch.no_grad(), FirstInputDtypes() as rec:
         out = folded(images)
 

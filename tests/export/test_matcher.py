@@ -14,6 +14,9 @@ from onnx.reference.op_run import OpRun
 
 from tal_export.manifest import feature_specs
 from tal_export.matcher import build_matcher
+from tal_infer.features import feature_names, match_layout
+from tal_infer.heads import AFFINE, MODES, SCALE_ARRAYS, array_key, stream_score
+from tal_infer.precision import FLOAT16, FLOAT32
 from tal_plugins import qaconv_match
 from tal_plugins import trt as plugin
 
@@ -47,10 +50,10 @@ def feed(query, gallery) -> dict[str, np.ndarray]:
     return out
 
 
-def graphs(model, dtype="float32"):
+def graphs(model, precision=FLOAT32):
     form, specs = model.projection_form(), feature_specs(model)
-    return (build_matcher(form, specs, dtype, 18),
-            build_matcher(form, specs, dtype, 18, custom_op=True))
+    return (build_matcher(form, specs, precision, 18),
+            build_matcher(form, specs, precision, 18, custom_op=True))
 
 
 @pytest.mark.parametrize("name", list(HEADS))
@@ -70,13 +73,51 @@ def test_matchers_equal_model_match(name):
     np.testing.assert_allclose(custom_scores, ref, rtol=0, atol=1e-5 * scale)
 
 
+def heads_reference(form: dict, query, gallery) -> np.ndarray:
+    """The scores of `tal_infer.heads` (the formulas' one home) on numpy arrays in match layout,
+    with the numpy matching path: what the emitted graphs must equal."""
+    arrays, matching = form["arrays"], form["matching"]
+    total = 0.0
+    for stream in matching["score"]:
+        mode, names = matching["streams"][stream]["mode"], feature_names([stream],
+                                                                          matching["scales"])
+        scales = [{k: arrays[array_key(stream, s, k)] for k in SCALE_ARRAYS[mode]}
+                  for s in matching["scales"]]
+        total = total + stream_score(mode, scales, arrays[array_key(stream, None, AFFINE)],
+                                     [match_layout(query[n].numpy()) for n in names],
+                                     [match_layout(gallery[n].numpy()) for n in names],
+                                     qaconv_match)
+    return total
+
+
+def test_head_variants_cover_every_matching_mode():
+    modes = {s["mode"] for name in HEADS for s in randomized_model(
+        **HEADS[name]).projection_form()["matching"]["streams"].values()}
+    assert modes == set(MODES)
+
+
+@pytest.mark.parametrize("name", list(HEADS))
+def test_matchers_emit_the_runtime_head_formulas(name):
+    model = randomized_model(seed=21 + len(name), **HEADS[name])
+    query, gallery = random_features(model, 4, 7), random_features(model, 6, 8)
+    want = heads_reference(model.projection_form(), query, gallery)
+    standard, custom = graphs(model)
+    session = ort.InferenceSession(standard.SerializeToString(), providers=["CPUExecutionProvider"])
+    tol = 1e-5 * np.abs(want).max()
+    np.testing.assert_allclose(session.run(["scores"], feed(query, gallery))[0], want, rtol=0,
+                               atol=tol)
+    custom_scores = ReferenceEvaluator(custom, new_ops=[QAConvMatch]).run(
+        ["scores"], feed(query, gallery))[0]
+    np.testing.assert_allclose(custom_scores, want, rtol=0, atol=tol)
+
+
 def test_fp16_features_are_scored_in_fp32():
     model = randomized_model(seed=3)
     query = random_features(model, 4, 5, torch.float16)
     gallery = random_features(model, 6, 6, torch.float16)
     ref = model.match({k: v.float() for k, v in query.items()},
                       {k: v.float() for k, v in gallery.items()}).numpy()
-    standard, _ = graphs(model, "float16")
+    standard, _ = graphs(model, FLOAT16)
     session = ort.InferenceSession(standard.SerializeToString(), providers=["CPUExecutionProvider"])
     scores = session.run(["scores"], feed(query, gallery))[0]
     assert scores.dtype == np.float32
@@ -85,7 +126,7 @@ def test_fp16_features_are_scored_in_fp32():
 
 def test_custom_node_graph_follows_the_plugin_contract():
     model = randomized_model(seed=4)
-    _, custom = graphs(model, "float16")
+    _, custom = graphs(model, FLOAT16)
     onnx.checker.check_model(custom)
     assert {(o.domain, o.version) for o in custom.opset_import} == {("", 18), ("tal", 1)}
     nodes = [n for n in custom.graph.node if n.domain == "tal"]
@@ -108,3 +149,10 @@ def test_custom_node_graph_follows_the_plugin_contract():
     assert all(i.type.tensor_type.elem_type == onnx.TensorProto.FLOAT16
                for i in graph_inputs.values())
     assert custom.graph.output[0].name == "scores"
+
+
+def test_matchers_carry_the_lowest_ir_version_their_opsets_allow():
+    # Not the installed onnx's newest: ONNX Runtime 1.30 refuses IR 14, which onnx 1.23 writes.
+    for graph in graphs(randomized_model(seed=5)):
+        assert graph.ir_version == helper.find_min_ir_version_for(graph.opset_import,
+                                                                  ignore_unknown=True) == 8

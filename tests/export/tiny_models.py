@@ -8,14 +8,14 @@ import torch
 from torch import nn
 
 from tal_train.checkpoint import save_checkpoint
-from tal_train.models import TALConfig, TALModel, build_model
+from tal_train.models import DABN, TALConfig, TALModel, build_model
 
 DOMAINS = ("cam-a", "cam-b", "cam-c")
 
 
 def randomized_model(seed: int = 0, **overrides) -> TALModel:
-    """A tiny model whose BN statistics/affines, instance-norm affines, DABN attention and head
-    layers are random (fresh init would make every expert identical and every BN the identity)."""
+    """A tiny model whose BN statistics/affines, instance-norm affines, DABN attention (and own
+    statistics) and head layers are random (fresh init would make every expert identical and every BN the identity)."""
     torch.manual_seed(seed)
     model = build_model(TALConfig.preset("tiny", domains=DOMAINS, **overrides))
     g = torch.Generator().manual_seed(seed)
@@ -28,6 +28,9 @@ def randomized_model(seed: int = 0, **overrides) -> TALModel:
                 if m.running_mean is not None:
                     m.running_mean.copy_(0.2 * torch.randn(m.running_mean.shape, generator=g))
                     m.running_var.copy_(0.5 + torch.rand(m.running_var.shape, generator=g))
+            elif isinstance(m, DABN) and m.stats == "own":  # the DI stream's own statistics
+                m.running_mean.copy_(0.2 * torch.randn(m.running_mean.shape, generator=g))
+                m.running_var.copy_(0.5 + torch.rand(m.running_var.shape, generator=g))
             elif isinstance(m, nn.Linear):
                 m.weight.copy_(0.3 * torch.randn(m.weight.shape, generator=g))
                 if m.bias is not None:

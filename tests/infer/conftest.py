@@ -21,6 +21,12 @@ def fake_bundle_v2(tmp_path_factory) -> Path:
     return write_fake_bundle(tmp_path_factory.mktemp("bundles") / "fake-desc", descriptor=True)
 
 
+@pytest.fixture(scope="session")
+def fake_bundle_fp16(tmp_path_factory) -> Path:
+    """The fake bundle's graph with fp16 outputs, its manifest saying float16."""
+    return write_fake_bundle(tmp_path_factory.mktemp("bundles") / "fake-fp16", dtype="float16")
+
+
 @pytest.fixture()
 def fake_clock(monkeypatch) -> FakeClock:
     """The clock of every MicroBatcher created in the test (see fake_clock.py)."""

@@ -1,7 +1,7 @@
 """A stand-in for the TensorRT 10 runtime API that tal_infer.tensorrt_runtime uses, for CPU tests.
 
-A "plan" here is JSON naming an ONNX graph, the engine's I/O dtypes and one optimization
-profile. The stand-in behaves as TensorRT does where the runtime depends on it:
+A "plan" here is JSON naming an ONNX graph, the engine's I/O dtypes, one optimization profile
+and, optionally, I/O shapes that differ from the graph's (an engine built from another graph). The stand-in behaves as TensorRT does where the runtime depends on it:
 `set_input_shape` returns False outside the profile (it does not raise), output shapes are known
 only after every input shape is set, `execute_async_v3` reads the inputs from and writes the
 outputs to the device addresses it was given (here CPU memory, read through ctypes) and returns
@@ -41,6 +41,9 @@ class Engine:
         self.outputs = [o.name for o in self.session.get_outputs()]
         self.dtypes = {n: DTYPES[spec["dtypes"].get(n, "FLOAT")] for n in self.inputs + self.outputs}
         self.profile = {n: [tuple(s) for s in shapes] for n, shapes in spec["profile"].items()}
+        self.shapes = {t.name: tuple(d if isinstance(d, int) else -1 for d in t.shape)
+                       for t in self.session.get_inputs() + self.session.get_outputs()}
+        self.shapes.update({n: tuple(s) for n, s in spec.get("shapes", {}).items()})
         self.calls = calls
 
     @property
@@ -55,6 +58,10 @@ class Engine:
 
     def get_tensor_dtype(self, name: str) -> DataType:
         return self.dtypes[name]
+
+    def get_tensor_shape(self, name: str) -> tuple[int, ...]:
+        """The built shape, -1 for a dynamic dimension (as TensorRT's engine reports it)."""
+        return self.shapes[name]
 
     def get_tensor_profile_shape(self, name: str, profile: int):
         assert profile == 0
@@ -136,9 +143,12 @@ def fake_tensorrt_runtime(version: str = "10.13.0.35") -> types.ModuleType:
     return trt
 
 
-def write_plan(path: Path, onnx: Path, profile: dict, dtypes: dict | None = None) -> Path:
-    """A stand-in plan: the graph to run, (min, opt, max) per input, I/O dtypes by name."""
-    path.write_text(json.dumps({"onnx": str(onnx), "profile": profile, "dtypes": dtypes or {}}))
+def write_plan(path: Path, onnx: Path, profile: dict, dtypes: dict | None = None,
+               shapes: dict | None = None) -> Path:
+    """A stand-in plan: the graph to run, (min, opt, max) per input, I/O dtypes by name, and
+    I/O shapes to report instead of the graph's."""
+    path.write_text(json.dumps({"onnx": str(onnx), "profile": profile, "dtypes": dtypes or {},
+                                "shapes": shapes or {}}))
     CALLS.pop(str(onnx), None)
     return path
 

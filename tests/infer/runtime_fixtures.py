@@ -6,6 +6,7 @@ two scales, and heads.npz holds random projections (MSDA attention for DS, ms fo
 ``descriptor=True`` (format version 2) the graph also gives ``descriptor`` [N, DESCRIPTOR_DIM],
 the L2-normalized channel means of the res4 conv. The runtime must work for any such bundle,
 so this is an independent check of the reader side.
+``dtype="float16"`` makes an fp16 bundle: the same maps cast to fp16, the manifest saying so.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ HEIGHT, WIDTH = 32, 16
 SCALES = {"res4": (4, 2, 8), "res5": (2, 1, 16)}  # (h, w, stride)
 
 
-def _extractor(rng: np.random.Generator, descriptor: bool = False):
+def _extractor(rng: np.random.Generator, dtype: str, descriptor: bool = False):
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -44,23 +45,25 @@ def _extractor(rng: np.random.Generator, descriptor: bool = False):
              helper.make_node("Conv", ["raw_res4", "w5"], ["raw_res5"], strides=[2, 2],
                               kernel_shape=[2, 2])]
     outputs = []
+    out_type = {"float32": TensorProto.FLOAT, "float16": TensorProto.FLOAT16}[dtype]
     for scale, (h, w, _) in SCALES.items():
         shape = numpy_helper.from_array(np.array([-1, K + 1, C, h, w], np.int64), f"shape_{scale}")
         inits.append(shape)
         nodes += [helper.make_node("Reshape", [f"raw_{scale}", f"shape_{scale}"], [f"s_{scale}"]),
                   helper.make_node("LpNormalization", [f"s_{scale}"], [f"n_{scale}"], axis=2, p=2),
-                  helper.make_node("Gather", [f"n_{scale}", "ds_idx"], [f"ds_{scale}"], axis=1),
-                  helper.make_node("Gather", [f"n_{scale}", "di_idx"], [f"di_{scale}"], axis=1)]
-        outputs += [helper.make_tensor_value_info(f"ds_{scale}", TensorProto.FLOAT,
-                                                  ["N", K, C, h, w]),
-                    helper.make_tensor_value_info(f"di_{scale}", TensorProto.FLOAT,
-                                                  ["N", C, h, w])]
+                  helper.make_node("Gather", [f"n_{scale}", "ds_idx"], [f"g_ds_{scale}"], axis=1),
+                  helper.make_node("Gather", [f"n_{scale}", "di_idx"], [f"g_di_{scale}"], axis=1),
+                  helper.make_node("Cast", [f"g_ds_{scale}"], [f"ds_{scale}"], to=out_type),
+                  helper.make_node("Cast", [f"g_di_{scale}"], [f"di_{scale}"], to=out_type)]
+        outputs += [helper.make_tensor_value_info(f"ds_{scale}", out_type, ["N", K, C, h, w]),
+                    helper.make_tensor_value_info(f"di_{scale}", out_type, ["N", C, h, w])]
     if descriptor:
         inits.append(numpy_helper.from_array(np.array([2, 3], np.int64), "pool_axes"))
         nodes += [helper.make_node("ReduceMean", ["raw_res4", "pool_axes"], ["pooled"],
                                    keepdims=0),
-                  helper.make_node("LpNormalization", ["pooled"], ["descriptor"], axis=1, p=2)]
-        outputs.append(helper.make_tensor_value_info("descriptor", TensorProto.FLOAT,
+                  helper.make_node("LpNormalization", ["pooled"], ["g_descriptor"], axis=1, p=2),
+                  helper.make_node("Cast", ["g_descriptor"], ["descriptor"], to=out_type)]
+        outputs.append(helper.make_tensor_value_info("descriptor", out_type,
                                                      ["N", DESCRIPTOR_DIM]))
     graph = helper.make_graph(nodes, "fake_extractor", [helper.make_tensor_value_info(
         "images", TensorProto.UINT8, ["N", HEIGHT, WIDTH, 3])], outputs, inits)
@@ -85,12 +88,13 @@ def _heads(rng: np.random.Generator) -> dict[str, np.ndarray]:
     return arrays
 
 
-def write_fake_bundle(folder: Path, seed: int = 0, descriptor: bool = False) -> Path:
+def write_fake_bundle(folder: Path, seed: int = 0, dtype: str = "float32",
+                      descriptor: bool = False) -> Path:
     """A bundle per docs/bundle.md with a random conv extractor and random heads (format
     version 2 with a global descriptor output when ``descriptor``, else version 1)."""
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "extractor.onnx").write_bytes(_extractor(rng, descriptor))
+    (folder / "extractor.onnx").write_bytes(_extractor(rng, dtype, descriptor))
     np.savez(folder / "heads.npz", **_heads(rng))
     features = {}
     for scale, (h, w, _) in SCALES.items():
@@ -107,7 +111,7 @@ def write_fake_bundle(folder: Path, seed: int = 0, descriptor: bool = False) -> 
                   "height": HEIGHT, "width": WIDTH, "resize": "bilinear",
                   "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]},
         "domains": {"names": ["a", "b"], "count": K}, "streams": ["ds", "di"],
-        "scales": list(SCALES), "features": features, "dtype": "float32", "opset": 18,
+        "scales": list(SCALES), "features": features, "dtype": dtype, "opset": 18,
         "matching": {"score": ["ds", "di"], "scales": list(SCALES),
                      "streams": {"ds": {"mode": "attention"}, "di": {"mode": "ms"}}},
         "files": files}

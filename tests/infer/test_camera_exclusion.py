@@ -9,7 +9,8 @@ import numpy as np
 
 from tal_infer import Gallery, ReIDEngine
 from tal_infer.bundle import load_bundle
-from tal_infer.scoring import Scorer, exclude_same_camera, feature_chunks, rank_gallery
+from tal_infer.features import feature_chunks
+from tal_infer.scoring import Scorer, exclude_same_camera, rank_gallery
 
 from runtime_fixtures import random_features
 

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 
 from tal_infer import Gallery, ReIDEngine
 from tal_infer import candidates as stage1
-from tal_infer.candidates import GPU_MAX_K, CandidateSearch, SearchOptions
+from tal_infer.candidates import GPU_MAX_K, CandidateOptions, CandidateSearch
 from tal_infer.cascade import Shortlists, rescore
 from tal_infer.cli import main
 from tal_infer.errors import TalError
@@ -84,7 +84,7 @@ def test_approximate_searches_find_most_of_the_exact_shortlist(kind):
     rng = np.random.default_rng(0)
     gallery, queries = clustered(4000, 32, rng), clustered(50, 32, rng)
     exact = CandidateSearch(gallery).search(queries, 20)
-    approx = CandidateSearch(gallery, SearchOptions(kind)).search(queries, 20)
+    approx = CandidateSearch(gallery, CandidateOptions(kind)).search(queries, 20)
     overlap = np.mean([len(set(a) & set(e)) / 20 for a, e in zip(approx, exact)])
     assert overlap > 0.9, overlap
     assert all(len(a) == 20 and len(set(a)) == 20 and a.min() >= 0 for a in approx)
@@ -98,7 +98,7 @@ def test_bad_search_requests_are_one_line_errors():
     with pytest.raises(TalError, match=">= 1"):
         search.search(unit_rows(2, 8, rng), 0)
     with pytest.raises(TalError, match="unknown candidate search 'lsh'"):
-        SearchOptions("lsh")
+        CandidateOptions("lsh")
 
 
 class _FakeGpuIndex:
@@ -135,7 +135,7 @@ def test_cuda_search_goes_to_every_gpu_and_shards_over_several(monkeypatch, gpus
 
     rng = np.random.default_rng()
     gallery, queries = unit_rows(3000, 8, rng), unit_rows(3, 8, rng)
-    search = CandidateSearch(gallery, SearchOptions("exact", device="cuda"))
+    search = CandidateSearch(gallery, CandidateOptions("exact", device="cuda"))
     assert search.where == ("1 GPU" if gpus == 1 else "2 GPUs (sharded)")
     assert calls == ({"device": 0} if gpus == 1 else {"shard": True})
     want = np.argsort(-(queries @ gallery.T), axis=1)
@@ -143,7 +143,7 @@ def test_cuda_search_goes_to_every_gpu_and_shards_over_several(monkeypatch, gpus
         np.testing.assert_array_equal(got, w[:30])
     big = search.search(queries, 2500)  # beyond the GPU limit: the CPU copy answers
     assert all(len(b) == 2500 for b in big) and max(search.index.ks) <= GPU_MAX_K
-    hnsw = CandidateSearch(gallery, SearchOptions("hnsw", device="cuda"))
+    hnsw = CandidateSearch(gallery, CandidateOptions("hnsw", device="cuda"))
     assert hnsw.where == "cpu"  # FAISS has no GPU HNSW
 
 
@@ -191,7 +191,7 @@ def test_stage_two_reads_and_scores_only_each_querys_candidates(engine, embedded
     cand = [np.array([3, 17, 9]), np.array([0, 39]), np.array([], np.int64),
             np.array([5]), np.array([22, 21, 20]), np.array([1, 2])]
     lists = rescore(CountingScorer(), queries,
-                    lambda cols: contents.gather(cols, engine.scorer.keys), cand)
+                    lambda cols: contents.take(cols, engine.scorer.keys), cand)
     assert scored == [3, 2, 1, 3, 2]  # the empty list is not scored
     for key in engine.scorer.keys:
         assert sorted(stored[key].read) == sorted(contents.rows[np.concatenate(cand)].tolist())

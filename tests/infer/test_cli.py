@@ -19,7 +19,7 @@ from click.testing import CliRunner, Result
 from tal_infer import ReIDEngine
 from tal_infer.bundle import load_bundle
 from tal_infer.cli import main
-from tal_infer.index import GalleryIndex
+from tal_infer.engine import bundle_index
 from tal_infer.metrics import evaluate_scores
 
 from runtime_fixtures import write_crops, write_fake_bundle
@@ -104,9 +104,7 @@ def test_index_of_another_model_is_refused_or_rebuilt(fake_bundle, crop_folders,
     assert "index was built for model" in line and "--rebuild-index" in line
     res = run(*base(other, crop_folders, "--index", index, "--rebuild-index"))
     assert res.exit_code == 0 and "12 added" in res.stderr
-    contents = GalleryIndex(index, load_bundle(other).fingerprint,
-                            {k: s.match_shape for k, s in load_bundle(other).features.items()}
-                            ).load()
+    contents = bundle_index(load_bundle(other), index).load()
     assert len(contents) == 12
 
 
@@ -141,11 +139,10 @@ def test_killed_index_build_resumes_to_a_clean_build(fake_bundle, tmp_path):
     res = run(*base(fake_bundle, folders, "--index", tmp_path / "clean", "--batch", "1"))
     assert res.exit_code == 0
     bundle = load_bundle(fake_bundle)
-    shapes = {k: s.match_shape for k, s in bundle.features.items()}
-    resumed = GalleryIndex(tmp_path / "idx", bundle.fingerprint, shapes).load()
-    clean = GalleryIndex(tmp_path / "clean", bundle.fingerprint, shapes).load()
+    resumed = bundle_index(bundle, tmp_path / "idx").load()
+    clean = bundle_index(bundle, tmp_path / "clean").load()
     assert resumed.paths == clean.paths and len(clean) == 240
-    for key in shapes:
+    for key in bundle.features:
         np.testing.assert_array_equal(resumed.chunk(0, 240)[key], clean.chunk(0, 240)[key])
 
 
@@ -189,12 +186,11 @@ def test_failed_index_run_leaves_a_consistent_index(fake_bundle, crop_folders, t
     index = tmp_path / "idx"
     one_error_line(run(*base(fake_bundle, crop_folders, "--index", index, "--batch", "2")))
     bundle = load_bundle(fake_bundle)
-    shapes = {k: s.match_shape for k, s in bundle.features.items()}
-    contents = GalleryIndex(index, bundle.fingerprint, shapes).load()
+    contents = bundle_index(bundle, index).load()
     assert all(Path(p).is_file() and "000999" not in p for p in contents.paths)
     res = run(*base(fake_bundle, crop_folders, "--index", index, "--on-error", "skip"))
     assert res.exit_code == 0 and "skipped 1" in res.stderr
-    assert len(GalleryIndex(index, bundle.fingerprint, shapes).load()) == 12
+    assert len(bundle_index(bundle, index).load()) == 12
 
 
 def test_gray_rgba_and_16bit_files_are_converted(fake_bundle, crop_folders):

@@ -11,9 +11,8 @@ import numpy as np
 import pytest
 
 from tal_infer.bundle import load_bundle
-from tal_infer.engine import ReIDEngine
+from tal_infer.engine import ReIDEngine, bundle_index
 from tal_infer.images import DEFAULT_MAX_PIXELS
-from tal_infer.index import GalleryIndex
 from tal_infer.metrics import evaluate_scores
 
 from runtime_fixtures import write_crops
@@ -31,9 +30,7 @@ def no_extraction(monkeypatch):
 
 
 def index_contents(bundle_dir: Path, index: Path):
-    bundle = load_bundle(bundle_dir)
-    shapes = {k: s.match_shape for k, s in bundle.features.items()}
-    return GalleryIndex(index, bundle.fingerprint, shapes).load()
+    return bundle_index(load_bundle(bundle_dir), index).load()
 
 
 def committed_rows(index: Path) -> int:
@@ -42,7 +39,7 @@ def committed_rows(index: Path) -> int:
 
 
 def shorten_feature_file(index: Path, keep_rows: int) -> tuple[Path, bytes]:
-    path = sorted(index.glob("features-*/*.f16"))[0]
+    path = sorted(index.glob("features-*/*.f32"))[0]  # an fp32 bundle's index stores fp32
     rows = committed_rows(index)
     data = path.read_bytes()[:path.stat().st_size // rows * keep_rows]
     path.write_bytes(data)
@@ -60,7 +57,7 @@ def test_short_feature_file_then_a_new_image_is_one_error_and_nothing_zeroed(
     line = one_error_line(res)
     assert res.exit_code == 2
     assert re.fullmatch(rf"error: {re.escape(str(index))}: index is damaged: the catalog commits "
-                        rf"12 feature rows, features-0/{path.stem}\.f16 holds 8 of them; "
+                        rf"12 feature rows, features-0/{path.stem}\.f32 holds 8 of them; "
                         rf"rebuild it with --rebuild-index", line), line
     assert path.read_bytes() == kept and committed_rows(index) == 12  # nothing padded or added
     assert not (tmp_path / "r.json").exists()

@@ -11,7 +11,7 @@ import pytest
 from tal_infer import Gallery, ReIDEngine
 from tal_infer.errors import TalError
 from tal_infer.images import ImageError
-from tal_infer.scoring import match_layout
+from tal_infer.features import match_layout
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +32,7 @@ def test_embed_equals_the_graph_on_resized_crops(engine, fake_bundle):
     images = np.stack([cv2.resize(c, (16, 32), interpolation=cv2.INTER_LINEAR) for c in crops])
     names = [o.name for o in session.get_outputs()]
     for name, want in zip(names, session.run(names, {"images": images})):
-        np.testing.assert_allclose(got[name], match_layout(name, want), rtol=0, atol=1e-6)
+        np.testing.assert_allclose(got[name], match_layout(want), rtol=0, atol=1e-6)
         assert got[name].flags.c_contiguous
 
 

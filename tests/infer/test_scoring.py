@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from tal_infer.bundle import load_bundle
-from tal_infer.scoring import Scorer, TopK, exclude_same_camera, feature_chunks, match_layout, \
-    rank_gallery
+from tal_infer.features import feature_chunks, match_layout
+from tal_infer.scoring import Scorer, TopK, exclude_same_camera, rank_gallery
 from tal_plugins import qaconv_match_reference_numpy
 
 from runtime_fixtures import random_features
@@ -122,7 +122,7 @@ def test_scores_equal_pytorch_model_match(tmp_path, overrides):
     qf, gf = model.extract(q_img), model.extract(g_img)
     want = model.match(qf, gf).numpy()
     bundle = _bundle_from_model(model, tmp_path / "b")
-    to_np = lambda f: {k: np.ascontiguousarray(match_layout(k, v.numpy())) for k, v in f.items()}  # noqa: E731
+    to_np = lambda f: {k: match_layout(v.numpy()) for k, v in f.items()}  # noqa: E731
     got = Scorer(bundle).scores(to_np(qf), to_np(gf))
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * float(np.abs(want).max()))
 

@@ -17,7 +17,7 @@ import pytest
 
 from tal_infer import Gallery, ReIDEngine, backends, tensorrt_runtime
 from tal_infer.bundle import load_bundle
-from tal_infer.errors import TalError
+from tal_infer.errors import BundleError, TalError
 from tal_infer.scoring import Scorer
 from tal_infer.tensorrt_runtime import TensorRTExtractor, TensorRTMatcher, build_mismatches
 
@@ -188,3 +188,34 @@ def test_unreadable_plan_names_the_build_differences(trt_bundle):
     with pytest.raises(TalError, match="extractor.plan: TensorRT cannot deserialize it \\(the "
                                        "plans were built with TensorRT 10.9.0.34"):
         TensorRTExtractor(bundle, "cpu")
+
+
+def test_extractor_plan_outputs_are_checked_against_the_manifest(trt_bundle):
+    """Like the ONNX Runtime and torch backends: an engine whose outputs are not the manifest's
+    features is refused when it opens, naming both shapes."""
+    spec = json.loads(trt_bundle.file("extractor.plan").read_text())
+    channels = trt_bundle.features["di_res4"].shape[0]
+    h, w = trt_bundle.features["di_res4"].hw
+    write_plan(trt_bundle.file("extractor.plan"), trt_bundle.file("extractor.onnx"),
+               spec["profile"], spec["dtypes"], shapes={"di_res4": [-1, channels + 1, h, w]})
+    with pytest.raises(BundleError, match=rf"manifest.json: feature di_res4 has shape \[-1, "
+                                          rf"{channels}, {h}, {w}\], but extractor.plan gives "
+                                          rf"\[N, {channels + 1}, {h}, {w}\]"):
+        TensorRTExtractor(trt_bundle, "cpu")
+
+
+def test_matching_backend_is_chosen_apart_from_the_extractor(trt_bundle, monkeypatch):
+    """matcher.plan beside any extractor (--matcher tensorrt), and the heads beside the
+    TensorRT extractor (--matcher numpy); auto pairs matcher.plan with the TensorRT one."""
+    monkeypatch.setattr(tensorrt_runtime, "torch_device", lambda device: __import__(
+        "torch").device("cpu"))
+    trt_extractor = TensorRTExtractor(trt_bundle, "cpu")
+    onnx_extractor = backends.OnnxRuntimeExtractor(trt_bundle, "cpu")
+    assert isinstance(backends.open_matcher(trt_bundle, onnx_extractor, "cuda", "tensorrt"),
+                      TensorRTMatcher)
+    assert isinstance(backends.open_matcher(trt_bundle, trt_extractor, "cuda", "auto"),
+                      TensorRTMatcher)
+    heads = backends.open_matcher(trt_bundle, trt_extractor, "cuda", "numpy")
+    assert isinstance(heads, Scorer) and (heads.name, heads.device) == ("numpy", "cpu")
+    with pytest.raises(TalError, match="runs on CUDA only"):
+        backends.open_matcher(trt_bundle, onnx_extractor, "cpu", "tensorrt")

@@ -7,6 +7,10 @@ interpreter runs every program in numpy, and odd sizes exercise the masks (HW no
 two, HWq != HWg, several location tiles of 16, Ng not a multiple of the 2 galleries per program).
 The "negative" cases make every similarity negative (query features >= 0, gallery <= 0), so a
 padded tile row or column read as 0 instead of -inf would win a max and show.
+
+`CONFIG_CASES` run the kernel with the launch configs a GPU gets (plugins/tuning.py: each row of
+the built-in table at its own sizes, and the default rule's first choice for fp32 and for odd
+sizes) instead of the interpreter's small tiles.
 """
 from __future__ import annotations
 
@@ -14,6 +18,8 @@ import json
 import os
 import random
 import sys
+
+from tal_plugins import tuning
 
 # name: (Nq, Ng, HWq, HWg, C, P, dtype, mode, negative); mode: match | responses | grad
 CASES = {
@@ -27,6 +33,28 @@ CASES = {
     "fp32_gradients": (2, 3, 18, 20, 16, 3, "float32", "grad", False),
 }
 
+DTYPE_NAMES = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}
+
+
+def _config_cases() -> dict[str, tuple]:
+    """name: CASES fields + the launch config; Ng = 9 leaves a short last run of galleries."""
+    cases = {}
+    for n, row in enumerate(tuning.MEASURED):
+        hwq, hwg = row.hw
+        dtype = DTYPE_NAMES[row.dtypes[0]]
+        cases[f"table{n}_{row.archs[0]}_{row.dtypes[0]}_p65_negative"] = (
+            1, 9, hwq, hwg, row.channels, 65, dtype, "match", True, row.config)
+        cases[f"table{n}_{row.archs[0]}_{row.dtypes[0]}_responses"] = (
+            1, 9, hwq, hwg, row.channels, 0, dtype, "responses", False, row.config)
+    for name, (hwq, hwg, c, p, dtype) in {"default_fp32_c128": (192, 192, 128, 1, "fp32"),
+                                         "default_fp16_odd": (70, 130, 40, 3, "fp16")}.items():
+        config = tuning.default_config(tuning.TuningKey("sm90", hwq, hwg, c, p, dtype))
+        cases[name] = (1, 9, hwq, hwg, c, p, DTYPE_NAMES[dtype], "match", True, config)
+    return cases
+
+
+CONFIG_CASES = _config_cases()
+
 
 def features(n: int, hw: int, c: int, gen, sign: float = 0.0):
     """L2-normalized random maps; sign +1 / -1 makes every entry >= 0 / <= 0."""
@@ -36,13 +64,29 @@ def features(n: int, hw: int, c: int, gen, sign: float = 0.0):
     return torch.nn.functional.normalize(x.abs() * sign if sign else x, dim=2)
 
 
+def _kernel_call(config):
+    """The op through the custom op (interpreter config), or `kernel.launch` with `config`."""
+    import torch
+
+    import tal_plugins
+    from tal_plugins import kernel
+
+    if config is None:
+        return (lambda q, g, wq, wg: tal_plugins.qaconv_match(q, g, wq, wg, backend="triton"),
+                lambda q, g: tal_plugins.qaconv_responses(q, g, backend="triton"))
+    return (lambda q, g, wq, wg: kernel.launch(q, g, wq.to(torch.float32), wg.to(torch.float32),
+                                               config=config),
+            lambda q, g: kernel.launch(q, g, responses=True, config=config))
+
+
 def run_case(name: str) -> dict:
     import torch
 
     import tal_plugins
     from tal_plugins import qaconv_match_reference
 
-    n_q, n_g, hwq, hwg, c, p, dtype, mode, negative = CASES[name]
+    n_q, n_g, hwq, hwg, c, p, dtype, mode, negative, *config = {**CASES, **CONFIG_CASES}[name]
+    match, responses = _kernel_call(config[0] if config else None)
     seed = random.SystemRandom().randrange(2**31)
     gen = torch.Generator().manual_seed(seed)
     # Rounded to the input dtype first, so kernel and reference see the same values.
@@ -51,13 +95,13 @@ def run_case(name: str) -> dict:
     if mode == "responses":
         s = torch.einsum("pic,gjc->pgij", q.double(), g.double())
         expected = torch.cat([s.amax(3), s.amax(2)], dim=-1)
-        actual = tal_plugins.qaconv_responses(q, g, backend="triton").double()
+        actual = responses(q, g).double()
         err = (actual - expected).abs().max().item()
         return {"err": err, "tol": 1e-5, "seed": seed}
     wq, wg = torch.randn(hwq, p, generator=gen), torch.randn(hwg, p, generator=gen)
     if mode == "match":
         expected = qaconv_match_reference(q.double(), g.double(), wq.double(), wg.double())
-        actual = tal_plugins.qaconv_match(q, g, wq, wg, backend="triton").double()
+        actual = match(q, g, wq, wg).double()
         scale = 1.0 + expected.abs().max().item()
         return {"err": (actual - expected).abs().max().item(), "tol": 1e-5 * scale, "seed": seed}
     # grad: the kernel's forward with the op's backward against autograd through the reference.
@@ -71,7 +115,7 @@ def run_case(name: str) -> dict:
 
 if __name__ == "__main__":
     assert os.environ.get("TRITON_INTERPRET") == "1", "run with TRITON_INTERPRET=1"
-    for case in sys.argv[1:] or CASES:
+    for case in sys.argv[1:] or {**CASES, **CONFIG_CASES}:
         print(json.dumps({case: run_case(case)}), flush=True)
     from tal_plugins import kernel
 

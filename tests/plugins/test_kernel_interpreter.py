@@ -14,7 +14,7 @@ import pytest
 
 pytest.importorskip("triton")
 
-from interpreter_cases import CASES  # noqa: E402
+from interpreter_cases import CASES, CONFIG_CASES  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 
@@ -32,7 +32,7 @@ def interpreter_results() -> dict:
     return results
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("case", sorted(CASES) + sorted(CONFIG_CASES))
 def test_kernel_matches_reference_in_interpreter(case, interpreter_results):
     result = interpreter_results[case]
     assert result["err"] <= result["tol"], f"{case}: {result}"
@@ -63,21 +63,40 @@ def test_kernel_compiles_responses_variant():
 
 
 @pytest.mark.parametrize("hw", [32, 48, 128, 192])
-def test_autotune_tiles_leave_no_padding_for_model_sizes(hw):
-    from tal_plugins import kernel
+def test_default_tiles_leave_no_padding_for_model_sizes(hw):
+    from tal_plugins import tuning
 
-    tiles = kernel.tile_candidates(hw, hw)
+    tiles = tuning.tile_candidates(hw, hw)
     assert tiles
-    assert all(kernel.padding_waste(hw, hw, bi, bj) == 0 for bi, bj in tiles)
-    configs = [c for c in kernel.autotune_configs()]
-    kept = kernel.prune_configs(configs, {}, HWQ=hw, HWG=hw)
-    assert kept and {(c.kwargs["BLOCK_I"], c.kwargs["BLOCK_J"]) for c in kept} == set(tiles)
+    assert all(tuning.padding_waste(hw, hw, bi, bj) == 0 for bi, bj in tiles)
+    key = tuning.TuningKey("sm90", hw, hw, 128, 1, "fp16")
+    assert {(c.block_i, c.block_j) for c in tuning.tuning_candidates(key)} == set(tiles)
+    first = tuning.default_config(key)
+    assert (first.block_i, first.block_j) in tiles
 
 
 def test_tile_candidates_for_sizes_without_exact_tiles():
-    from tal_plugins import kernel
+    from tal_plugins import kernel, tuning
 
     # 20 and 35 have no power-of-two divisor >= 16: the least padded tiles are kept.
-    tiles = kernel.tile_candidates(20, 35)
+    tiles = tuning.tile_candidates(20, 35)
     assert tiles == [(16, 16)]
     assert kernel.grid_size(5, 17, 8) == 5 * 3
+
+
+def test_compiles_go_through_tritons_on_disk_cache_in_its_configured_folder(tmp_path):
+    """A second process compiling the same specialization finds it in TRITON_CACHE_DIR and
+    writes nothing (the launch path compiles through the same `triton.compile`)."""
+    env = {**os.environ, "TRITON_CACHE_DIR": str(tmp_path / "triton")}
+    env.pop("TRITON_INTERPRET", None)
+    code = "from tal_plugins import kernel; kernel.compile_ptx('fp16', 20, 20, 16, 1, arch=90)"
+
+    def compile_in_a_new_process() -> dict:
+        res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                             text=True, timeout=300)
+        assert res.returncode == 0, res.stderr[-2000:]
+        return {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()}
+
+    first = compile_in_a_new_process()
+    assert any(p.suffix in (".ptx", ".cubin") for p in first)
+    assert compile_in_a_new_process() == first  # same files, none rewritten

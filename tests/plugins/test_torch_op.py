@@ -2,6 +2,8 @@
 against autograd through the reference, and backend selection."""
 from __future__ import annotations
 
+import importlib.util
+
 import numpy as np
 import pytest
 import torch
@@ -102,8 +104,20 @@ def test_backend_choice():
 def test_auto_backend_on_cuda_picks_the_kernel_only_where_it_runs():
     pytest.importorskip("triton")
     assert resolve_backend("auto", "cuda", "float16", 128) == "triton"
+    assert resolve_backend("auto", "cuda", "bfloat16", 128) == "triton"
+    # fp32: cuBLAS, no multi-minute compile of the three-pass tf32 kernel (backend="triton" can)
+    assert resolve_backend("auto", "cuda", "float32", 128) == "torch"
+    assert resolve_backend("triton", "cuda", "float32", 128) == "triton"
     assert resolve_backend("auto", "cuda", "float64", 128) == "torch"
     assert resolve_backend("auto", "cuda", "float16", 512) == "torch"
+
+
+def test_auto_backend_runs_training_responses_on_the_torch_path_on_cuda():
+    # qaconv_responses is the training op: cuBLAS GEMM + max, no kernel compile per shape.
+    assert resolve_backend("auto", "cuda", "float16", 128, responses=True) == "torch"
+    assert resolve_backend("auto", "cpu", "float32", 128, responses=True) == "torch"
+    if importlib.util.find_spec("triton") is not None:
+        assert resolve_backend("triton", "cuda", "float16", 128, responses=True) == "triton"
 
 
 def test_triton_backend_on_cpu_needs_the_interpreter(monkeypatch):

@@ -29,7 +29,7 @@ def test_shortlist_recall_counts_the_teachers_top_inside_the_shortlist():
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def distill_setup(tmp_path_factory):
     folder = tmp_path_factory.mktemp("distill")
     synthesize(folder / "train", SyntheticConfig(identities=24, domains=2, cameras=2,
                                                  images_per_id=(4, 5), distractors=0, junk=0,
@@ -47,8 +47,8 @@ def setup(tmp_path_factory):
     return model, list_images(folder / "train"), list_images(folder / "test")
 
 
-def test_distilled_head_shortlists_the_teachers_top_better_than_an_untrained_one(setup):
-    model, train, test = setup
+def test_distilled_head_shortlists_the_teachers_top_better_than_an_untrained_one(distill_setup):
+    model, train, test = distill_setup
     before = {k: v.clone() for k, v in model.state_dict().items()}
     options = DistillOptions(dim=32, blocks=6, block_size=64, steps_per_block=25, batch_size=64,
                              holdout_shortlist=8)
@@ -68,8 +68,8 @@ def test_distilled_head_shortlists_the_teachers_top_better_than_an_untrained_one
     assert trained_recall > untrained_recall + 0.05, (trained_recall, untrained_recall)
 
 
-def test_head_round_trips_through_the_checkpoint(setup, tmp_path):
-    model, _, _ = setup
+def test_head_round_trips_through_the_checkpoint(distill_setup, tmp_path):
+    model, _, _ = distill_setup
     ckpt = save_checkpoint(tmp_path / "ckpt.pth", model_state=model.state_dict(),
                            config=model.config.to_dict(), epoch=2, run_name="r")
     head = DescriptorHead(_item_shapes(model), dim=24, reduced=8, hidden=32)

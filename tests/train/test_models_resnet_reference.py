@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tal_train.models import resnet
+from tal_train.models.backbones import backbone_spec
+from tal_train.models.resnet import resnet_name
 from test_models_support import randomize_norms
 
 BLOCKS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3)}  # torchvision's layer counts
@@ -88,7 +89,8 @@ def reference_stages(x: Tensor, w: Weights, depth: int, ibn: str | None,
 @pytest.mark.parametrize("depth, ibn, last_stride", [
     (18, None, 2), (50, None, 1), (34, "a", 2), (50, "a", 2), (18, "b", 1), (50, "b", 2)])
 def test_backbone_forward_equals_functional_reference(depth, ibn, last_stride):
-    net = randomize_norms(resnet(depth, ibn=ibn, last_stride=last_stride, base_width=8)).eval()
+    spec = backbone_spec(resnet_name(depth, ibn, base_width=16))  # the registered x0.25 widths
+    net = randomize_norms(spec.build(last_stride=last_stride)).eval()
     with torch.no_grad():  # instance norms too: non-trivial affines everywhere
         for m in net.modules():
             if isinstance(m, nn.InstanceNorm2d):
@@ -99,8 +101,9 @@ def test_backbone_forward_equals_functional_reference(depth, ibn, last_stride):
     with torch.no_grad():
         got = net.forward_features(x)
         want = reference_stages(x, weights, depth, ibn, last_stride)
-    assert list(got) == ["res2", "res3", "res4", "res5"]
-    for scale, value in want.items():
+    assert list(got) == ["res4", "res5"]
+    for scale in got:
+        value = want[scale]
         assert got[scale].shape == value.shape, scale
         torch.testing.assert_close(got[scale], value, rtol=1e-4,
                                    atol=1e-5 * float(value.abs().max()), msg=scale)

@@ -34,10 +34,10 @@ def images(n: int, seed: int = 1) -> torch.Tensor:
 
 def test_presets_and_plain_dict_round_trip():
     paper = TALConfig.preset("paper", domains=("cuhk03", "msmt17", "randperson"))
-    assert (paper.depth, paper.ibn, paper.image_size, paper.neck_channels) == (50, "b", (384, 128), 128)
+    assert (paper.backbone, paper.image_size, paper.neck_channels) == ("resnet50_ibn_b", (384, 128), 128)
     assert paper.scale_sizes() == {"res4": (24, 8), "res5": (12, 4)} and paper.num_domains == 3
     tiny = TALConfig.preset("tiny", domains=("a", "b"))
-    assert (tiny.depth, tiny.base_width, tiny.image_size) == (18, 16, (128, 64))
+    assert (tiny.backbone, tiny.image_size) == ("resnet18_ibn_b_x0_25", (128, 64))
     buf = io.BytesIO()
     torch.save({"config": tiny.to_dict()}, buf)
     buf.seek(0)
@@ -46,7 +46,7 @@ def test_presets_and_plain_dict_round_trip():
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (dict(domains=()), "domains"), (dict(depth=20), "depth=20"), (dict(scales=("res3",)), "scales"),
+    (dict(domains=()), "domains"), (dict(backbone="resnet20"), "resnet20"), (dict(scales=("res3",)), "scales"),
     (dict(streams=()), "streams"), (dict(di_norm="in"), "di_norm"), (dict(colour=1), "colour"),
     (dict(domains=("a", "a")), "duplicate")])
 def test_invalid_config_raises_one_clear_line(overrides, message):

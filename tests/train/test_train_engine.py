@@ -81,13 +81,15 @@ def test_checkpoint_round_trip(data_root, tmp_path):
     metrics = json.loads((result.out / "metrics.json").read_text())
     assert metrics == ckpt["metrics"] == result.metrics
     entry = metrics[0]
-    assert entry["epoch"] == 1 and set(entry) == {"epoch", "domain-c"}
+    assert entry["epoch"] == 1 and set(entry) == {"epoch", "images_per_s", "domain-c",
+                                                  "diagnostics"}
     assert set(entry["domain-c"]) == {"tal", "ds", "di"}
     for m in entry["domain-c"].values():
         assert set(m) == {"mAP", "top1", "top5", "top10"}
         assert 0 <= m["mAP"] <= 100 and m["top1"] <= m["top5"] <= m["top10"] <= 100
     assert (result.out / "curves.png").stat().st_size > 0
     log = json.loads((result.out / "train_log.json").read_text())
+    assert entry["images_per_s"] == log[0]["images_per_s"] > 0  # the epoch's training speed
     assert log[0]["iterations"] == 2 and set(log[0]["loss"]) == {
         "domain0", "domain1", "hybrid_ds", "hybrid_di", "total"}
 

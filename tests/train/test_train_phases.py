@@ -77,9 +77,10 @@ def test_hybrid_ds_step_updates_only_msda_head():
            _stats(model, lambda k: k.startswith("msda_head.")))
 
 
-@pytest.mark.parametrize("di_norm", ["dabn", "bn"])
-def test_hybrid_di_step_updates_shared_di_norm_and_di_head(di_norm):
-    model = _model(di_norm=di_norm)
+@pytest.mark.parametrize("di", [dict(di_norm="dabn"), dict(di_norm="bn"),
+                                dict(di_norm="dabn", dabn_stats="own")])
+def test_hybrid_di_step_updates_shared_di_norm_and_di_head(di):
+    model = _model(**di)  # with own DABN statistics, those update too
     changed, grads = _step(model, "hybrid_di")
     _check(changed, grads, _names(model, "shared", "di_norm", "di_head"),
            _stats(model, lambda k: k.startswith("di_head.") or ".di." in k))

@@ -32,9 +32,12 @@ def prepare_folder(folder: Path, subfolders: list[str], overwrite: bool) -> None
         (folder / sub).mkdir(parents=True, exist_ok=True)
 
 
-def write_manifest(path: Path, generator: str, config: Any, styles: list[Any]) -> None:
+def write_manifest(path: Path, generator: str, config: Any, styles: list[Any],
+                   structures: list[Any] | None = None) -> None:
     """What was generated and with which knobs, so a folder can be regenerated exactly."""
     manifest = {"generator": generator, "format_version": 1,
                 "config": dataclasses.asdict(config),
                 "domains": [dataclasses.asdict(s) for s in styles]}
+    if structures is not None:
+        manifest["structures"] = [dataclasses.asdict(s) for s in structures]
     path.write_text(json.dumps(manifest, indent=2) + "\n")

@@ -11,6 +11,11 @@ detection of a test identity). File names: ``<pid>_c<cam>s1_<frame>_<n>.jpg`` at
 
 Every image is drawn from its own random stream keyed by (seed, domain, identity, image), so the
 same seed gives byte-identical files.
+
+``shift``: ``"photometric"`` (default) domains differ in background, colour cast, contrast,
+blur, noise and resolution (`style`); ``"structural"`` adds per-domain viewpoint, camera pitch,
+person scale and crop alignment, occlusion, clothing palette and texture, and a wider resolution
+range (`structure`), for a domain-generalization benchmark that instance norms cannot solve.
 """
 from __future__ import annotations
 
@@ -30,6 +35,8 @@ from ..market import MARKET_FOLDERS
 from .files import prepare_folder, write_jpeg, write_manifest
 from .person import VIEWS, PersonSpec, draw_person, sample_person
 from .scenes import make_plate
+from .structure import (OCCLUDERS, SHIFTS, DomainStructure, apply_texture, draw_occluder, keystone,
+                        restyle_camera, restyle_domain, sample_structures)
 from .style import CameraStyle, DomainStyle, apply_style, sample_camera_style, sample_domain_styles
 
 RECORDING_FRAMES = 90_000  # one hour of video at 25 fps per camera
@@ -46,6 +53,7 @@ class SyntheticConfig:
     seed: int = 0
     distractors: int = 8                   # pid 0000 images per domain gallery
     junk: int = 4                          # pid -1 images per domain gallery
+    shift: str = "photometric"             # or "structural" (module docstring)
 
     def validate(self) -> None:
         lo, hi = self.images_per_id
@@ -56,6 +64,7 @@ class SyntheticConfig:
             (3 <= lo <= hi, "--images-per-id must be N or LO-HI with 3 <= LO <= HI"),
             (self.size[0] >= 32 and self.size[1] >= 16, "--size must be at least 32x16 (HxW)"),
             (self.distractors >= 0 and self.junk >= 0, "--distractors/--junk must be >= 0"),
+            (self.shift in SHIFTS, f"--shift must be one of {', '.join(SHIFTS)}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -72,6 +81,8 @@ def domain_names(count: int) -> list[str]:
 class _Camera:
     style: CameraStyle
     plate: np.ndarray
+    top: tuple[float, float] = (0.15, 0.85)  # the fraction of the box's slack above the head
+    structure: DomainStructure | None = None  # structural shift: pitch, occlusion, texture
 
 
 def _render(spec: PersonSpec | None, cam: _Camera, dom: DomainStyle, size: tuple[int, int],
@@ -88,15 +99,36 @@ def _render(spec: PersonSpec | None, cam: _Camera, dom: DomainStyle, size: tuple
     img = cv2.resize(cam.plate[y0:y0 + wh, x0:x0 + ww], (W, H), interpolation=cv2.INTER_LINEAR)
     if spec is not None:
         height = H * rng.uniform(*cam.style.scale)
-        top = rng.uniform(0.15, 0.85) * (H - height)
+        top = rng.uniform(*cam.top) * (H - height)
         cx = W / 2 + rng.uniform(-cam.style.shift, cam.style.shift) * W
         if cut:
             if rng.random() < 0.5:
                 cx += rng.choice([-1, 1]) * cut * W
             else:
                 top += cut * height
+        scene = img.copy() if cam.structure is not None else None
         draw_person(img, spec, view, phase, cx, top, height)
+        if cam.structure is not None:
+            _structural_effects(img, scene, cam, dom, rng, height)
+    if cam.structure is not None:
+        img = keystone(img, cam.structure.pitch)
     return apply_style(img, dom, cam.style, rng)
+
+
+def _structural_effects(img: np.ndarray, scene: np.ndarray, cam: _Camera, dom: DomainStyle,
+                        rng: np.random.Generator, height: float) -> None:
+    """Fabric texture on the person just drawn over `scene`, then maybe an occluder (in place)."""
+    s = cam.structure
+    apply_texture(img, (img != scene).any(-1), s.texture, s.texture_strength, rng)
+    if rng.random() < s.occlusion:
+        def pedestrian(target: np.ndarray, cx: float) -> None:
+            other = sample_person(rng, dom.fashion)
+            draw_person(target, other, VIEWS[int(rng.integers(len(VIEWS)))],
+                        rng.uniform(0, 2 * math.pi), cx, rng.uniform(0.0, 0.15) * height,
+                        height * rng.uniform(0.9, 1.1))
+
+        draw_occluder(img, OCCLUDERS[int(rng.integers(len(OCCLUDERS)))], list(dom.palette), rng,
+                      pedestrian)
 
 
 def _split_counts(rng: np.random.Generator, n: int, k: int) -> list[int]:
@@ -125,15 +157,25 @@ def _identity_images(cfg: SyntheticConfig, d: int, i: int, spec: PersonSpec,
             frame += int(rng.integers(3, 20))
 
 
-def _write_domain(cfg: SyntheticConfig, d: int, dom: DomainStyle, folder: Path, bar) -> None:
-    dirs = {split: folder / sub for split, sub in MARKET_FOLDERS.items()}
+def _cameras(cfg: SyntheticConfig, d: int, dom: DomainStyle,
+             structure: DomainStructure | None) -> list[_Camera]:
     cams = []
+    H, W = cfg.size
     for c in range(cfg.cameras):
-        H, W = cfg.size
-        cams.append(_Camera(sample_camera_style(np.random.default_rng([cfg.seed, 0xC0, d, c]), c),
-                            make_plate(dom.family, list(dom.palette),
-                                       np.random.default_rng([cfg.seed, 0xC1, d, c]),
-                                       int(H * 1.5), W * 8)))
+        style = sample_camera_style(np.random.default_rng([cfg.seed, 0xC0, d, c]), c)
+        plate = make_plate(dom.family, list(dom.palette),
+                           np.random.default_rng([cfg.seed, 0xC1, d, c]), int(H * 1.5), W * 8)
+        if structure is None:
+            cams.append(_Camera(style, plate))
+        else:
+            cams.append(_Camera(restyle_camera(style, structure), plate, structure.top, structure))
+    return cams
+
+
+def _write_domain(cfg: SyntheticConfig, d: int, dom: DomainStyle,
+                  structure: DomainStructure | None, folder: Path, bar) -> None:
+    dirs = {split: folder / sub for split, sub in MARKET_FOLDERS.items()}
+    cams = _cameras(cfg, d, dom, structure)
     n_train = cfg.identities // 2
     specs = [sample_person(np.random.default_rng([cfg.seed, 0xA0, d, i]), dom.fashion)
              for i in range(cfg.identities)]
@@ -184,11 +226,16 @@ def synthesize(out: str | os.PathLike, config: SyntheticConfig = SyntheticConfig
     for f in folders:
         prepare_folder(f, list(MARKET_FOLDERS.values()), overwrite)
     styles = sample_domain_styles(config.seed, names)
+    structures: list[DomainStructure | None] = [None] * len(names)
+    if config.shift == "structural":
+        structures = list(sample_structures(config.seed, len(names)))
+        styles = [restyle_domain(s, t) for s, t in zip(styles, structures)]
     # The image count is only known while drawing; the bar's total is the expected count.
     expected = config.domains * (config.identities * sum(config.images_per_id) // 2
                                  + config.distractors + config.junk)
     with tqdm(total=expected, unit="img", desc="synthesize", disable=not progress) as bar:
-        for d, (dom, folder) in enumerate(zip(styles, folders)):
-            _write_domain(config, d, dom, folder, bar)
-    write_manifest(out / "synthesis.json", "tal-reid synthetic camera network", config, styles)
+        for d, (dom, structure, folder) in enumerate(zip(styles, structures, folders)):
+            _write_domain(config, d, dom, structure, folder, bar)
+    write_manifest(out / "synthesis.json", "tal-reid synthetic camera network", config, styles,
+                   structures if config.shift == "structural" else None)
     return folders

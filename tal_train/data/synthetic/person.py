@@ -45,6 +45,8 @@ class Fashion:
     backpack: float = 0.2
     bag: float = 0.15
     hat: float = 0.12
+    bright: tuple[int, ...] | None = None  # indices into BRIGHT worn here (None: all of them)
+    pattern_scale: float = 1.0             # stripe / check period multiplier
 
 
 @dataclass(frozen=True)
@@ -87,8 +89,9 @@ def _pick(rng: np.random.Generator, items: list):
 
 def sample_person(rng: np.random.Generator, fashion: Fashion = Fashion()) -> PersonSpec:
     """A random identity drawn under a domain's clothing habits."""
-    upper_rgb = _pick(rng, DARK if rng.random() < fashion.dark else BRIGHT)
-    second_rgb = _pick(rng, BRIGHT + DARK)
+    bright = BRIGHT if fashion.bright is None else [BRIGHT[i] for i in fashion.bright]
+    upper_rgb = _pick(rng, DARK if rng.random() < fashion.dark else bright)
+    second_rgb = _pick(rng, bright + DARK)
     patterned = rng.random() < fashion.patterned
     pattern = _pick(rng, list(PATTERNS[1:])) if patterned else "solid"
     u = rng.random()
@@ -107,7 +110,7 @@ def sample_person(rng: np.random.Generator, fashion: Fashion = Fashion()) -> Per
         skin=_bgr(skin, rng, 0.04), hair=_bgr(_pick(rng, HAIR), rng),
         hair_style=_pick(rng, ["short", "short", "long", "bald"]),
         upper=_bgr(upper_rgb, rng), upper2=_bgr(second_rgb, rng), pattern=pattern,
-        period=rng.uniform(0.03, 0.06), vertical=rng.random() < 0.25,
+        period=rng.uniform(0.03, 0.06) * fashion.pattern_scale, vertical=rng.random() < 0.25,
         logo=_pick(rng, ["circle", "square", "triangle", "band"]),
         short_sleeves=rng.random() < fashion.short_sleeves,
         lower=_bgr(lower_rgb, rng), lower_kind=lower_kind, shoes=_bgr(_pick(rng, SHOES), rng),
