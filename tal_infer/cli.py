@@ -188,7 +188,7 @@ def _write_report(report_dir: Path, engine: ReIDEngine, queries: Embedded,
     with writing(report_dir, "--report"):
         page = write_report(report_dir, engine.bundle, queries.paths, gallery.paths,
                             result.rows, *pids, queries.features, gallery.features.take,
-                            limit=limit)
+                            limit=limit, max_pixels=engine.max_pixels)
     click.echo(f"report: {page}", err=True)
 
 

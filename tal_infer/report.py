@@ -19,7 +19,7 @@ import numpy as np
 
 from .bundle import Bundle
 from .features import feature_name
-from .images import ImageError, read_image
+from .images import DEFAULT_MAX_PIXELS, ImageError, read_image
 
 CELL = (128, 64)  # (height, width) of one crop in a rank list
 BORDER = 4
@@ -89,8 +89,10 @@ def write_report(out_dir: str | os.PathLike, bundle: Bundle, query_paths: Sequen
                  query_pids: np.ndarray | None, gallery_pids: np.ndarray | None,
                  query_features: dict[str, np.ndarray],
                  gallery_features_of: Callable[[np.ndarray], dict[str, np.ndarray]],
-                 limit: int = 20) -> Path:
-    """Write ``index.html`` + PNGs for the first ``limit`` queries; returns the page's path."""
+                 limit: int = 20, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Path:
+    """Write ``index.html`` + PNGs for the first ``limit`` queries; returns the page's path.
+
+    Crops are read again for the thumbnails, under the same ``max_pixels`` as extraction."""
     out = Path(out_dir)
     (out / "ranks").mkdir(parents=True, exist_ok=True)
     (out / "correspondences").mkdir(exist_ok=True)
@@ -101,8 +103,8 @@ def write_report(out_dir: str | os.PathLike, bundle: Bundle, query_paths: Sequen
         cols = [c for c, _ in row]
         correct = [None if query_pids is None else bool(gallery_pids[c] == query_pids[qi])
                    for c in cols]
-        q_img = _load(q_path)
-        strip = rank_list_image(q_img, [_load(gallery_paths[c]) for c in cols],
+        q_img = _load(q_path, max_pixels)
+        strip = rank_list_image(q_img, [_load(gallery_paths[c], max_pixels) for c in cols],
                                 [s for _, s in row], correct)
         rank_png = f"ranks/q{qi:05d}.png"
         _write_png(out / rank_png, strip)
@@ -112,7 +114,7 @@ def write_report(out_dir: str | os.PathLike, bundle: Bundle, query_paths: Sequen
             g_map = _map(gallery_features_of(np.array(cols[:1]))[key][0])
             pair_png = f"correspondences/q{qi:05d}.png"
             _write_png(out / pair_png, draw_correspondences(
-                q_img, _load(gallery_paths[cols[0]]), hw, correspondences(q_map, g_map)))
+                q_img, _load(gallery_paths[cols[0]], max_pixels), hw, correspondences(q_map, g_map)))
         sections.append(_section(q_path, [gallery_paths[c] for c in cols], row, correct,
                                  rank_png, pair_png))
     page = out / "index.html"
@@ -140,9 +142,9 @@ def _map(feature: np.ndarray) -> np.ndarray:
     return feature
 
 
-def _load(path: str) -> np.ndarray:
+def _load(path: str, max_pixels: int | None) -> np.ndarray:
     try:
-        return read_image(path)
+        return read_image(path, max_pixels)
     except ImageError:  # removed since it was indexed: show a blank crop
         return np.full((*CELL, 3), 200, np.uint8)
 

@@ -45,3 +45,25 @@ def test_correspondences_are_the_strongest_per_location_argmax():
                     if j == int(np.argmax(g @ q[i]))), reverse=True)[:4]
     assert [(i, j) for i, j, _ in pairs] == [(i, j) for _, i, j in brute]
     np.testing.assert_allclose([v for _, _, v in pairs], [v for v, _, _ in brute], atol=1e-6)
+
+
+def test_thumbnails_are_read_under_the_users_pixel_limit(fake_bundle, tmp_path, monkeypatch):
+    """--max-pixels reaches the report's second read of the crops, not only extraction."""
+    import tal_infer.report as report
+
+    limits = []
+
+    def spy(path, max_pixels):
+        limits.append(max_pixels)
+        return read_image(path, max_pixels)
+
+    read_image = report.read_image
+    monkeypatch.setattr(report, "read_image", spy)
+    write_crops(tmp_path / "q", ["0001_c1s1_000001_00.jpg"], seed=1)
+    write_crops(tmp_path / "g", ["0001_c2s1_000002_00.jpg", "0002_c2s1_000003_00.jpg"], seed=2)
+    res = CliRunner().invoke(main, ["--gallery", str(tmp_path / "g"), "--queries",
+                                    str(tmp_path / "q"), "--model", str(fake_bundle), "--quiet",
+                                    "--device", "cpu", "--max-pixels", "123456",
+                                    "--report", str(tmp_path / "rep")])
+    assert res.exit_code == 0, res.stderr
+    assert limits and set(limits) == {123456}
