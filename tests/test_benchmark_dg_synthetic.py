@@ -4,7 +4,6 @@ verdict are computed from per-query results, and --update-doc replaces only its 
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -18,11 +17,9 @@ from tal_train.data.synthetic import SyntheticConfig, synthesize
 from tal_train.engine import train
 
 ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("dg_synthetic", ROOT / "benchmarks" /
-                                               "dg_synthetic.py")
-dg = importlib.util.module_from_spec(_spec)
-sys.modules["dg_synthetic"] = dg  # dataclasses look their module up
-_spec.loader.exec_module(dg)
+sys.path.insert(0, str(ROOT / "benchmarks"))  # the scripts, importable as they import each other
+import dg_results as results  # noqa: E402
+import dg_synthetic as dg  # noqa: E402
 
 
 def _settings(root: Path, out: Path, **changes) -> "dg.Settings":
@@ -45,16 +42,16 @@ def test_execute_resumes_skips_and_refuses_other_settings(tmp_path):
     (folder / "bench.json").write_text(json.dumps(
         {"signature": dg.signature(options), "seconds": 1.0, "cpu_seconds": 1.0}))
     train(dataclasses.replace(options, epochs=1))
-    assert not dg._finished(folder, 2)
+    assert not results.finished(folder, 2)
     bench = dg.execute(options)
-    assert bench["trained_now"] and dg._finished(folder, 2) and bench["seconds"] > 1.0
+    assert bench["trained_now"] and results.finished(folder, 2) and bench["seconds"] > 1.0
     log = json.loads((folder / "train_log.json").read_text())
     assert [e["epoch"] for e in log] == [1, 2]
     again = dg.execute(options)
     assert "trained_now" not in again and again["seconds"] == bench["seconds"]
     with pytest.raises(TalError, match="other settings"):
         dg.execute(dataclasses.replace(options, iters=2))
-    runs = dg.collect(s)
+    runs = results.collect(s)
     assert list(runs) == ["domain-c-baseline-0"] and runs["domain-c-baseline-0"]["metrics"]["tal"]
 
 
@@ -80,29 +77,29 @@ def test_tables_paired_differences_and_the_table3_verdict(tmp_path):
                   methods=["baseline", "qaconv-gs", "tal"])
     clear = {("baseline", "tal"): 0.30, ("qaconv-gs", "tal"): 0.32, ("tal", "ds"): 0.40,
              ("tal", "di"): 0.38, ("tal", "tal"): 0.45}
-    text, numbers = dg.results_tables(_fake_runs(s, clear), s)
+    text, numbers = results.results_tables(_fake_runs(s, clear), s)
     assert "**Table 3: streams.**" in text and "| DS + DI (TAL) | " in text
     assert "| DABN experts, DI part |" in text and "| BN, DI part |" not in text  # runs missing
     both = numbers["Table 3: streams | DS + DI (TAL)"]["all mAP"]
     assert both["low"] < 45.0 < both["high"] and both["high"] - both["low"] < 1.0
     assert numbers["paired | DS + DI - DS alone"]["low"] > 4.0
     assert "| DS + DI - DS alone |" in text and "| higher |" in text
-    verdict = dg.ordering_verdict(numbers)
+    verdict = results.ordering_verdict(numbers)
     assert verdict.count("does not hold") == 0 and verdict.count("holds") == 2
     level = {**clear, ("tal", "tal"): 0.40}  # DS + DI no better than DS alone
-    _, numbers = dg.results_tables(_fake_runs(s, level), s)
-    assert "DS + DI > max(DS, DI): does not hold" in dg.ordering_verdict(numbers)
+    _, numbers = results.results_tables(_fake_runs(s, level), s)
+    assert "DS + DI > max(DS, DI): does not hold" in results.ordering_verdict(numbers)
 
 
 def test_update_doc_replaces_only_the_marked_block(tmp_path):
     doc = tmp_path / "results.md"
-    doc.write_text(f"# Results\nbefore\n{dg.DOC_BEGIN}\nold tables\n{dg.DOC_END}\nafter\n")
-    dg.update_doc(doc, "new tables")
-    assert doc.read_text() == (f"# Results\nbefore\n{dg.DOC_BEGIN}\nnew tables\n{dg.DOC_END}"
+    doc.write_text(f"# Results\nbefore\n{results.DOC_BEGIN}\nold tables\n{results.DOC_END}\nafter\n")
+    results.update_doc(doc, "new tables")
+    assert doc.read_text() == (f"# Results\nbefore\n{results.DOC_BEGIN}\nnew tables\n{results.DOC_END}"
                                "\nafter\n")
     doc.write_text("no markers")
     with pytest.raises(TalError, match="block"):
-        dg.update_doc(doc, "x")
+        results.update_doc(doc, "x")
 
 
 def test_cli_refuses_unknown_methods_with_one_line(tmp_path):
