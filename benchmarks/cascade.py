@@ -33,12 +33,13 @@ import datetime
 import json
 import math
 import os
-import platform
 import time
 from pathlib import Path
 
 import click
 import numpy as np
+
+from machine import describe
 
 from tal_infer.bundle import load_bundle
 from tal_infer.candidates import CandidateOptions, CandidateSearch
@@ -145,18 +146,6 @@ def metrics(matrix: np.ndarray, q_labels, g_labels) -> tuple[float, float]:
     return 100 * m["mAP"], 100 * float(m["cmc"][0])
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores"
-
-
 def load() -> str:
     return " ".join(f"{x:.1f}" for x in os.getloadavg())
 
@@ -186,7 +175,7 @@ def main(workdir: Path, bundle: Path | None, sizes: str, candidates: str, headli
     engine = ReIDEngine(bundle, backend="onnxruntime", device="cpu", batch_size=64)
     ms = sorted(int(m) for m in candidates.split(","))
     kinds = [CandidateOptions(k).kind for k in search.split(",")]
-    print(f"machine: {machine()}; load average at start {load()}; threads: "
+    print(f"machine: {describe()}; load average at start {load()}; threads: "
           f"OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', 'unset')}, "
           f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}")
     print(f"model: {bundle} ({engine.bundle.descriptor_dim}-value descriptor); stage 1: "

@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import platform
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from machine import describe
 
 from tal_infer.errors import TalError
 from tal_train.confidence import Interval, bootstrap_interval
@@ -296,24 +296,6 @@ def diagnostics_table(runs: dict, s: Settings) -> str:
         "|---|" + "---:|" * 7, *rows, ""])
 
 
-def machine() -> str:
-    import torch
-
-    model = next((line.split(":", 1)[1].strip() for line in _cpuinfo()
-                  if line.startswith("model name")), platform.processor() or "unknown CPU")
-    text = f"{model}, {os.cpu_count()} cores, torch {torch.__version__}"
-    if torch.cuda.is_available():
-        text += f", {torch.cuda.get_device_name(0)}"
-    return text
-
-
-def _cpuinfo() -> list[str]:
-    try:
-        return Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        return []
-
-
 def report(runs: dict, s: Settings, command: str, data_seconds: float | None) -> tuple[str, dict]:
     tables, numbers = results_tables(runs, s)
     planned = len(s.targets) * len(s.seeds) * len(s.methods)
@@ -321,7 +303,7 @@ def report(runs: dict, s: Settings, command: str, data_seconds: float | None) ->
     cpu = sum(r["cpu_seconds"] or 0 for r in runs.values())
     header = [
         f"Command: `{command}`", "",
-        f"Machine: {machine()}; device {s.device}. Date: {date.today().isoformat()}.", "",
+        f"Machine: {describe()}; device {s.device}. Date: {date.today().isoformat()}.", "",
         f"Runs: {len(runs)} of {planned} finished; their wall time (training + evaluation, "
         f"summed): {seconds / 3600:.2f} h ({cpu / 3600:.2f} h of process CPU time)"
         + (f"; data generation {data_seconds:.0f} s" if data_seconds else "") + ".", "",

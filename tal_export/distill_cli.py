@@ -12,6 +12,7 @@ import click
 from tal_infer.cli_common import device_option, friendly_errors
 from tal_infer.errors import TalError
 from tal_infer.images import list_images
+from tal_train.distill import DistillOptions
 
 EPILOG = """\b
 Examples:
@@ -29,14 +30,18 @@ Examples:
                    "training images, or crops like the cameras'. Repeatable.")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Write the checkpoint with the descriptor here [default: in place].")
-@click.option("--dim", default=256, show_default=True, type=click.IntRange(8),
+@click.option("--dim", default=DistillOptions.dim, show_default=True,
+              type=click.IntRange(8),
               help="Descriptor length (an index stores it in the bundle's precision: 2 bytes "
                    "per value with --fp16, else 4).")
-@click.option("--blocks", default=8, show_default=True, type=click.IntRange(1),
+@click.option("--blocks", default=DistillOptions.blocks, show_default=True,
+              type=click.IntRange(1),
               help="Blocks of crops scored all-against-all by the TAL model (the teacher).")
-@click.option("--block-size", default=480, show_default=True, type=click.IntRange(16),
+@click.option("--block-size", default=DistillOptions.block_size, show_default=True,
+              type=click.IntRange(16),
               help="Crops per block.")
-@click.option("--steps-per-block", default=60, show_default=True, type=click.IntRange(1),
+@click.option("--steps-per-block", default=DistillOptions.steps_per_block, show_default=True,
+              type=click.IntRange(1),
               help="Optimizer steps on each block.")
 @click.option("--max-images", default=20000, show_default=True, type=click.IntRange(64),
               help="Use at most this many crops (a random sample).")
@@ -54,7 +59,7 @@ def main(checkpoint: Path, image_dirs: tuple[Path, ...], out: Path | None, dim: 
     import numpy as np
     import torch
 
-    from tal_train.distill import DistillOptions, add_descriptor, distill_descriptor
+    from tal_train.distill import add_descriptor, distill_descriptor
 
     from .bundle import load_model
 
