@@ -2,7 +2,9 @@
 TAL score on them) against exhaustive matching, on generated galleries (DESIGN.md section 7
 "Scale"; docs/scale.md).
 
-For each gallery size and each M: recall of the exhaustive top-10 inside the M candidates
+For each gallery size, each M and each DI pre-rank width N (0: the descriptor's top M get the
+TAL score; auto: its top 10 x M (at most 5% of the gallery), narrowed to M by the DI stream's
+score; `tal_infer.cascade`): recall of the exhaustive top-10 inside the M candidates
 (and of the same-identity entries among that top-10 alone: with a weak model most of the
 exhaustive top-10 are other people, near-ties that no cheaper descriptor reproduces exactly),
 mAP and top-1 of both rankings (the cascade ranks its candidates by TAL score, then the rest by
@@ -20,7 +22,8 @@ Galleries: generated domains never seen in training or distillation (seed 7),
 all identities' crops (train-split identities act as distractors), subsampled to the size;
 queries: a fixed sample of the query crops. Everything is cached under ``--workdir``: the
 model, the crops, the gallery indexes and the exhaustive results (their timing is from the run
-that computed them, and the table says when), so a re-run only repeats the cascade.
+that computed them, and the table says when), so a re-run only repeats the cascade. The last
+line is for the first search kind and the last pre-rank width given.
 
     python benchmarks/cascade.py                                   # 10,000 and 100,000 crops
     python benchmarks/cascade.py --sizes 10000 --candidates 50,200 --queries 100
@@ -43,7 +46,7 @@ from machine import describe
 
 from tal_infer.bundle import load_bundle
 from tal_infer.candidates import CandidateOptions, CandidateSearch
-from tal_infer.cascade import descriptors, shortlist
+from tal_infer.cascade import descriptors, prerank_width, shortlist
 from tal_infer.engine import ReIDEngine
 from tal_infer.features import DESCRIPTOR
 from tal_infer.images import list_images, read_image
@@ -141,6 +144,36 @@ def exhaustive(engine: ReIDEngine, contents, queries: dict, cache: Path, query_p
     return ranking.scores, seconds, when
 
 
+@dataclasses.dataclass
+class Reference:
+    """What every cascade row is compared with: the exhaustive ranking of one gallery."""
+    best10: np.ndarray          # [Nq, 10] exhaustive top-10 columns
+    same: list[set]             # per query: the top-10 columns of its own identity
+    stage1_sims: np.ndarray     # [Nq, Ng] descriptor similarities (the ranking's tail)
+    labels: tuple               # (query labels, gallery labels) as `labels` gives them
+    map_top1: tuple[float, float]
+    seconds_per_query: float
+
+
+def measure(engine: ReIDEngine, queries: dict, contents, stage1: CandidateSearch, kind: str,
+            built: float, m: int, width: int, ref: Reference) -> tuple:
+    """Run the cascade for one (M, pre-rank width), print its table row, return the last
+    line's numbers."""
+    start = time.perf_counter()
+    lists = shortlist(engine.scorer, queries, contents.take, stage1, m, prerank=width)
+    per_query = (time.perf_counter() - start) / len(ref.best10)
+    recall = np.mean([len(set(b) & set(c)) / 10 for b, c in zip(ref.best10, lists.columns)])
+    n_same = sum(map(len, ref.same))
+    same_found = sum(len(t & set(c.tolist())) for t, c in zip(ref.same, lists.columns))
+    cas_map, cas_top1 = metrics(lists.rank_keys(ref.stage1_sims), *ref.labels)
+    speedup = ref.seconds_per_query / per_query
+    print(f"| {kind} (built in {built:.1f} s) | {m} | {width or '-'} | {recall:.4f} "
+          f"| {same_found / max(1, n_same):.4f} | {ref.map_top1[0]:.2f} | {cas_map:.2f} "
+          f"| {ref.map_top1[1]:.1f} | {cas_top1:.1f} | {ref.seconds_per_query:.4f} "
+          f"| {per_query:.4f} | {speedup:.0f}x |", flush=True)
+    return m, width, kind, recall, ref.map_top1[0], cas_map, speedup
+
+
 def metrics(matrix: np.ndarray, q_labels, g_labels) -> tuple[float, float]:
     m = evaluate_scores(matrix, q_labels[0], g_labels[0], q_labels[1], g_labels[1])
     return 100 * m["mAP"], 100 * float(m["cmc"][0])
@@ -159,6 +192,9 @@ def load() -> str:
 @click.option("--candidates", default="50,100,200,500", show_default=True, help="Values of M.")
 @click.option("--headline-m", default=200, show_default=True, help="M of the last line.")
 @click.option("--queries", "num_queries", default=200, show_default=True, type=int)
+@click.option("--prerank", default="0,auto", show_default=True,
+              help="DI pre-rank widths N, comma-separated: 0 (none), auto (10 x M, at most 5% "
+                   "of the gallery) or a number (used where >= M); the last line uses the last.")
 @click.option("--search", default="exact", show_default=True,
               help="Stage-1 FAISS index kinds, comma-separated (exact, ivf, hnsw); the last "
                    "line uses the first.")
@@ -166,7 +202,7 @@ def load() -> str:
               help="Seed of the gallery domains (the model's are seed 0).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def main(workdir: Path, bundle: Path | None, sizes: str, candidates: str, headline_m: int,
-         num_queries: int, search: str, seed: int, quiet: bool) -> None:
+         num_queries: int, prerank: str, search: str, seed: int, quiet: bool) -> None:
     """Print recall@10, mAP, top-1 and seconds per query of the cascade and of exhaustive
     matching, for galleries of the given sizes."""
     started, progress = time.time(), not quiet
@@ -175,6 +211,7 @@ def main(workdir: Path, bundle: Path | None, sizes: str, candidates: str, headli
     engine = ReIDEngine(bundle, backend="onnxruntime", device="cpu", batch_size=64)
     ms = sorted(int(m) for m in candidates.split(","))
     kinds = [CandidateOptions(k).kind for k in search.split(",")]
+    preranks = [None if w == "auto" else int(w) for w in prerank.split(",")]
     print(f"machine: {describe()}; load average at start {load()}; threads: "
           f"OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', 'unset')}, "
           f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}")
@@ -197,47 +234,42 @@ def main(workdir: Path, bundle: Path | None, sizes: str, candidates: str, headli
                                               progress)
         best10 = np.argsort(-full, axis=1, kind="stable")[:, :10]
         same = [set(b[g_labels[0][b] == pid].tolist()) for b, pid in zip(best10, q_labels[0])]
-        exh_map, exh_top1 = metrics(full, q_labels, g_labels)
         g_desc = contents.take(np.arange(len(contents)), [DESCRIPTOR])[DESCRIPTOR]
-        stage1_sims = descriptors(queries) @ g_desc.T
+        reference = Reference(best10, same, descriptors(queries) @ g_desc.T,
+                              (q_labels, g_labels), metrics(full, q_labels, g_labels),
+                              exhaustive_s / len(query_paths))
         per_crop = sum(index.store.row_bytes.values())
         print(f"\n## {size:,} gallery crops, {len(query_paths)} queries "
               f"(exhaustive measured {when})")
         print(f"index: {index.feature_bytes() / len(contents):,.0f} bytes per crop on disk "
               f"({per_crop - index.store.row_bytes[DESCRIPTOR]:,} maps + "
               f"{index.store.row_bytes[DESCRIPTOR]:,} descriptor, fp16)")
-        n_same = sum(map(len, same))
-        print(f"exhaustive top-10: {n_same} of {10 * len(same)} entries show the query's own "
+        print(f"exhaustive top-10: {sum(map(len, same))} of {10 * len(same)} entries show the query's own "
               "identity; the rest are other people")
-        print("| stage 1 | M | recall@10 | recall@10, same identity | mAP exhaustive "
+        print("| stage 1 | M | pre-rank N | recall@10 | recall@10, same identity | mAP exhaustive "
               "| mAP cascade | top-1 exhaustive | top-1 cascade | s/query exhaustive "
               "| s/query cascade | speedup |")
-        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for kind in kinds:
             built = time.perf_counter()
             stage1 = CandidateSearch(g_desc, CandidateOptions(kind))
             built = time.perf_counter() - built
-            for m in ms:
-                start = time.perf_counter()
-                lists = shortlist(engine.scorer, queries,
-                                  lambda cols: contents.take(cols, engine.scorer.keys),
-                                  stage1, m)
-                cascade_s = time.perf_counter() - start
-                recall = np.mean([len(set(b) & set(c)) / 10
-                                  for b, c in zip(best10, lists.columns)])
-                same_found = sum(len(t & set(c.tolist())) for t, c in zip(same, lists.columns))
-                cas_map, cas_top1 = metrics(lists.rank_keys(stage1_sims), q_labels, g_labels)
-                speedup = exhaustive_s / cascade_s
-                print(f"| {kind} (built in {built:.1f} s) | {m} | {recall:.4f} "
-                      f"| {same_found / max(1, n_same):.4f} | {exh_map:.2f} "
-                      f"| {cas_map:.2f} | {exh_top1:.1f} | {cas_top1:.1f} "
-                      f"| {exhaustive_s / len(query_paths):.4f} "
-                      f"| {cascade_s / len(query_paths):.4f} | {speedup:.0f}x |", flush=True)
-                if m == headline_m and kind == kinds[0]:
-                    headline = (m, recall, exh_map, cas_map, speedup)
+            rows: dict[tuple[int, int], tuple] = {}  # (M, width) -> the last line's numbers
+            for m, asked in ((m, w) for m in ms for w in preranks):
+                width = prerank_width(engine.scorer, m, asked if asked is None or asked == 0
+                                      else max(m, asked), len(contents))
+                width = width if width > m else 0
+                if (m, width) not in rows:  # auto, or N <= M, may mean no pre-rank: one row
+                    rows[m, width] = measure(engine, queries, contents, stage1, kind, built, m,
+                                             width, reference)
+                if m == headline_m and kind == kinds[0] and asked == preranks[-1]:
+                    headline = rows[m, width]
     print(f"\nwall time {time.time() - started:.0f} s; load average at the end {load()}")
     if headline is not None:
-        m, recall, a, b, s = headline
+        m, width, kind, recall, a, b, s = headline
+        print(f"stage 1 of the last line: FAISS {kind}, "
+              + (f"the top {width} by descriptor narrowed to {m} by the DI stream's score"
+                 if width else f"the top {m} by descriptor"))
         print(f"cascade: M={m} recall@10={recall:.4f} mAP_exhaustive={a:.2f} "
               f"mAP_cascade={b:.2f} speedup={s:.0f}x")
 

@@ -7,7 +7,8 @@ found with FAISS. Kinds:
 - ``exact`` (default): ``IndexFlatIP``, every inner product, the true top-M;
 - ``ivf``: ``IndexIVFFlat`` (inner product), ``nlist`` k-means cells (default 4 sqrt(N), at
   least 39 training points per cell), ``nprobe`` cells searched per query;
-- ``hnsw``: ``IndexHNSWFlat`` (inner product), ``hnsw_m`` links per node, ``ef_search``.
+- ``hnsw``: ``IndexHNSWFlat`` (inner product), ``hnsw_m`` links per node, ``ef_search`` nodes
+  explored per query (at least the number of candidates asked for).
 
 With ``device="cuda"`` and a FAISS build that sees GPUs (faiss-gpu), ``exact`` and ``ivf`` move
 to the GPUs: one GPU holds the whole index, several hold one shard each (FAISS's own
@@ -130,7 +131,12 @@ class CandidateSearch:
         return out
 
     def _search(self, queries: np.ndarray, k: int) -> np.ndarray:
-        """FAISS search of k columns per query (-1 where the index found fewer)."""
+        """FAISS search of k columns per query (-1 where the index found fewer). HNSW explores
+        max(ef_search, k) nodes: FAISS explores ef_search whatever k is, so a longer list
+        would come back thin (62% of the exact top 2,000 at ef_search 256, docs/scale.md)."""
+        if self.options.kind == "hnsw":
+            params = load_faiss().SearchParametersHNSW(efSearch=max(self.options.ef_search, k))
+            return self.index.search(queries, k, params=params)[1]
         if self.gpus and k > GPU_MAX_K:
             return self.cpu_index.search(queries, k)[1]
         return self.index.search(queries, k)[1]

@@ -12,7 +12,7 @@ import numpy as np
 
 from .backends import EXTRACTOR_BACKENDS, MATCH_BACKENDS
 from .candidates import SEARCH_KINDS, load_faiss
-from .cascade import require_descriptor
+from .cascade import prerank_width, require_descriptor
 from .cli_common import device_option, friendly_errors
 from .engine import Embedded, ReIDEngine
 from .errors import TalError
@@ -31,6 +31,19 @@ Examples:
   tal-infer --gallery g/ --queries q/ --backend onnxruntime --matcher numpy --device cpu
   tal-infer --gallery big/ --queries q/ --index big.index --candidates 200
 """
+
+
+def _prerank_width(ctx: click.Context, param: click.Parameter, value: str) -> int | None:
+    """``--prerank``: None for auto, else a width >= 0."""
+    if value == "auto":
+        return None
+    try:
+        width = int(value)
+    except ValueError:
+        width = -1
+    if width < 0:
+        raise click.BadParameter(f"{value!r} is neither auto nor a whole number >= 0")
+    return width
 
 
 @click.command(epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
@@ -77,6 +90,12 @@ Examples:
               type=click.Choice(SEARCH_KINDS),
               help="Stage-1 index with --candidates: exact inner product, or approximate "
                    "(ivf, hnsw) for very large galleries.")
+@click.option("--prerank", default="auto", show_default=True, metavar="N|auto",
+              callback=_prerank_width,
+              help="With --candidates M: FAISS takes the top N by descriptor and the DI "
+                   "stream's score (a fraction of the full score's cost) keeps the best M "
+                   "of them for the full TAL score; auto = 10 x M (at most 5% of the "
+                   "gallery) for models with the DI stream beside the experts, 0 = none.")
 @click.option("--verify", is_flag=True, help="Check the bundle's file hashes first.")
 @click.option("--max-pixels", default=DEFAULT_MAX_PIXELS, show_default=True,
               type=click.IntRange(0),
@@ -91,7 +110,7 @@ def main(gallery_dir: Path, query_dir: Path, model: Path | None, topk: int, out:
          scores_out: Path | None, report_dir: Path | None, report_queries: int, backend: str,
          matcher: str, device: str, index_dir: Path | None, rebuild_index: bool, batch: int,
          exclude_cameras: bool, rerank: bool, candidates: int, candidate_search: str,
-         verify: bool, max_pixels: int, on_error: str, quiet: bool) -> None:
+         prerank: int | None, verify: bool, max_pixels: int, on_error: str, quiet: bool) -> None:
     """Match every query crop against a gallery with an exported TAL model.
 
     Prints mAP and CMC when the file names carry identities and cameras (Market-1501 style:
@@ -100,9 +119,10 @@ def main(gallery_dir: Path, query_dir: Path, model: Path | None, topk: int, out:
     oversized images stop the run with one line naming the file (or, with --on-error skip, are
     left out and listed). Output paths and the index are checked before any work.
 
-    With --candidates M, FAISS picks each query's M best gallery entries by the global
-    descriptor and only those are scored; everything else (camera exclusion, re-ranking,
-    reports, metrics) works as without it. --scores then holds NaN for entries not scored.
+    With --candidates M, FAISS picks each query's best gallery entries by the global
+    descriptor, the DI stream's score narrows them to M (--prerank) and only those get the
+    full TAL score; everything else (camera exclusion, re-ranking, reports, metrics) works as
+    without it. --scores then holds NaN for entries not scored.
     """
     check_output_file(out, "--out", (".json", ".csv"))
     check_output_file(scores_out, "--scores", (".npz",))
@@ -115,6 +135,7 @@ def main(gallery_dir: Path, query_dir: Path, model: Path | None, topk: int, out:
     if candidates:
         load_faiss()  # missing FAISS or descriptor: one line now, not after the extraction
         require_descriptor(engine.bundle.output_shapes)
+        prerank_width(engine.scorer, candidates, prerank, 0)  # a bad width: one line now
     query_paths, gallery_paths = ([os.path.abspath(p) for p in list_images(d)]
                                   for d in (query_dir, gallery_dir))
     index = None
@@ -133,7 +154,7 @@ def main(gallery_dir: Path, query_dir: Path, model: Path | None, topk: int, out:
     result = search(engine, queries, gallery,
                     SearchOptions(topk, exclude_cameras, rerank, scores_out is not None,
                                   progress=not quiet, candidates=candidates,
-                                  candidate_search=candidate_search))
+                                  candidate_search=candidate_search, prerank=prerank))
     for note in result.notes:
         click.echo(note, err=True)
     for warning in result.warnings:

@@ -252,12 +252,15 @@ class ReIDEngine:
 
     def match(self, queries: Features, gallery: Gallery, k: int = 10,
               query_cameras: Iterable[int] | None = None, candidates: int = 0,
-              search: CandidateOptions | str = "exact") -> list[list[Match]]:
+              search: CandidateOptions | str = "exact",
+              prerank: int | None = None) -> list[list[Match]]:
         """Top-``k`` gallery entries per query, best first. With ``query_cameras``, entries
         from a query's own camera are left out (cross-camera linking). ``candidates=M > 0``:
         two-stage retrieval, the TAL score only on each query's top M by descriptor (found
-        with FAISS, ``search`` "exact", "ivf", "hnsw" or `CandidateOptions`); 0 scores every
-        entry."""
+        with FAISS, ``search`` "exact", "ivf", "hnsw" or `CandidateOptions`), narrowed from
+        a wider top ``prerank`` by the DI stream's score (None: 10 x M, at most 5% of the
+        gallery, where the model has that stream; 0: no pre-rank; `tal_infer.cascade`);
+        ``candidates=0`` scores every entry."""
         if candidates < 0:
             raise TalError(f"candidates must be >= 0, got {candidates}")
         options = search if isinstance(search, CandidateOptions) else CandidateOptions(
@@ -276,7 +279,7 @@ class ReIDEngine:
                                                                            "camera")]), cams)
         if stage1 is not None:
             rows = shortlist(self.scorer, queries, FeatureArrays(features).take, stage1,
-                             candidates, cameras).rows(k)
+                             candidates, cameras, prerank=prerank).rows(k)
         else:
             rows = self.rank(queries, features, k, cameras).topk.rows()
         return [[Match(int(ids[c]), s, None if cams[c] < 0 else int(cams[c]),

@@ -17,8 +17,9 @@ is not used here (`tal_infer.cascade`).
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -61,8 +62,8 @@ class Scorer:
         self.scale_names = tuple(bundle.matching["scales"])
         self.heads = tuple(_stream_head(bundle, s) for s in bundle.matching["score"])
         self.keys = tuple(feature_names([h.stream for h in self.heads], self.scale_names))
-        self.item_bytes = sum(self.precision.numpy_dtype.itemsize
-                              * int(np.prod(bundle.features[k].match_shape)) for k in self.keys)
+        self.key_bytes = {k: self.precision.numpy_dtype.itemsize
+                          * int(np.prod(bundle.features[k].match_shape)) for k in self.keys}
         self.backend, self.device = backend, device
         if backend == "numpy" or (backend == "auto" and device == "cpu"):
             self.backend, self.device, self.name = "numpy", "cpu", "numpy"
@@ -79,6 +80,27 @@ class Scorer:
     @property
     def floats_per_pair(self) -> int:
         return sum(h.floats_per_pair for h in self.heads)
+
+    @property
+    def item_bytes(self) -> int:
+        """Bytes of one gallery item's features that this scorer reads."""
+        return sum(self.key_bytes[k] for k in self.keys)
+
+    @property
+    def streams(self) -> tuple[str, ...]:
+        return tuple(h.stream for h in self.heads)
+
+    def of_streams(self, streams: Sequence[str]) -> "Scorer":
+        """This scorer restricted to the heads of ``streams``: their part of the score, read
+        from their features only (the cascade's pre-rank scores the DI stream alone)."""
+        missing = set(streams) - set(self.streams)
+        if missing:
+            raise TalError(f"this model scores no {sorted(missing)} stream "
+                           f"(it scores {list(self.streams)})")
+        part = copy.copy(self)
+        part.heads = tuple(h for h in self.heads if h.stream in streams)
+        part.keys = tuple(feature_names(part.streams, self.scale_names))
+        return part
 
     def scores(self, query: Mapping[str, Any], gallery: Mapping[str, Any]) -> np.ndarray:
         """float32 ``[Nq, Ng]`` for one block of features (match layout, any float dtype)."""

@@ -27,7 +27,8 @@ from typing import Sequence
 import numpy as np
 
 from .candidates import CandidateOptions, CandidateSearch
-from .cascade import Shortlists, descriptors, require_descriptor, shortlist
+from .cascade import (PRERANK_STREAM, Shortlists, descriptors, prerank_width,
+                      require_descriptor, shortlist)
 from .engine import Embedded, ReIDEngine
 from .features import DESCRIPTOR, FeatureArrays, Features, FeatureSource
 from .index import GalleryIndex, SyncReport
@@ -56,6 +57,7 @@ class SearchOptions:
     progress: bool = False
     candidates: int = 0         # two-stage retrieval: TAL score on the top M by descriptor only
     candidate_search: str = "exact"  # stage-1 FAISS index (`tal_infer.candidates.SEARCH_KINDS`)
+    prerank: int | None = None  # DI pre-rank width (`tal_infer.cascade.prerank_width`)
 
 
 @dataclass
@@ -119,28 +121,32 @@ def _two_stage(engine: ReIDEngine, queries: Features, gallery: FeatureSource,
     shortlist that excludes nothing. The metrics rank each query's candidates by TAL score,
     then the rest by descriptor (`Shortlists.rank_keys`)."""
     require_descriptor(queries)
-    m, keys = options.candidates, engine.scorer.keys
+    m = options.candidates
+    width = prerank_width(engine.scorer, m, options.prerank, len(gallery))
     g_desc = descriptors(gallery.take(np.arange(len(gallery)), [DESCRIPTOR]))
     stage1 = CandidateSearch(g_desc, CandidateOptions(options.candidate_search,
                                                       device=engine.device))
     note = (f"stage 1: {options.candidate_search} search over {len(gallery)} descriptors on "
-            f"{stage1.where}; stage 2: TAL score on {min(m, len(gallery))} candidates per query")
-
-    def gather(columns: np.ndarray) -> Features:
-        return gallery.take(columns, keys)
+            f"{stage1.where}")
+    if width > m:
+        note += (f", the top {min(width, len(gallery))} narrowed by the {PRERANK_STREAM.upper()} "
+                 "stream's score")
+    note += f"; stage 2: TAL score on {min(m, len(gallery))} candidates per query"
 
     def ranked(exclude: Labels | None) -> Shortlists:
-        lists = shortlist(engine.scorer, queries, gather, stage1, m, exclude, options.progress)
+        lists = shortlist(engine.scorer, queries, gallery.take, stage1, m, exclude,
+                          options.progress, width)
         if not options.rerank:
             return lists
         near = lists.columns if exclude is None else lists.columns + stage1.search(
             descriptors(queries), m)
         union = np.unique(np.concatenate(near))
-        g_union = FeatureArrays(gather(union))
+        g_union = FeatureArrays(gallery.take(union, engine.scorer.keys))
         rescored = reranked_scores(engine, queries, g_union,
                                    engine.scores(queries, g_union), options.progress)
         return Shortlists.ordered(lists.columns, [
-            rescored[i, np.searchsorted(union, cols)] for i, cols in enumerate(lists.columns)])
+            rescored[i, np.searchsorted(union, cols)] for i, cols in enumerate(lists.columns)],
+            lists.prerank)
 
     lists = ranked(cameras)
     ranking = None

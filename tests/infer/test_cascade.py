@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from tal_infer import Gallery, ReIDEngine
 from tal_infer import candidates as stage1
 from tal_infer.candidates import GPU_MAX_K, CandidateOptions, CandidateSearch
-from tal_infer.cascade import Shortlists, rescore
+from tal_infer.cascade import Shortlists, prerank_width, rescore, shortlist
 from tal_infer.cli import main
 from tal_infer.errors import TalError
 from tal_infer.index import IndexContents, IndexRecord
@@ -88,6 +88,18 @@ def test_approximate_searches_find_most_of_the_exact_shortlist(kind):
     overlap = np.mean([len(set(a) & set(e)) / 20 for a, e in zip(approx, exact)])
     assert overlap > 0.9, overlap
     assert all(len(a) == 20 and len(set(a)) == 20 and a.min() >= 0 for a in approx)
+
+
+def test_hnsw_searches_deeper_than_ef_search_when_asked_for_more():
+    """FAISS's HNSW explores efSearch nodes whatever k is asked: a shortlist longer than
+    ef_search (the DI pre-rank's 10 x M) must widen the exploration, not come back thin."""
+    rng = np.random.default_rng(1)
+    gallery, queries = clustered(4000, 32, rng), clustered(20, 32, rng)
+    exact = CandidateSearch(gallery).search(queries, 400)
+    approx = CandidateSearch(gallery, CandidateOptions("hnsw", ef_search=16)).search(queries,
+                                                                                     400)
+    overlap = np.mean([len(set(a) & set(e)) / 400 for a, e in zip(approx, exact)])
+    assert overlap > 0.95, overlap
 
 
 def test_bad_search_requests_are_one_line_errors():
@@ -190,8 +202,7 @@ def test_stage_two_reads_and_scores_only_each_querys_candidates(engine, embedded
 
     cand = [np.array([3, 17, 9]), np.array([0, 39]), np.array([], np.int64),
             np.array([5]), np.array([22, 21, 20]), np.array([1, 2])]
-    lists = rescore(CountingScorer(), queries,
-                    lambda cols: contents.take(cols, engine.scorer.keys), cand)
+    lists = rescore(CountingScorer(), queries, contents.take, cand)
     assert scored == [3, 2, 1, 3, 2]  # the empty list is not scored
     for key in engine.scorer.keys:
         assert sorted(stored[key].read) == sorted(contents.rows[np.concatenate(cand)].tolist())
@@ -223,7 +234,7 @@ def test_engine_cascade_ranks_stage_one_candidates_by_tal_score(engine, embedded
     features, cams, queries = embedded
     gallery = Gallery()
     ids = gallery.add(features, camera=cams, meta=[{"n": i} for i in range(40)])
-    hits = engine.match(queries, gallery, k=5, candidates=7)
+    hits = engine.match(queries, gallery, k=5, candidates=7, prerank=0)
     top7 = np.argsort(-(queries["descriptor"] @ features["descriptor"].T), axis=1)[:, :7]
     full = engine.scores(queries, features)
     for q, row in enumerate(hits):
@@ -234,6 +245,82 @@ def test_engine_cascade_ranks_stage_one_candidates_by_tal_score(engine, embedded
     gallery.remove(ids[:20])  # the cached stage-1 index follows the gallery
     later = engine.match(queries, gallery, k=40, candidates=40)
     assert all(m.id >= 20 for row in later for m in row) and len(later[0]) == 20
+
+
+# -- the DI pre-rank -----------------------------------------------------------------------
+
+def test_stream_parts_of_the_scorer_add_up_to_the_score(engine, embedded):
+    gallery, _, queries = embedded
+    scorer = engine.scorer
+    di, ds = scorer.of_streams(["di"]), scorer.of_streams(["ds"])
+    assert di.keys == ("di_res4", "di_res5") and di.streams == ("di",)
+    assert di.item_bytes < scorer.item_bytes and scorer.keys == ("ds_res4", "ds_res5") + di.keys
+    np.testing.assert_allclose(di.scores(queries, gallery) + ds.scores(queries, gallery),
+                               scorer.scores(queries, gallery), rtol=1e-5, atol=1e-5)
+    with pytest.raises(TalError, match=r"scores no \['xx'\] stream .*\['ds', 'di'\]"):
+        scorer.of_streams(["xx"])
+
+
+def test_prerank_width_rules(engine):
+    scorer = engine.scorer
+    assert prerank_width(scorer, 200, None, 100_000) == 2000  # 10 x M
+    assert prerank_width(scorer, 200, None, 10_000) == 500    # at most 5% of the gallery
+    assert prerank_width(scorer, 200, None, 3_000) == 0       # 150 <= M: none
+    assert prerank_width(scorer.of_streams(["di"]), 200, None, 100_000) == 0  # DI alone
+    assert prerank_width(scorer, 200, 0, 100_000) == 0
+    assert prerank_width(scorer, 200, 700, 100) == 700
+    with pytest.raises(TalError, match="0 .none. or at least the 200 candidates, got 50"):
+        prerank_width(scorer, 200, 50, 100_000)
+    with pytest.raises(TalError, match=r"scores no \['di'\] stream"):
+        prerank_width(scorer.of_streams(["ds"]), 200, 700, 100_000)
+
+
+def test_prerank_narrows_by_di_score_and_reads_ds_maps_of_the_candidates_only(engine,
+                                                                               embedded):
+    gallery, _, queries = embedded
+    stored = {k: _Recording(v) for k, v in gallery.items()}
+    contents = IndexContents([IndexRecord(f"/g/{i:03d}", 1, 1, "x", None, None, None, {})
+                              for i in range(40)], np.arange(40), stored)
+    search = CandidateSearch(gallery["descriptor"])
+    lists = shortlist(engine.scorer, queries, contents.take, search, 4, prerank=12)
+    sims = queries["descriptor"] @ gallery["descriptor"].T
+    di = engine.scorer.of_streams(["di"]).scores(queries, gallery)
+    full = engine.scores(queries, gallery)
+    for q in range(len(sims)):
+        wide = np.argsort(-sims[q], kind="stable")[:12]
+        assert sorted(lists.prerank.columns[q].tolist()) == sorted(wide.tolist())
+        narrow = wide[np.argsort(-di[q, wide], kind="stable")[:4]]
+        assert sorted(lists.columns[q].tolist()) == sorted(narrow.tolist())
+        np.testing.assert_allclose(lists.scores[q], np.sort(full[q, narrow])[::-1], rtol=1e-5)
+    n = len(sims)
+    assert len(stored["di_res4"].read) == n * 12 + n * 4  # pre-rank, then the full score
+    assert len(stored["ds_res4"].read) == n * 4           # the experts' maps: candidates only
+    # the full ranking: candidates by TAL score, the other pre-ranked by DI, then descriptor
+    order = np.argsort(-lists.rank_keys(sims)[0], kind="stable")
+    pre = lists.prerank.columns[0]
+    rest_pre = [c for c in pre.tolist() if c not in set(lists.columns[0].tolist())]
+    assert order[:4].tolist() == lists.columns[0].tolist()
+    assert order[4:12].tolist() == rest_pre
+    outside = np.setdiff1d(np.arange(40), pre)
+    assert order[12:].tolist() == outside[np.argsort(-sims[0, outside], kind="stable")].tolist()
+
+
+def test_engine_prerank_default_and_choices(engine, embedded):
+    features, cams, queries = embedded
+    gallery = Gallery()
+    ids = gallery.add(features, camera=cams)
+    full = engine.scores(queries, features)
+    di = engine.scorer.of_streams(["di"]).scores(queries, features)
+    # 40 entries: auto pre-ranks nothing (5% of 40 < M), as prerank=0
+    assert engine.match(queries, gallery, k=3, candidates=3) == engine.match(
+        queries, gallery, k=3, candidates=3, prerank=0)
+    hits = engine.match(queries, gallery, k=3, candidates=3, prerank=40)  # DI ranks everything
+    for q, row in enumerate(hits):
+        narrow = np.argsort(-di[q], kind="stable")[:3]
+        want = narrow[np.argsort(-full[q, narrow], kind="stable")]
+        assert [ids.index(m.id) for m in row] == want.tolist()
+    with pytest.raises(TalError, match="at least the 3 candidates"):
+        engine.match(queries, gallery, k=3, candidates=3, prerank=2)
 
 
 def test_engine_cascade_needs_a_descriptor(fake_bundle):
@@ -303,7 +390,42 @@ def test_cli_approximate_stage_one(fake_bundle_v2, folders, tmp_path, kind):
     assert res.exit_code == 0, res.output
     assert f"stage 1: {kind} search over {n} descriptors on cpu" in res.stderr
     exhaustive = infer(fake_bundle_v2, folders, "--out", tmp_path / "e.json")
+    assert exhaustive.exit_code == 0, exhaustive.output
     assert _ranks(tmp_path / "a.json") == _ranks(tmp_path / "e.json")  # M covers the gallery
+
+
+@pytest.mark.parametrize("extra", [[], ["--exclude-same-camera", "--rerank"]])
+def test_cli_prerank_narrows_to_m_by_the_di_stream(fake_bundle_v2, folders, tmp_path, extra):
+    n = folders[2]
+    res = infer(fake_bundle_v2, folders, "--candidates", 3, "--prerank", n, "--topk", 3,
+                "--scores", tmp_path / "s.npz", "--out", tmp_path / "r.json",
+                "--report", tmp_path / "rep", *extra)
+    assert res.exit_code == 0, res.output
+    assert "the top" in res.stderr and "narrowed by the DI stream's score; stage 2: TAL " \
+        "score on 3 candidates" in res.stderr
+    assert "mAP" in res.stdout and (tmp_path / "rep" / "index.html").is_file()
+    saved = np.load(tmp_path / "s.npz")
+    assert (np.isfinite(saved["scores"]).sum(axis=1) == 3).all()
+    engine = ReIDEngine(fake_bundle_v2, backend="onnxruntime", device="cpu")
+    q = engine.embed_files(list(saved["queries"])).features
+    g = engine.embed_files(list(saved["gallery"])).features
+    di = engine.scorer.of_streams(["di"]).scores(q, g)
+    if extra:  # the pre-rank sees other cameras only
+        di[np.array([[_camera(a) == _camera(b) for b in saved["gallery"]]
+                     for a in saved["queries"]])] = -np.inf
+    for row, scored in zip(di, np.isfinite(saved["scores"])):
+        assert set(np.flatnonzero(scored)) == set(np.argsort(-row, kind="stable")[:3].tolist())
+
+
+@pytest.mark.parametrize("value, message", [("x", "neither auto nor a whole number"),
+                                            ("-3", "neither auto nor a whole number"),
+                                            ("2", "at least the 5 candidates, got 2")])
+def test_cli_bad_prerank_is_one_line_before_any_work(fake_bundle_v2, folders, tmp_path, value,
+                                                     message):
+    res = infer(fake_bundle_v2, folders, "--candidates", 5, "--prerank", value,
+                "--index", tmp_path / "idx")
+    assert res.exit_code == 2 and message in res.stderr and "Traceback" not in res.stderr
+    assert not (tmp_path / "idx").exists()  # refused before the index (and any extraction)
 
 
 def _camera(path: str) -> str:
