@@ -99,15 +99,20 @@ def prepare_model(workdir: Path, progress: bool) -> Path:
 
 
 def prepare_gallery(workdir: Path, size: int, num_queries: int, seed: int,
-                    progress: bool) -> tuple[list[str], list[str]]:
+                    progress: bool, shift: str = "photometric") -> tuple[list[str], list[str]]:
     """(gallery paths, exactly ``size``; query paths) of generated unseen domains."""
     from tal_train.data.synthetic import SyntheticConfig, synthesize
 
     folder = workdir / f"crops-{size}"
-    if not (folder / "synthesis.json").is_file():
+    recorded = folder / "synthesis.json"
+    if not recorded.is_file():
         per_domain = math.ceil(1.3 * size / IMAGES_PER_IDENTITY / DOMAINS)
-        synthesize(folder, SyntheticConfig(identities=per_domain, domains=DOMAINS, seed=seed),
-                   overwrite=True, progress=progress)
+        synthesize(folder, SyntheticConfig(identities=per_domain, domains=DOMAINS, seed=seed,
+                                           shift=shift), overwrite=True, progress=progress)
+    made = json.loads(recorded.read_text())["config"].get("shift", "photometric")
+    if made != shift:
+        raise click.ClickException(f"{folder} holds crops of the {made} shift, not {shift}; "
+                                   "use another --workdir")
     domains = sorted(d for d in folder.iterdir() if d.is_dir())
     gallery = sorted(p for d in domains for sub in ("bounding_box_test", "bounding_box_train")
                      for p in list_images(d / sub))
@@ -200,9 +205,14 @@ def load() -> str:
                    "line uses the first.")
 @click.option("--seed", default=7, show_default=True, type=int,
               help="Seed of the gallery domains (the model's are seed 0).")
+@click.option("--shift", default="photometric", show_default=True,
+              type=click.Choice(["photometric", "structural"]),
+              help="The generator's domain shift for the galleries (tal-data synthesize "
+                   "--shift); match the model's training data.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def main(workdir: Path, bundle: Path | None, sizes: str, candidates: str, headline_m: int,
-         num_queries: int, prerank: str, search: str, seed: int, quiet: bool) -> None:
+         num_queries: int, prerank: str, search: str, seed: int, shift: str,
+         quiet: bool) -> None:
     """Print recall@10, mAP, top-1 and seconds per query of the cascade and of exhaustive
     matching, for galleries of the given sizes."""
     started, progress = time.time(), not quiet
@@ -219,7 +229,8 @@ def main(workdir: Path, bundle: Path | None, sizes: str, candidates: str, headli
           f"FAISS {', '.join(kinds)}; stage 2 and exhaustive: the numpy CPU path", flush=True)
     headline = None
     for size in (int(s) for s in sizes.split(",")):
-        gallery_paths, query_paths = prepare_gallery(workdir, size, num_queries, seed, progress)
+        gallery_paths, query_paths = prepare_gallery(workdir, size, num_queries, seed, progress,
+                                                     shift)
         # fp16 storage whatever the bundle's precision (the compact index; scores are computed
         # in the bundle's precision); another model: rebuilt
         index = GalleryIndex(workdir / f"index-{size}", engine.bundle.fingerprint,

@@ -6,7 +6,8 @@ found with FAISS. Kinds:
 
 - ``exact`` (default): ``IndexFlatIP``, every inner product, the true top-M;
 - ``ivf``: ``IndexIVFFlat`` (inner product), ``nlist`` k-means cells (default 4 sqrt(N), at
-  least 39 training points per cell), ``nprobe`` cells searched per query;
+  least 39 training points per cell), ``nprobe`` cells searched per query (more for long
+  shortlists: enough for `IVF_SCAN_FACTOR` x the candidates asked for);
 - ``hnsw``: ``IndexHNSWFlat`` (inner product), ``hnsw_m`` links per node, ``ef_search`` nodes
   explored per query (at least the number of candidates asked for).
 
@@ -36,6 +37,8 @@ from .errors import TalError
 SEARCH_KINDS = ("exact", "ivf", "hnsw")
 GPU_MAX_K = 2048  # FAISS's limit on k (and nprobe) for GPU indexes
 MIN_POINTS_PER_CELL = 39  # FAISS's k-means warns below this many training points per centroid
+IVF_SCAN_FACTOR = 10  # IVF scans cells holding at least this x k vectors (0.9993 of the exact
+                      # top 2,000 of 100,000 descriptors; 5x: 0.992; docs/scale.md)
 FAISS_MISSING = ("two-stage retrieval (--candidates M > 0) needs FAISS, which is not installed: "
                  "pip install faiss-cpu (or pip install 'tal-reid[scale]'; a faiss-gpu build "
                  "for GPUs); --candidates 0 matches exhaustively without it")
@@ -131,15 +134,24 @@ class CandidateSearch:
         return out
 
     def _search(self, queries: np.ndarray, k: int) -> np.ndarray:
-        """FAISS search of k columns per query (-1 where the index found fewer). HNSW explores
-        max(ef_search, k) nodes: FAISS explores ef_search whatever k is, so a longer list
-        would come back thin (62% of the exact top 2,000 at ef_search 256, docs/scale.md)."""
+        """FAISS search of k columns per query (-1 where the index found fewer).
+
+        The approximate kinds widen with k: FAISS's HNSW explores ef_search nodes and its IVF
+        scans nprobe cells whatever k is, so a long shortlist (the DI pre-rank's) came back
+        thin (at 100,000 crops, 62% and 78% of the exact top 2,000; docs/scale.md). HNSW
+        explores max(ef_search, k) nodes, IVF scans enough cells for `IVF_SCAN_FACTOR` x k
+        vectors (at least nprobe). A GPU index that would need more (k or cells) than it was
+        built for is searched in its CPU copy."""
+        faiss, params, deeper = load_faiss(), None, False
         if self.options.kind == "hnsw":
-            params = load_faiss().SearchParametersHNSW(efSearch=max(self.options.ef_search, k))
-            return self.index.search(queries, k, params=params)[1]
-        if self.gpus and k > GPU_MAX_K:
-            return self.cpu_index.search(queries, k)[1]
-        return self.index.search(queries, k)[1]
+            params = faiss.SearchParametersHNSW(efSearch=max(self.options.ef_search, k))
+        elif self.options.kind == "ivf":
+            nlist, nprobe = self.cpu_index.nlist, self.cpu_index.nprobe
+            wide = min(nlist, max(nprobe, math.ceil(IVF_SCAN_FACTOR * k * nlist / self.size)))
+            params, deeper = faiss.SearchParametersIVF(nprobe=wide), wide > nprobe
+        if self.gpus and k <= GPU_MAX_K and not deeper:
+            return self.index.search(queries, k)[1]
+        return self.cpu_index.search(queries, k, params=params)[1]
 
 
 def _same_camera_counts(q_cams: np.ndarray, g_cams: np.ndarray) -> np.ndarray:

@@ -90,14 +90,16 @@ def test_approximate_searches_find_most_of_the_exact_shortlist(kind):
     assert all(len(a) == 20 and len(set(a)) == 20 and a.min() >= 0 for a in approx)
 
 
-def test_hnsw_searches_deeper_than_ef_search_when_asked_for_more():
-    """FAISS's HNSW explores efSearch nodes whatever k is asked: a shortlist longer than
-    ef_search (the DI pre-rank's 10 x M) must widen the exploration, not come back thin."""
+@pytest.mark.parametrize("options", [CandidateOptions("hnsw", ef_search=16),
+                                     CandidateOptions("ivf", nprobe=4)])
+def test_approximate_searches_widen_for_long_shortlists(options):
+    """FAISS's HNSW explores efSearch nodes, its IVF scans nprobe cells, whatever k is asked:
+    a shortlist longer than they reach (the DI pre-rank's 10 x M) must widen the search, not
+    come back thin."""
     rng = np.random.default_rng(1)
     gallery, queries = clustered(4000, 32, rng), clustered(20, 32, rng)
     exact = CandidateSearch(gallery).search(queries, 400)
-    approx = CandidateSearch(gallery, CandidateOptions("hnsw", ef_search=16)).search(queries,
-                                                                                     400)
+    approx = CandidateSearch(gallery, options).search(queries, 400)
     overlap = np.mean([len(set(a) & set(e)) / 400 for a, e in zip(approx, exact)])
     assert overlap > 0.95, overlap
 
@@ -157,6 +159,11 @@ def test_cuda_search_goes_to_every_gpu_and_shards_over_several(monkeypatch, gpus
     assert all(len(b) == 2500 for b in big) and max(search.index.ks) <= GPU_MAX_K
     hnsw = CandidateSearch(gallery, CandidateOptions("hnsw", device="cuda"))
     assert hnsw.where == "cpu"  # FAISS has no GPU HNSW
+    ivf = CandidateSearch(gallery, CandidateOptions("ivf", device="cuda"))  # 76 cells, 32 probed
+    ivf.search(queries, 30)
+    assert ivf.index.ks == [30]  # 32 cells hold 10 x 30 vectors: the GPU index answers
+    assert all(len(c) == 300 for c in ivf.search(queries, 300))
+    assert ivf.index.ks == [30]  # more cells than the GPU index probes: the CPU copy answers
 
 
 # -- stage 2 and the result -----------------------------------------------------------------
