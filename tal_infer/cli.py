@@ -124,6 +124,9 @@ def main(gallery_dir: Path, query_dir: Path, model: Path | None, topk: int, out:
     full TAL score; everything else (camera exclusion, re-ranking, reports, metrics) works as
     without it. --scores then holds NaN for entries not scored.
     """
+    if prerank and not candidates:
+        raise click.UsageError("--prerank narrows the --candidates shortlist: give --candidates "
+                               "M too (0, the default, matches exhaustively)")
     check_output_file(out, "--out", (".json", ".csv"))
     check_output_file(scores_out, "--scores", (".npz",))
     check_output_folder(report_dir, "--report")

@@ -263,6 +263,8 @@ class ReIDEngine:
         ``candidates=0`` scores every entry."""
         if candidates < 0:
             raise TalError(f"candidates must be >= 0, got {candidates}")
+        if prerank and not candidates:
+            raise TalError("prerank narrows the candidates' shortlist: give candidates=M too")
         options = search if isinstance(search, CandidateOptions) else CandidateOptions(
             search, device=self.device)
         nq = num_items(queries)

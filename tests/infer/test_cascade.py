@@ -256,9 +256,14 @@ def test_engine_cascade_ranks_stage_one_candidates_by_tal_score(engine, embedded
 
 # -- the DI pre-rank -----------------------------------------------------------------------
 
-def test_stream_parts_of_the_scorer_add_up_to_the_score(engine, embedded):
+@pytest.mark.parametrize("matcher", ["numpy", "torch"])
+def test_stream_parts_of_the_scorer_add_up_to_the_score(fake_bundle_v2, embedded, matcher):
+    if matcher == "torch":
+        pytest.importorskip("torch")
     gallery, _, queries = embedded
-    scorer = engine.scorer
+    scorer = ReIDEngine(fake_bundle_v2, backend="onnxruntime", device="cpu",
+                        matcher=matcher).scorer
+    assert scorer.name == matcher
     di, ds = scorer.of_streams(["di"]), scorer.of_streams(["ds"])
     assert di.keys == ("di_res4", "di_res5") and di.streams == ("di",)
     assert di.item_bytes < scorer.item_bytes and scorer.keys == ("ds_res4", "ds_res5") + di.keys
@@ -328,6 +333,8 @@ def test_engine_prerank_default_and_choices(engine, embedded):
         assert [ids.index(m.id) for m in row] == want.tolist()
     with pytest.raises(TalError, match="at least the 3 candidates"):
         engine.match(queries, gallery, k=3, candidates=3, prerank=2)
+    with pytest.raises(TalError, match="give candidates=M too"):
+        engine.match(queries, gallery, k=3, prerank=30)
 
 
 def test_engine_cascade_needs_a_descriptor(fake_bundle):
@@ -424,12 +431,12 @@ def test_cli_prerank_narrows_to_m_by_the_di_stream(fake_bundle_v2, folders, tmp_
         assert set(np.flatnonzero(scored)) == set(np.argsort(-row, kind="stable")[:3].tolist())
 
 
-@pytest.mark.parametrize("value, message", [("x", "neither auto nor a whole number"),
-                                            ("-3", "neither auto nor a whole number"),
-                                            ("2", "at least the 5 candidates, got 2")])
+@pytest.mark.parametrize("value, m, message", [
+    ("x", 5, "neither auto nor a whole number"), ("-3", 5, "neither auto nor a whole number"),
+    ("2", 5, "at least the 5 candidates, got 2"), ("50", 0, "give --candidates M too")])
 def test_cli_bad_prerank_is_one_line_before_any_work(fake_bundle_v2, folders, tmp_path, value,
-                                                     message):
-    res = infer(fake_bundle_v2, folders, "--candidates", 5, "--prerank", value,
+                                                     m, message):
+    res = infer(fake_bundle_v2, folders, "--candidates", m, "--prerank", value,
                 "--index", tmp_path / "idx")
     assert res.exit_code == 2 and message in res.stderr and "Traceback" not in res.stderr
     assert not (tmp_path / "idx").exists()  # refused before the index (and any extraction)
