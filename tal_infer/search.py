@@ -119,7 +119,8 @@ def _two_stage(engine: ReIDEngine, queries: Features, gallery: FeatureSource,
     camera), then orders each query's own list. As in exhaustive matching, camera exclusion
     shapes the rank lists, not the metrics: with both, the metrics come from a second
     shortlist that excludes nothing. The metrics rank each query's candidates by TAL score,
-    then the rest by descriptor (`Shortlists.rank_keys`)."""
+    then the other pre-ranked entries by DI score, then the rest by descriptor
+    (`Shortlists.rank_keys`)."""
     require_descriptor(queries)
     m = options.candidates
     width = prerank_width(engine.scorer, m, options.prerank, len(gallery))
