@@ -46,13 +46,14 @@ from machine import describe
 
 from tal_infer.bundle import load_bundle
 from tal_infer.candidates import CandidateOptions, CandidateSearch
-from tal_infer.cascade import descriptors, prerank_width, shortlist
+from tal_infer.cascade import descriptors, shortlist
 from tal_infer.engine import ReIDEngine
 from tal_infer.features import DESCRIPTOR
 from tal_infer.images import list_images, read_image
 from tal_infer.index import GalleryIndex, market_metadata
 from tal_infer.metrics import evaluate_scores
 from tal_infer.naming import parse_market_name
+from tal_infer.retrieval import RetrievalOptions
 from tal_infer.scoring import rank_gallery
 from tal_train.distill import DistillOptions
 
@@ -139,10 +140,10 @@ def exhaustive(engine: ReIDEngine, contents, queries: dict, cache: Path, query_p
         with np.load(cache) as stored:
             if json.loads(str(stored["key"])) == key:
                 return stored["scores"], float(stored["seconds"]), str(stored["when"])
-    scorer = engine.scorer
+    matcher = engine.matcher
     start = time.perf_counter()
-    ranking = rank_gallery(scorer, queries, contents.iter_chunks(scorer.chunk_size(
-        len(query_paths))), len(contents), k=10, keep_scores=True, progress=progress)
+    ranking = rank_gallery(matcher, queries, contents.iter_chunks(matcher.chunk_size(
+        len(query_paths))), len(contents), k=10, keep_scores=True)
     seconds = time.perf_counter() - start
     when = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
     np.savez(cache, scores=ranking.scores, seconds=seconds, when=when, key=json.dumps(key))
@@ -165,7 +166,7 @@ def measure(engine: ReIDEngine, queries: dict, contents, stage1: CandidateSearch
     """Run the cascade for one (M, pre-rank width), print its table row, return the last
     line's numbers."""
     start = time.perf_counter()
-    lists = shortlist(engine.scorer, queries, contents.take, stage1, m, prerank=width)
+    lists = shortlist(engine.matcher, queries, contents.take, stage1, m, prerank=width)
     per_query = (time.perf_counter() - start) / len(ref.best10)
     recall = np.mean([len(set(b) & set(c)) / 10 for b, c in zip(ref.best10, lists.columns)])
     n_same = sum(map(len, ref.same))
@@ -267,8 +268,9 @@ def main(workdir: Path, bundle: Path | None, sizes: str, candidates: str, headli
             built = time.perf_counter() - built
             rows: dict[tuple[int, int], tuple] = {}  # (M, width) -> the last line's numbers
             for m, asked in ((m, w) for m in ms for w in preranks):
-                width = prerank_width(engine.scorer, m, asked if asked is None or asked == 0
-                                      else max(m, asked), len(contents))
+                plan = engine.plan(RetrievalOptions(candidates=m, prerank=asked if asked is None
+                                                    or asked == 0 else max(m, asked)))
+                width = plan.prerank_width(len(contents))
                 width = width if width > m else 0
                 if (m, width) not in rows:  # auto, or N <= M, may mean no pre-rank: one row
                     rows[m, width] = measure(engine, queries, contents, stage1, kind, built, m,

@@ -21,9 +21,9 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from tal_export.descriptor import WithDescriptor
+from tal_train.models.folded import WithDescriptor
 from tal_export.extractor_export import export_program, onnx_graph
-from tal_export.fold import fold_model
+from tal_train.models.folded import fold_model
 from tal_train.distill import _item_shapes
 from tal_train.models import TALConfig, build_model
 from tal_train.models.descriptor import DescriptorHead

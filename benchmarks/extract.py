@@ -32,7 +32,7 @@ import torch
 
 from tal_export import export_bundle
 from tal_export.extractor_export import export_program, onnx_graph
-from tal_export.fold import fold_model, output_names
+from tal_train.models.folded import fold_model, output_names
 from tal_export.parity import reference_input
 from tal_infer.backends import open_extractor
 from tal_infer.bundle import load_bundle

@@ -2,12 +2,14 @@
 
 Steps: resolve the bundle's precision once (`tal_infer.precision`: float16 for ``fp16`` or
 ``trt``, else float32), which every later step takes; load and check the checkpoint; fold the
-model (fold.py), with the distilled global descriptor as an extra output when the checkpoint
-has one (descriptor.py, `tal-distill`); torch.export the fp32 folded extractor (extractor.pt2,
-written without pickles and read back by the runtime's reader) and convert it, or its fp16
-twin, to extractor.onnx; build matcher.onnx / matcher_trt.onnx and heads.npz from the
+model in that precision (`tal_train.models.folded`), with the distilled global descriptor as
+an extra output when the checkpoint has one (`tal-distill`); save the folded weights as
+extractor.safetensors (data only: the torch backend rebuilds the network from the package's
+own model code and the manifest's ``model_config``) and convert the folded network through
+torch.export to extractor.onnx; build matcher.onnx / matcher_trt.onnx and heads.npz from the
 projection form; run the parity check in ONNX Runtime (parity.py) with the precision's
-criterion; optionally build TensorRT engines; write manifest.json (precision included) last.
+criterion; optionally build TensorRT engines; write manifest.json (the shared schema,
+`tal_infer.bundle_schema`) last.
 
 Where it writes: ``--out``, or ``export/<run name>`` with the checkpoint's run name turned into
 one plain folder name (a checkpoint is untrusted data: ``../x`` or ``/etc`` must not choose the
@@ -37,6 +39,7 @@ import torch
 from tqdm import tqdm
 
 from tal_infer.atomic import make_sibling_dir
+from tal_infer.bundle_schema import EXTRACTOR, HEADS, MANIFEST, MATCHER, MATCHER_TRT, WEIGHTS
 from tal_infer.errors import TalError
 from tal_infer.hashing import file_sha256
 from tal_infer.precision import FLOAT16, FLOAT32, Precision
@@ -44,17 +47,16 @@ from tal_train.checkpoint import CheckpointError, load_checkpoint
 from tal_train.distill import load_descriptor
 from tal_train.models import TALConfig, TALModel, build_model
 from tal_train.models.descriptor import DescriptorHead
+from tal_train.models.folded import folded_extractor
 
 from . import manifest as mf
-from .descriptor import WithDescriptor, manifest_section
-from .extractor_export import export_program, onnx_graph, save_program
-from .fold import fold_model
+from .extractor_export import export_program, onnx_graph, save_weights
 from .matcher import build_matcher
 from .parity import folder_images, generated_images, judge, parity_report
 
 MIN_OPSET, MAX_OPSET = 17, 21
 TRT_MAX_GALLERY = 1024
-STEPS = ("load", "fold + torch.export", "extractor.onnx", "matchers", "parity", "tensorrt",
+STEPS = ("load", "fold + weights", "extractor.onnx", "matchers", "parity", "tensorrt",
          "manifest")
 
 
@@ -113,10 +115,10 @@ def _check_target(out: Path) -> None:
         raise TalError(f"{out}: exists and is not a folder; refusing to replace it (choose "
                        "another --out)")
     entries = {p.name for p in out.iterdir()} if out.is_dir() else set()
-    if entries and mf.MANIFEST not in entries:
+    if entries and MANIFEST not in entries:
         raise TalError(f"{out}: folder exists, is not empty and is not an export bundle; "
                        "refusing to overwrite it (choose another --out)")
-    foreign = sorted(entries - {mf.MANIFEST} - _listed_files(out))
+    foreign = sorted(entries - {MANIFEST} - _listed_files(out))
     if foreign:
         raise TalError(f"{out}: holds {foreign[0]!r}, which its manifest does not list; "
                        "refusing to replace the folder (move that file away or choose another "
@@ -126,7 +128,7 @@ def _check_target(out: Path) -> None:
 def _listed_files(bundle: Path) -> set[str]:
     """Names the ``files`` section of an earlier bundle's manifest lists (none if unreadable)."""
     try:
-        files = json.loads((bundle / mf.MANIFEST).read_text(encoding="utf-8")).get("files")
+        files = json.loads((bundle / MANIFEST).read_text(encoding="utf-8")).get("files")
     except (OSError, UnicodeDecodeError, ValueError, AttributeError):
         return set()
     return {name for name in files if isinstance(name, str)} if isinstance(files, dict) \
@@ -180,38 +182,28 @@ def _session(path: Path):
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
 
-def _extractor(model: TALModel, head: DescriptorHead | None,
-               precision: Precision = FLOAT32) -> torch.nn.Module:
-    """The folded extractor, with the descriptor output when there is a head."""
-    folded = fold_model(model, precision)
-    return folded if head is None else WithDescriptor(folded, head)
-
-
 def _write_graphs(model: TALModel, folder: Path, precision: Precision, opset: int,
                   max_batch: int, bar: tqdm, head: DescriptorHead | None = None) -> dict:
-    """extractor.pt2 (always the fp32 program), extractor.onnx, matcher.onnx, matcher_trt.onnx
-    in ``precision``, heads.npz; returns the projection form (manifest ``matching`` + heads
-    arrays)."""
+    """extractor.safetensors, extractor.onnx, matcher.onnx, matcher_trt.onnx in ``precision``,
+    heads.npz; returns the projection form (manifest ``matching`` + heads arrays)."""
     size = model.config.image_size
     bar.set_postfix_str(STEPS[1])
-    extractor = _extractor(model, head)
+    extractor = folded_extractor(model, head, precision)
+    save_weights(extractor, folder / WEIGHTS)
     program = export_program(extractor, size, max_batch)
-    save_program(program, folder / "extractor.pt2", size)
-    if precision != FLOAT32:
-        program = export_program(_extractor(model, head, precision), size, max_batch)
     bar.update()
     bar.set_postfix_str(STEPS[2])
-    _save_onnx(onnx_graph(program, extractor.names, opset), folder / "extractor.onnx")
+    _save_onnx(onnx_graph(program, extractor.names, opset), folder / EXTRACTOR)
     bar.update()
     bar.set_postfix_str(STEPS[3])
     form = model.projection_form()
-    features = mf.feature_specs(model)
-    _save_onnx(build_matcher(form, features, precision, opset), folder / "matcher.onnx")
+    features = {n: f.to_json() for n, f in mf.feature_sections(model).items()}
+    _save_onnx(build_matcher(form, features, precision, opset), folder / MATCHER)
     # The custom domain has no schema in onnx, so the full (shape-inferring) check cannot run.
     trt_graph = build_matcher(form, features, precision, opset, custom_op=True)
     onnx.checker.check_model(trt_graph)
-    onnx.save_model(trt_graph, str(folder / "matcher_trt.onnx"))
-    np.savez(folder / "heads.npz", **form["arrays"])
+    onnx.save_model(trt_graph, str(folder / MATCHER_TRT))
+    np.savez(folder / HEADS, **form["arrays"])
     bar.update()
     return form
 
@@ -224,8 +216,8 @@ def _parity(model: TALModel, folder: Path, precision: Precision, verify: bool,
     size = model.config.image_size
     images, source = (folder_images(verify_images, size) if verify_images is not None
                       else generated_images(size))
-    report = parity_report(model, _session(folder / "extractor.onnx"),
-                           _session(folder / "matcher.onnx"), images, source, max_batch, head)
+    report = parity_report(model, _session(folder / EXTRACTOR),
+                           _session(folder / MATCHER), images, source, max_batch, head)
     return judge(report, precision)
 
 
@@ -261,23 +253,22 @@ def export_bundle(checkpoint: str | os.PathLike, out_dir: str | os.PathLike | No
             bar.set_postfix_str(STEPS[4])
             parity = _parity(model, tmp, precision, verify, verify_images, max_batch, head)
             bar.update()
-            features = mf.feature_specs(model)
             manifest = mf.build_manifest(
                 config=model.config, run_name=run_name, checkpoint=checkpoint,
                 checkpoint_sha256=file_sha256(checkpoint), epoch=int(ckpt["epoch"]),
-                features=features, matching=form["matching"], precision=precision, opset=opset,
-                parity=parity, descriptor=None if head is None else manifest_section(
+                model=model, matching=form["matching"], precision=precision, opset=opset,
+                parity=parity, descriptor=None if head is None else mf.descriptor_section(
                     head, ckpt["descriptor"].get("distillation", {})))
             if trt:
                 bar.set_postfix_str(STEPS[5])
                 from .tensorrt_build import build_engines
 
-                manifest["tensorrt"] = build_engines(tmp, tmp / "extractor.onnx",
-                                                     tmp / "matcher_trt.onnx", manifest,
-                                                     max_batch, TRT_MAX_GALLERY, ptx_isa)
+                manifest = dataclasses.replace(manifest, tensorrt=build_engines(
+                    tmp, tmp / EXTRACTOR, tmp / MATCHER_TRT, manifest.to_json(), max_batch,
+                    TRT_MAX_GALLERY, ptx_isa))
             bar.update()
             bar.set_postfix_str(STEPS[6])
-            manifest["files"] = mf.file_entries(tmp)
+            manifest = dataclasses.replace(manifest, files=mf.file_entries(tmp))
             mf.write_manifest(tmp, manifest)
             _move_into_place(tmp, out)
             bar.update()
@@ -287,5 +278,5 @@ def export_bundle(checkpoint: str | os.PathLike, out_dir: str | os.PathLike | No
     if triton_repo is not None:
         from .triton_repo import write_triton_repo
 
-        write_triton_repo(Path(triton_repo), out, manifest, max_batch)
+        write_triton_repo(Path(triton_repo), out, manifest.to_json(), max_batch)
     return out

@@ -5,7 +5,8 @@ from pathlib import Path
 
 import click
 
-from tal_infer.cli_common import SizeType, friendly_errors
+from tal_infer import console
+from tal_infer.cli_common import SizeType, friendly_errors, verbosity_options
 
 EPILOG = """\b
 Examples:
@@ -38,14 +39,13 @@ Examples:
 @click.option("--verify-images", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Folder of person crops for the parity check [default: generated crops].")
 @click.option("--no-verify", is_flag=True, help="Skip the parity check (not recommended).")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@verbosity_options
 @friendly_errors
 def main(checkpoint: Path, out_dir: Path | None, fp16: bool, opset: int,
          image_size: tuple[int, int] | None, max_batch: int, trt: bool, ptx_isa: str | None,
-         triton_repo: Path | None, verify_images: Path | None, no_verify: bool,
-         quiet: bool) -> None:
+         triton_repo: Path | None, verify_images: Path | None, no_verify: bool) -> None:
     """Fold a TAL checkpoint into an export bundle: extractor.onnx, matcher.onnx,
-    matcher_trt.onnx, heads.npz, extractor.pt2 and manifest.json with the parity report
+    matcher_trt.onnx, heads.npz, extractor.safetensors and manifest.json with the parity report
     (ONNX Runtime vs PyTorch). The export fails, leaving no bundle, when the parity check fails.
     """
     from . import export_bundle
@@ -56,7 +56,8 @@ def main(checkpoint: Path, out_dir: Path | None, fp16: bool, opset: int,
         raise click.UsageError("--ptx-isa applies to the TensorRT engines: add --trt")
     out = export_bundle(checkpoint, out_dir, fp16=fp16, opset=opset, image_size=image_size,
                         max_batch=max_batch, verify=not no_verify, verify_images=verify_images,
-                        trt=trt, triton_repo=triton_repo, ptx_isa=ptx_isa, progress=not quiet)
+                        trt=trt, triton_repo=triton_repo, ptx_isa=ptx_isa,
+                        progress=console.bars_enabled())
     click.echo(_summary(out))
 
 

@@ -22,7 +22,8 @@ from pathlib import Path
 
 import click
 
-from tal_infer.cli_common import SizeType, friendly_errors
+from tal_infer import console
+from tal_infer.cli_common import SizeType, friendly_errors, verbosity_options
 from tal_infer.errors import TalError
 
 DOMAINS = 4
@@ -55,15 +56,15 @@ Examples:
 @click.option("--seed", default=0, show_default=True, type=int, help="Data and training seed.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
               show_default=True, help="Where training and tal-infer run (auto: CUDA if present).")
-@click.option("--quiet", is_flag=True, help="No progress bars.")
+@verbosity_options
 @friendly_errors
 def main(workdir: Path, identities: int, epochs: int, iters: int, batch_size: int,
          image_size: tuple[int, int] | None, skip_train: bool, topk: int, seed: int,
-         device: str, quiet: bool) -> None:
+         device: str) -> None:
     """Generate a camera network, train TAL on three domains, export it, and re-identify
     people in the fourth (unseen) domain; prints mAP/top-k and where everything is."""
     size = list(image_size) if image_size else None
-    progress = not quiet
+    progress = console.bars_enabled()
     started = time.time()
     workdir.mkdir(parents=True, exist_ok=True)
     data = workdir / "data" / "synthetic"
@@ -86,7 +87,7 @@ def main(workdir: Path, identities: int, epochs: int, iters: int, batch_size: in
                            progress=progress)
     click.echo(f"[4/4] tal-infer on the unseen domain {TARGET}")
     report, ranks = workdir / "demo-report", workdir / "demo-ranks.json"
-    run_inference(bundle, data / TARGET, report, ranks, topk, quiet, device)
+    run_inference(bundle, data / TARGET, report, ranks, topk, device)
     click.echo(f"\ndone in {time.time() - started:.0f} s. Artifacts:\n"
                f"  data        {data}\n  checkpoint  {checkpoint}\n"
                f"  training    {checkpoint.parent / 'metrics.json'}\n  bundle      {bundle}\n"
@@ -135,13 +136,13 @@ def train_model(data: Path, out: Path, epochs: int, iters: int, batch_size: int,
 
 
 def run_inference(bundle: Path, target: Path, report: Path, ranks: Path, topk: int,
-                  quiet: bool, device: str = "auto") -> None:
+                  device: str = "auto") -> None:
     """tal-infer on the target's query and gallery folders (prints mAP and CMC)."""
     from tal_infer.cli import main as infer
 
     args = ["--gallery", str(target / "bounding_box_test"), "--queries", str(target / "query"),
             "--model", str(bundle), "--topk", str(topk), "--out", str(ranks), "--report",
-            str(report), "--device", device] + (["--quiet"] if quiet else [])
+            str(report), "--device", device, *console.verbosity_flags()]
     infer.main(args, standalone_mode=False)
 
 

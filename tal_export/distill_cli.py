@@ -9,7 +9,8 @@ from pathlib import Path
 
 import click
 
-from tal_infer.cli_common import device_option, friendly_errors
+from tal_infer import console
+from tal_infer.cli_common import device_option, friendly_errors, verbosity_options
 from tal_infer.errors import TalError
 from tal_infer.images import list_images
 from tal_train.distill import DistillOptions
@@ -47,11 +48,11 @@ Examples:
               help="Use at most this many crops (a random sample).")
 @device_option
 @click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--quiet", is_flag=True, help="No progress bars.")
+@verbosity_options
 @friendly_errors
 def main(checkpoint: Path, image_dirs: tuple[Path, ...], out: Path | None, dim: int,
          blocks: int, block_size: int, steps_per_block: int, max_images: int, device: str,
-         seed: int, quiet: bool) -> None:
+         seed: int) -> None:
     """Distil a global descriptor from a trained TAL checkpoint, for two-stage retrieval
     (tal-infer --candidates M). The TAL model stays frozen: its scores are the teacher, so its
     accuracy is unchanged. Prints the held-out recall: the share of each crop's best 10 by TAL
@@ -75,7 +76,7 @@ def main(checkpoint: Path, image_dirs: tuple[Path, ...], out: Path | None, dim: 
                              steps_per_block=steps_per_block, seed=seed)
     options.check(len(paths))
     model, _ = load_model(checkpoint)
-    head, report = distill_descriptor(model, paths, options, device, progress=not quiet)
+    head, report = distill_descriptor(model, paths, options, device, progress=console.bars_enabled())
     target = add_descriptor(checkpoint, head, report, out)
     recall = report["holdout_recall"]
     click.echo(f"descriptor ({dim} values) distilled from {len(paths)} crops; held-out "

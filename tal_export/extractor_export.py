@@ -1,13 +1,13 @@
-"""The folded extractor as a torch.export program and as an ONNX graph.
+"""The folded extractor as an ONNX graph, and its weights as extractor.safetensors.
 
 Exporter: ``torch.export`` then the torch.export-based ONNX exporter (``torch.onnx.export(...,
 dynamo=True)``, which needs ``onnxscript``). It is the exporter PyTorch maintains (the
-TorchScript one is deprecated and warns on every call); it takes the same ExportedProgram that
-is saved as extractor.pt2, so both artifacts come from one trace. The batch dimension is
-symbolic in both; the ONNX graph gets the names of docs/bundle.md (input ``images``, outputs
-``<stream>_<scale>``). extractor.pt2 is saved without example inputs (``torch.export.save``
-pickles them) and read back with the runtime's reader, `tal_infer.torch_program`, so an export
-never writes a program that the torch backend would refuse.
+TorchScript one is deprecated and warns on every call). The batch dimension is symbolic; the
+ONNX graph gets the names of docs/bundle.md (input ``images``, outputs ``<stream>_<scale>``).
+
+The torch backend gets no program at all: extractor.safetensors holds the folded network's
+state dict (data only, no code, loadable straight onto a device), from which the runtime
+rebuilds the network with the package's own model code (`tal_infer.torch_extractor`).
 """
 from __future__ import annotations
 
@@ -20,9 +20,7 @@ from typing import Iterator
 import torch
 from onnx import ModelProto
 
-from tal_infer.torch_program import load_program
-
-from .fold import FoldedExtractor
+from safetensors.torch import save
 
 EXAMPLE_BATCH = 2  # > 1, so the traced batch dimension stays symbolic
 
@@ -43,7 +41,7 @@ def _quiet_exporter() -> Iterator[None]:
         logger.setLevel(level)
 
 
-def export_program(extractor: FoldedExtractor, image_size: tuple[int, int],
+def export_program(extractor: torch.nn.Module, image_size: tuple[int, int],
                    max_batch: int) -> torch.export.ExportedProgram:
     """torch.export of the folded extractor with a dynamic batch dimension (1..max_batch+)."""
     height, width = image_size
@@ -53,17 +51,13 @@ def export_program(extractor: FoldedExtractor, image_size: tuple[int, int],
         return torch.export.export(extractor, (example,), dynamic_shapes=({0: batch},))
 
 
-def save_program(program: torch.export.ExportedProgram, path: Path,
-                 image_size: tuple[int, int]) -> None:
-    """Write ``program`` as extractor.pt2 with no pickled entry, then check that the runtime's
-    reader accepts it and that it runs (on the meta device: no arithmetic)."""
-    example = program.example_inputs
-    program.example_inputs = None
-    try:
-        torch.export.save(program, str(path))
-    finally:
-        program.example_inputs = example
-    load_program(path, "cpu").dry_run((EXAMPLE_BATCH, *image_size, 3))
+def save_weights(extractor: torch.nn.Module, path: Path) -> None:
+    """The extractor's state dict as safetensors (contiguous copies: the format stores each
+    tensor on its own), written with ``open`` so the file's mode follows the umask like every
+    other bundle file (the library's own writer creates 0600 files)."""
+    data = save({k: v.detach().contiguous().clone() for k, v in extractor.state_dict().items()},
+                metadata={"format": "tal-reid-folded-extractor"})
+    path.write_bytes(data)
 
 
 def onnx_graph(program: torch.export.ExportedProgram, output_names: list[str],

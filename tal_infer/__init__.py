@@ -17,8 +17,12 @@ __all__ = ["Gallery", "Match", "ReIDEngine", "__version__"]
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("Gallery", "Match", "ReIDEngine"):
+    if name in ("Match", "ReIDEngine"):
         from . import engine
 
         return getattr(engine, name)
+    if name == "Gallery":
+        from .index.in_memory import Gallery
+
+        return Gallery
     raise AttributeError(f"module 'tal_infer' has no attribute {name!r}")

@@ -12,9 +12,8 @@ What the cascade ranks beyond its candidates (for mAP, which needs a full rankin
 candidates by TAL score first, then every other entry in stage-1 order (descriptor similarity),
 the usual way a re-ranked shortlist is evaluated (`Shortlists.rank_keys`).
 
-The DI pre-rank (``prerank=N > M``; by default `PRERANK_FACTOR` x M, at most 5% of the
-gallery, for models that score the DI stream beside the DS experts): stage 1 takes the top N
-by descriptor, the DI stream's part of the TAL score (one of the K + 1 streams, its features
+The DI pre-rank (a width N > M, decided by the retrieval plan:
+`tal_infer.retrieval.RetrievalPlan.prerank_width`): stage 1 takes the top N by descriptor, the DI stream's part of the TAL score (one of the K + 1 streams, its features
 alone are read) keeps the best M of them, and only those get the full score. The descriptor
 alone cannot order the near-ties at the top of a large gallery's ranking; the DI stream's
 score orders them as the full score does (measured in docs/scale.md), at 1 / (K + 1) of its
@@ -24,20 +23,20 @@ descriptor.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
-from tqdm import tqdm
 
-from .features import DESCRIPTOR
 from .candidates import CandidateSearch
+from .console import progress
 from .errors import TalError
+from .features import DESCRIPTOR
 
-Features = dict[str, np.ndarray]
+if TYPE_CHECKING:
+    from .matching import Matcher
+
 Gather = Callable[[np.ndarray, Sequence[str]], Mapping[str, Any]]  # (columns, keys) -> features
 PRERANK_STREAM = "di"
-PRERANK_FACTOR = 10  # default pre-rank width, in multiples of M (docs/scale.md, measured)
-PRERANK_MAX_SHARE = 0.05  # ... and at most this share of the gallery
 
 
 @dataclass
@@ -98,53 +97,31 @@ def descriptors(features: Mapping[str, Any]) -> np.ndarray:
     return np.asarray(features[DESCRIPTOR], dtype=np.float32)
 
 
-def prerank_width(scorer: Any, m: int, prerank: int | None, gallery_size: int) -> int:
-    """How many descriptor candidates the DI pre-rank narrows to ``m`` (0: no pre-rank).
-    ``prerank`` None (auto): `PRERANK_FACTOR` x ``m``, at most `PRERANK_MAX_SHARE` of the
-    gallery, where the model scores the DI stream beside other streams, else none (a small
-    gallery's descriptor top M already holds the TAL top 10: docs/scale.md); 0: none;
-    N: N (at least ``m``)."""
-    if prerank is None:
-        streams = scorer.streams
-        if PRERANK_STREAM not in streams or len(streams) == 1:
-            return 0
-        width = min(PRERANK_FACTOR * m, int(PRERANK_MAX_SHARE * gallery_size))
-        return width if width > m else 0
-    if prerank < 0 or 0 < prerank < m:
-        raise TalError(f"the pre-rank width must be 0 (none) or at least the {m} candidates, "
-                       f"got {prerank}")
-    if prerank and PRERANK_STREAM not in scorer.streams:
-        scorer.of_streams([PRERANK_STREAM])  # raises: names the streams the model has
-    return prerank
-
-
-def shortlist(scorer: Any, queries: Mapping[str, np.ndarray], gather: Gather,
+def shortlist(matcher: "Matcher", queries: Mapping[str, np.ndarray], gather: Gather,
               search: CandidateSearch, m: int,
               cameras: tuple[np.ndarray, np.ndarray] | None = None,
-              progress: bool = False, prerank: int | None = None) -> Shortlists:
+              prerank: int = 0) -> Shortlists:
     """Stage 1 (top ``m`` by descriptor, same-camera entries left out when ``cameras`` is
-    given; with a pre-rank, the top `prerank_width` narrowed to ``m`` by DI score) and stage 2
-    (the TAL score of each query against its own candidates)."""
-    width = prerank_width(scorer, m, prerank, search.size)
-    candidates = search.search(descriptors(queries), max(m, width), exclude=cameras)
-    if width <= m or all(len(c) <= m for c in candidates):
-        return rescore(scorer, queries, gather, candidates, progress)
-    narrowed = rescore(scorer.of_streams([PRERANK_STREAM]), queries, gather, candidates,
-                       progress, desc="pre-ranking")
-    lists = rescore(scorer, queries, gather, [c[:m] for c in narrowed.columns], progress)
+    given; with a pre-rank width above ``m``, the top ``prerank`` narrowed to ``m`` by DI
+    score) and stage 2 (the TAL score of each query against its own candidates)."""
+    candidates = search.search(descriptors(queries), max(m, prerank), exclude=cameras)
+    if prerank <= m or all(len(c) <= m for c in candidates):
+        return rescore(matcher, queries, gather, candidates)
+    narrowed = rescore(matcher.of_streams([PRERANK_STREAM]), queries, gather, candidates,
+                       desc="pre-ranking")
+    lists = rescore(matcher, queries, gather, [c[:m] for c in narrowed.columns])
     return Shortlists(lists.columns, lists.scores, narrowed)
 
 
-def rescore(scorer: Any, queries: Mapping[str, np.ndarray], gather: Gather,
-            candidates: list[np.ndarray], progress: bool = False,
-            desc: str = "re-scoring") -> Shortlists:
-    """``scorer``'s scores of each query against its candidate columns only (their features
-    under ``scorer.keys`` gathered), sorted best first."""
+def rescore(matcher: "Matcher", queries: Mapping[str, np.ndarray], gather: Gather,
+            candidates: list[np.ndarray], desc: str = "re-scoring") -> Shortlists:
+    """``matcher``'s scores of each query against its candidate columns only (their features
+    under ``matcher.keys`` gathered), sorted best first."""
     scores = []
-    for i, cols in enumerate(tqdm(candidates, desc=desc, unit="query", disable=not progress)):
+    for i, cols in enumerate(progress(candidates, desc=desc, unit="query")):
         if len(cols) == 0:
             scores.append(np.zeros(0, np.float32))
             continue
-        query = {k: v[i:i + 1] for k, v in queries.items() if k in scorer.keys}
-        scores.append(scorer.scores(query, gather(np.asarray(cols, np.int64), scorer.keys))[0])
+        query = {k: v[i:i + 1] for k, v in queries.items() if k in matcher.keys}
+        scores.append(matcher.scores(query, gather(np.asarray(cols, np.int64), matcher.keys))[0])
     return Shortlists.ordered(list(candidates), scores)

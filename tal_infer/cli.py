@@ -3,6 +3,7 @@ command over `tal_infer.search`)."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from pathlib import Path
 from typing import Iterator
@@ -10,19 +11,20 @@ from typing import Iterator
 import click
 import numpy as np
 
-from .backends import EXTRACTOR_BACKENDS, MATCH_BACKENDS
-from .candidates import SEARCH_KINDS, load_faiss
-from .cascade import prerank_width, require_descriptor
-from .cli_common import device_option, friendly_errors
+from .backends import EXTRACTOR_BACKENDS
+from .candidates import SEARCH_KINDS
+from .cli_common import device_option, friendly_errors, verbosity_options
 from .engine import Embedded, ReIDEngine
 from .errors import TalError
 from .images import DEFAULT_MAX_PIXELS, list_images
 from .index import GalleryIndex, IndexDamagedError, IndexMismatchError
+from .matching import MATCH_BACKENDS
 from .metrics import UndefinedMetricsError, evaluate_scores
-from .output_paths import check_output_file, check_output_folder, writing
-from .search import (GalleryFiles, SearchOptions, SearchResult, embed_gallery, search,
-                     write_ranks)
+from .output_paths import check_apart, check_output_file, check_output_folder, writing
+from .retrieval import RetrievalOptions
+from .search import GalleryFiles, SearchResult, embed_gallery, search, write_ranks
 
+log = logging.getLogger("tal_infer")
 EPILOG = """\b
 Examples:
   tal-infer --gallery data/cam2 --queries data/cam1 --out ranks.json
@@ -53,7 +55,7 @@ def _prerank_width(ctx: click.Context, param: click.Parameter, value: str) -> in
               help="Folder of query crops (searched recursively).")
 @click.option("--model", type=click.Path(path_type=Path), default=None,
               help="Export bundle folder [default: the most recent one under ./export/].")
-@click.option("--topk", default=SearchOptions.topk, show_default=True, type=click.IntRange(1),
+@click.option("--topk", default=RetrievalOptions.topk, show_default=True, type=click.IntRange(1),
               help="Matches kept per query.")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Write the ranked matches to FILE.json or FILE.csv.")
@@ -70,7 +72,8 @@ def _prerank_width(ctx: click.Context, param: click.Parameter, value: str) -> in
 @click.option("--matcher", default="auto", show_default=True, type=click.Choice(MATCH_BACKENDS),
               help="Matching backend (features -> scores): numpy (CPU, no torch), torch, triton "
                    "(the fused kernel), tensorrt (matcher.plan); auto: tensorrt beside the "
-                   "tensorrt backend, else numpy on the CPU and the kernel or cuBLAS on CUDA.")
+                   "tensorrt backend, the kernel or cuBLAS on CUDA, torch on the CPU (numpy "
+                   "without torch).")
 @device_option
 @click.option("--index", "index_dir", type=click.Path(path_type=Path), default=None,
               help="Persistent gallery index folder (incremental; features in the bundle's "
@@ -104,13 +107,13 @@ def _prerank_width(ctx: click.Context, param: click.Parameter, value: str) -> in
 @click.option("--on-error", default="fail", show_default=True,
               type=click.Choice(["fail", "skip"]),
               help="On an unreadable image: stop, or skip it and list it at the end.")
-@click.option("--quiet", is_flag=True, help="No progress bars.")
+@verbosity_options
 @friendly_errors
 def main(gallery_dir: Path, query_dir: Path, model: Path | None, topk: int, out: Path | None,
          scores_out: Path | None, report_dir: Path | None, report_queries: int, backend: str,
          matcher: str, device: str, index_dir: Path | None, rebuild_index: bool, batch: int,
          exclude_cameras: bool, rerank: bool, candidates: int, candidate_search: str,
-         prerank: int | None, verify: bool, max_pixels: int, on_error: str, quiet: bool) -> None:
+         prerank: int | None, verify: bool, max_pixels: int, on_error: str) -> None:
     """Match every query crop against a gallery with an exported TAL model.
 
     Prints mAP and CMC when the file names carry identities and cameras (Market-1501 style:
@@ -132,13 +135,12 @@ def main(gallery_dir: Path, query_dir: Path, model: Path | None, topk: int, out:
     check_output_folder(report_dir, "--report")
     engine = ReIDEngine(model, backend=backend, device=device, batch_size=batch, verify=verify,
                         max_pixels=max_pixels or None, matcher=matcher)
-    click.echo(f"model: {engine.bundle.path} ({engine.precision.dtype}); extractor: "
-               f"{engine.extractor.name} on {engine.extractor.device}; matching: "
-               f"{engine.scorer.name} on {engine.scorer.device}", err=True)
-    if candidates:
-        load_faiss()  # missing FAISS or descriptor: one line now, not after the extraction
-        require_descriptor(engine.bundle.output_shapes)
-        prerank_width(engine.scorer, candidates, prerank, 0)  # a bad width: one line now
+    plan = engine.plan(RetrievalOptions(topk, candidates, prerank, candidate_search,
+                                        exclude_cameras, rerank))
+    check_apart({"--out": out, "--scores": scores_out, "--report": report_dir,
+                 "--index": index_dir},
+                {"model bundle": engine.bundle.path, "gallery folder": gallery_dir,
+                 "query folder": query_dir})
     query_paths, gallery_paths = ([os.path.abspath(p) for p in list_images(d)]
                                   for d in (query_dir, gallery_dir))
     index = None
@@ -146,22 +148,15 @@ def main(gallery_dir: Path, query_dir: Path, model: Path | None, topk: int, out:
         with _rebuild_hint():
             index = engine.open_index(index_dir, rebuild_index)
 
-    queries = engine.embed_files(query_paths, on_error, not quiet, desc="queries")
+    queries = engine.embed_files(query_paths, on_error, desc="queries")
     if not queries.paths:
         raise TalError(f"{query_dir}: none of the query images could be read")
     with _rebuild_hint():
-        gallery = embed_gallery(engine, gallery_paths, index, on_error, not quiet)
+        gallery = embed_gallery(engine, gallery_paths, index, on_error)
     _echo_sync(index, gallery)
     if not gallery.paths:
         raise TalError(f"{gallery_dir}: none of the gallery images could be read")
-    result = search(engine, queries, gallery,
-                    SearchOptions(topk, exclude_cameras, rerank, scores_out is not None,
-                                  progress=not quiet, candidates=candidates,
-                                  candidate_search=candidate_search, prerank=prerank))
-    for note in result.notes:
-        click.echo(note, err=True)
-    for warning in result.warnings:
-        click.echo(f"warning: {warning}", err=True)
+    result = search(engine, plan, queries, gallery, keep_scores=scores_out is not None)
     _write_outputs(out, scores_out, queries.paths, gallery.paths, result.rows, result.scores)
     if result.identities is not None:
         _print_metrics(result.ranking, *result.identities)
@@ -169,7 +164,7 @@ def main(gallery_dir: Path, query_dir: Path, model: Path | None, topk: int, out:
         _print_top1(queries.paths, gallery.paths, result.rows)
     if report_dir is not None:
         _write_report(report_dir, engine, queries, gallery, result, report_queries)
-    _echo_skipped(queries.skipped + gallery.skipped)
+    _log_skipped(queries.skipped + gallery.skipped)
 
 
 @contextlib.contextmanager
@@ -186,8 +181,8 @@ def _rebuild_hint() -> Iterator[None]:
 def _echo_sync(index: GalleryIndex | None, gallery: GalleryFiles) -> None:
     report = gallery.sync
     if index is not None and report is not None:
-        click.echo(f"index {index.directory}: {report.added} added, {report.updated} updated, "
-                   f"{report.removed} removed, {report.unchanged} unchanged", err=True)
+        log.info("index %s: %d added, %d updated, %d removed, %d unchanged", index.directory,
+                 report.added, report.updated, report.removed, report.unchanged)
 
 
 def _write_outputs(out: Path | None, scores_out: Path | None, query_paths: list[str],
@@ -195,12 +190,12 @@ def _write_outputs(out: Path | None, scores_out: Path | None, query_paths: list[
     if out is not None:
         with writing(out, "--out"):
             write_ranks(out, query_paths, gallery_paths, rows)
-        click.echo(f"wrote {out}", err=True)
+        log.info("wrote %s", out)
     if scores_out is not None:
         with writing(scores_out, "--scores"):
             np.savez(scores_out, scores=scores, queries=np.array(query_paths),
                      gallery=np.array(gallery_paths))
-        click.echo(f"wrote {scores_out}", err=True)
+        log.info("wrote %s", scores_out)
 
 
 def _write_report(report_dir: Path, engine: ReIDEngine, queries: Embedded,
@@ -213,14 +208,13 @@ def _write_report(report_dir: Path, engine: ReIDEngine, queries: Embedded,
         page = write_report(report_dir, engine.bundle, queries.paths, gallery.paths,
                             result.rows, *pids, queries.features, gallery.features.take,
                             limit=limit, max_pixels=engine.max_pixels)
-    click.echo(f"report: {page}", err=True)
+    log.info("report: %s", page)
 
 
-def _echo_skipped(skipped: list[tuple[str, str]]) -> None:
+def _log_skipped(skipped: list[tuple[str, str]]) -> None:
     if skipped:
-        click.echo(f"skipped {len(skipped)} unreadable file(s):", err=True)
-        for path, reason in skipped:
-            click.echo(f"  {path}: {reason}", err=True)
+        log.warning("skipped %d unreadable file(s):\n%s", len(skipped),
+                    "\n".join(f"  {path}: {reason}" for path, reason in skipped))
 
 
 def _print_metrics(scores, q_ids, g_ids) -> None:

@@ -113,6 +113,27 @@ class FeatureArrays:
         return {k: self.features[k][columns] for k in (self.features if keys is None else keys)}
 
 
+class FeatureSubset:
+    """A `FeatureSource` over some columns of another one (read from it on request, so a
+    subset of an index costs no memory until a chunk is read)."""
+
+    def __init__(self, source: FeatureSource, columns: np.ndarray,
+                 keys: Sequence[str] | None = None):
+        self.source, self.columns, self.keys = source, np.asarray(columns, np.int64), keys
+
+    def __len__(self) -> int:
+        return len(self.columns)
+
+    def iter_chunks(self, size: int) -> Iterator[tuple[int, int, Features]]:
+        for start, stop in chunk_bounds(len(self), size):
+            yield start, stop, self.source.take(self.columns[start:stop], self.keys)
+
+    def take(self, columns: Sequence[int] | np.ndarray,
+             keys: Iterable[str] | None = None) -> Features:
+        return self.source.take(self.columns[np.asarray(columns, np.int64)],
+                                self.keys if keys is None else keys)
+
+
 def feature_chunks(features: Features, size: int) -> Iterator[tuple[int, int, Features]]:
     """(start, stop, features) over an in-memory feature set in chunks of ``size``."""
     return FeatureArrays(features).iter_chunks(size)

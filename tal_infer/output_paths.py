@@ -4,7 +4,9 @@ hour of extraction and matching, and written without tracebacks.
 An output file needs a known suffix, an existing folder to live in, and must not be a folder;
 an output folder may be new (it is created with its parents) but must not be a file. In both
 cases a throw-away file is created and removed where the output will go, since permission bits
-do not tell (root, read-only mounts, /proc).
+do not tell (root, read-only mounts, /proc). No output may lie inside an input folder
+(`check_apart`): ``--out BUNDLE/manifest.json`` would overwrite the model, and a report written
+into the gallery folder would be counted as gallery images by the next run.
 """
 from __future__ import annotations
 
@@ -45,6 +47,22 @@ def check_output_folder(path: Path | None, option: str) -> None:
         where = "" if existing == path else f" ({existing} is not a folder)"
         raise TalError(f"{option} {path}: is not a folder{where}")
     _probe(existing, option, path)
+
+
+def check_apart(outputs: dict[str, Path | None], inputs: dict[str, Path | None]) -> None:
+    """Raise `TalError` when an output (option -> path) is, or lies inside, an input folder
+    (what -> folder), symlinks resolved."""
+    for option, out in outputs.items():
+        if out is None:
+            continue
+        target = out.resolve()
+        for what, folder in inputs.items():
+            if folder is None:
+                continue
+            base = folder.resolve()
+            if target == base or base in target.parents:
+                raise TalError(f"{option} {out}: lies inside the {what} {folder}; write "
+                               "outputs elsewhere")
 
 
 @contextlib.contextmanager

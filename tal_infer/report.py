@@ -127,7 +127,7 @@ def write_report(out_dir: str | os.PathLike, bundle: Bundle, query_paths: Sequen
 def _correspondence_key(bundle: Bundle) -> str:
     """The finest map of the DI stream (one per image), else of the DS experts."""
     for stream in ("di", "ds"):
-        for scale in bundle.matching["scales"]:
+        for scale in bundle.matching.scales:
             if feature_name(stream, scale) in bundle.features:
                 return feature_name(stream, scale)
     return next(iter(bundle.features))

@@ -23,29 +23,45 @@ Readings chosen where the published code is implicit:
 
 Memory: never more than a block of rows of the N x N matrix at a time, plus the neighbour
 lists (N x (k1+1)) and the sparse V (N x a few hundred); the output Nq x Ng is the only
-large array. Inputs must be non-negative distances (convert similarity scores first, e.g.
-``1 - sigmoid(score)``).
+large array. The gallery-gallery distances need not exist as a matrix either: ``g_g`` may be
+a `GalleryColumns`, which computes the columns of one block of rows on request (a gallery
+index's features streamed through the matcher; `tal_infer.retrieval`), at the price of
+computing them twice (the neighbour lists first, the weights of step 3 second). Inputs must
+be non-negative distances (convert similarity scores first, e.g. ``1 - sigmoid(score)``).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Callable
+
 import numpy as np
-from tqdm import tqdm
+
+from .console import progress
 
 _BLOCK_ELEMENTS = 1 << 23  # entries of the N x N matrix held at once (32 MB of float32)
 _PAIR_BUDGET = 1 << 23     # (query entry, gallery entry) pairs per Jaccard block
 _ROWS_PER_EXPANSION = 4096
 
 
-def k_reciprocal(q_g_dist: np.ndarray, q_q_dist: np.ndarray, g_g_dist: np.ndarray,
-                 k1: int = 20, k2: int = 6, lambda_value: float = 0.3,
-                 progress: bool = False) -> np.ndarray:
+@dataclass(frozen=True)
+class GalleryColumns:
+    """Gallery-gallery distances computed on request: ``columns(start, stop)`` is
+    ``g_g[:, start:stop]`` (``[size, stop - start]``, the distance from every gallery item to
+    items start..stop)."""
+    size: int
+    columns: Callable[[int, int], np.ndarray]
+
+
+def k_reciprocal(q_g_dist: np.ndarray, q_q_dist: np.ndarray,
+                 g_g_dist: np.ndarray | GalleryColumns, k1: int = 20, k2: int = 6,
+                 lambda_value: float = 0.3) -> np.ndarray:
     """Re-ranked distances ``[Nq, Ng]`` float32 (lower = more similar)."""
     dists = _Distances(q_g_dist, q_q_dist, g_g_dist)
     if k1 < 1 or k2 < 1 or not 0.0 <= lambda_value <= 1.0:
         raise ValueError(f"need k1 >= 1, k2 >= 1, 0 <= lambda_value <= 1; got {k1}, {k2}, "
                          f"{lambda_value}")
     n, nq = dists.n, dists.nq
-    ranks = dists.nearest(min(max(k1 + 1, k2), n), progress)
+    ranks = dists.nearest(min(max(k1 + 1, k2), n))
     near = ranks[:, :min(k1 + 1, n)]
     half = ranks[:, :min(int(np.around(k1 / 2.0)) + 1, n)]
     v = _expanded_weights(dists, near, half, _reciprocal_mask(half))
@@ -62,15 +78,20 @@ def k_reciprocal(q_g_dist: np.ndarray, q_q_dist: np.ndarray, g_g_dist: np.ndarra
 class _Distances:
     """The normalized N x N working matrix, served a block of rows at a time."""
 
-    def __init__(self, q_g: np.ndarray, q_q: np.ndarray, g_g: np.ndarray):
-        self.q_g, self.q_q, self.g_g = (np.asarray(a) for a in (q_g, q_q, g_g))
+    def __init__(self, q_g: np.ndarray, q_q: np.ndarray, g_g: np.ndarray | GalleryColumns):
+        self.q_g, self.q_q = np.asarray(q_g), np.asarray(q_q)
         self.nq, self.ng = self.q_g.shape
-        if self.q_q.shape != (self.nq, self.nq) or self.g_g.shape != (self.ng, self.ng):
+        if isinstance(g_g, GalleryColumns):
+            self.g_g_columns, g_shape = g_g.columns, (g_g.size, g_g.size)
+        else:
+            matrix = np.asarray(g_g)
+            self.g_g_columns, g_shape = (lambda a, b: matrix[:, a:b]), matrix.shape
+            _check_distances(matrix)
+        if self.q_q.shape != (self.nq, self.nq) or g_shape != (self.ng, self.ng):
             raise ValueError(f"shapes do not fit: q_g {self.q_g.shape}, q_q {self.q_q.shape}, "
-                             f"g_g {self.g_g.shape}")
-        for a in (self.q_g, self.q_q, self.g_g):
-            if not np.isfinite(a).all() or (a < 0).any():
-                raise ValueError("distances must be finite and non-negative")
+                             f"g_g {g_shape}")
+        _check_distances(self.q_g)
+        _check_distances(self.q_q)
         self.n = self.nq + self.ng
         self.block = max(1, _BLOCK_ELEMENTS // self.n)
 
@@ -83,25 +104,30 @@ class _Distances:
             parts.append(np.hstack([self.q_q[:, start:end].T, self.q_g[start:end]]))
         if stop > nq:
             begin = max(start, nq) - nq
-            parts.append(np.hstack([self.q_g[:, begin:stop - nq].T,
-                                    self.g_g[:, begin:stop - nq].T]))
+            columns = self.g_g_columns(begin, stop - nq)
+            _check_distances(columns)
+            parts.append(np.hstack([self.q_g[:, begin:stop - nq].T, columns.T]))
         block = np.square(np.vstack(parts)).astype(np.float32)
         peak = block.max(axis=1, keepdims=True)
         return block / np.where(peak > 0, peak, np.float32(1))
 
-    def blocks(self, rows: int | None = None, progress: bool = False, desc: str = ""):
+    def blocks(self, rows: int | None = None, desc: str = "re-ranking"):
         """(start, stop) of consecutive row blocks covering the first `rows` (all N) rows."""
         rows = self.n if rows is None else rows
-        starts = range(0, rows, self.block)
-        for start in tqdm(starts, desc=desc, unit="block", disable=not progress):
+        for start in progress(range(0, rows, self.block), desc=desc, unit="block"):
             yield start, min(start + self.block, rows)
 
-    def nearest(self, k: int, progress: bool) -> np.ndarray:
+    def nearest(self, k: int) -> np.ndarray:
         """[N, k] int32: each row's k nearest items, in stable (distance, index) order."""
         out = np.empty((self.n, k), dtype=np.int32)
-        for start, stop in self.blocks(progress=progress, desc="re-ranking neighbours"):
+        for start, stop in self.blocks(desc="re-ranking neighbours"):
             out[start:stop] = _stable_smallest(self.rows(start, stop), k)
         return out
+
+
+def _check_distances(a: np.ndarray) -> None:
+    if not np.isfinite(a).all() or (a < 0).any():
+        raise ValueError("distances must be finite and non-negative")
 
 
 def _stable_smallest(block: np.ndarray, k: int) -> np.ndarray:
@@ -129,7 +155,7 @@ def _expanded_weights(dists: _Distances, near: np.ndarray, half: np.ndarray,
     """Sparse V of eq. 8: exp(-d) normalized over each item's expanded k-reciprocal set."""
     sentinel = dists.n
     parts = []
-    for start, stop in dists.blocks():
+    for start, stop in dists.blocks(desc="re-ranking weights"):
         rows = slice(start, stop)
         members = near[rows]
         member = _reciprocal_mask(near, rows)                       # R(i, k1)

@@ -1,15 +1,15 @@
 """Query-vs-gallery scores from a bundle's heads in projection form (docs/bundle.md), streamed.
 
-`Scorer` computes scores with the head formulas of `tal_infer.heads` from heads.npz, calling
-`tal_plugins.qaconv_match` through the matching backend chosen (`MATCH_BACKENDS` in
-`tal_infer.backends`): ``numpy`` (the blocked CPU path on numpy arrays, no torch needed),
-``torch`` (blocked GEMM + max on torch tensors, any device), ``triton`` (the fused kernel) or
-``auto`` (numpy on the CPU; on CUDA the op's own choice: the kernel for fp16 features, cuBLAS for
-fp32). Features enter in the bundle's precision (`tal_infer.precision`), so fp16 features reach
-the kernel as fp16; the heads' arrays and the scores are fp32. The gallery is walked in chunks
-sized so the per-pair projections and features of one chunk fit a memory budget (on CUDA: a
-share of the free device memory), and `TopK` keeps each query's best entries as chunks arrive,
-so huge galleries never need a full score matrix unless the caller asks for one.
+`Scorer` is the `tal_infer.matching.Matcher` of heads.npz: it computes scores with the head
+formulas of `tal_infer.heads`, calling `tal_plugins.qaconv_match` on one concrete op backend
+chosen when the engine opened (`tal_infer.matching.choose_match_backend`): ``numpy`` (the
+blocked CPU path on numpy arrays, no torch needed), ``torch`` (blocked GEMM + max on torch
+tensors, any device) or ``triton`` (the fused kernel). Features enter in the bundle's precision
+(`tal_infer.precision`), so fp16 features reach the kernel as fp16; the heads' arrays and the
+scores are fp32. The gallery is walked in chunks sized so the per-pair projections and features
+of one chunk fit a memory budget (on CUDA: a share of the free device memory), and `TopK` keeps
+each query's best entries as chunks arrive, so huge galleries never need a full score matrix
+unless the caller asks for one.
 
 Features travel in match layout: DS ``[N, K, HW, C]``, DI ``[N, HW, C]``
 (`tal_infer.features.match_layout`); the global descriptor ``[N, D]`` travels beside them and
@@ -19,20 +19,24 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Any, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
 import numpy as np
-from tqdm import tqdm
 
 from tal_plugins import qaconv_match
 
 from .bundle import Bundle
-from .errors import BundleError, TalError
+from .console import progress
+from .errors import TalError
 from .features import Chunks, feature_names, num_items
 from .heads import (AFFINE, GALLERY_BUDGET_BYTES, SCALE_ARRAYS, array_key, floats_per_pair,
                     gallery_chunk, stream_score)
 from .precision import Precision
 
+if TYPE_CHECKING:
+    from .matching import Matcher
+
+CONCRETE_BACKENDS = ("numpy", "torch", "triton")
 CUDA_MEMORY_SHARE = 0.25  # of the free device memory, for one chunk (features + outputs)
 
 
@@ -50,26 +54,29 @@ class StreamHead:
 
 
 class Scorer:
-    """The matching heads of a bundle on one matching backend and device (see module doc).
+    """The matching heads of a bundle on one concrete op backend and device (see module doc).
 
     ``device`` is where the features are matched ("cpu" or "cuda"); ``backend`` one of
-    auto/numpy/torch/triton. A backend that cannot run here is refused when the scorer opens.
+    numpy/torch/triton, as `tal_infer.matching.choose_match_backend` chose it.
     """
 
     def __init__(self, bundle: Bundle, device: str = "cpu", precision: Precision | None = None,
-                 backend: str = "auto"):
+                 backend: str = "numpy"):
+        if backend not in CONCRETE_BACKENDS:
+            raise ValueError(f"Scorer takes a concrete backend ({', '.join(CONCRETE_BACKENDS)}), "
+                             f"not {backend!r}: choose it with choose_match_backend")
+        if backend == "numpy" and device != "cpu":
+            raise ValueError("the numpy backend runs on the CPU")
         self.precision = precision or bundle.precision
-        self.scale_names = tuple(bundle.matching["scales"])
-        self.heads = tuple(_stream_head(bundle, s) for s in bundle.matching["score"])
+        self.scale_names = tuple(bundle.matching.scales)
+        self.heads = tuple(_stream_head(bundle, s) for s in bundle.matching.score)
         self.keys = tuple(feature_names([h.stream for h in self.heads], self.scale_names))
         self.key_bytes = {k: self.precision.numpy_dtype.itemsize
                           * int(np.prod(bundle.features[k].match_shape)) for k in self.keys}
-        self.backend, self.device = backend, device
-        if backend == "numpy" or (backend == "auto" and device == "cpu"):
-            self.backend, self.device, self.name = "numpy", "cpu", "numpy"
+        self.name = self.backend = backend
+        self.device = device
+        if backend == "numpy":
             return
-        self.name = _torch_backend(backend, device, self.precision,
-                                   bundle.features[self.keys[0]].match_shape[-1])
         import torch
 
         self.heads = tuple(
@@ -93,10 +100,7 @@ class Scorer:
     def of_streams(self, streams: Sequence[str]) -> "Scorer":
         """This scorer restricted to the heads of ``streams``: their part of the score, read
         from their features only (the cascade's pre-rank scores the DI stream alone)."""
-        missing = set(streams) - set(self.streams)
-        if missing:
-            raise TalError(f"this model scores no {sorted(missing)} stream "
-                           f"(it scores {list(self.streams)})")
+        check_streams(streams, self.streams)
         part = copy.copy(self)
         part.heads = tuple(h for h in self.heads if h.stream in streams)
         part.keys = tuple(feature_names(part.streams, self.scale_names))
@@ -152,19 +156,6 @@ class Scorer:
         return out
 
 
-def _torch_backend(backend: str, device: str, precision: Precision, channels: int) -> str:
-    """The backend torch tensors of this precision run on (its name for the log); TalError
-    where it cannot run here (no torch; triton without a GPU or the interpreter)."""
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        raise TalError(f"matching backend {backend!r} needs torch installed (backend numpy "
-                       "runs without it)") from None
-    from tal_plugins.torch_op import resolve_backend
-
-    return resolve_backend(backend, device, precision.dtype, channels)
-
-
 class TopK:
     """The k best gallery columns per query, merged chunk by chunk (ties: lower column first)."""
 
@@ -196,9 +187,17 @@ class Ranking:
     scores: np.ndarray | None
 
 
-def rank_gallery(scorer: Scorer, query: Mapping[str, Any], chunks: Chunks, num_gallery: int,
+def check_streams(wanted: Sequence[str], scored: Sequence[str]) -> None:
+    """`TalError` unless every stream of ``wanted`` is one the model scores."""
+    missing = set(wanted) - set(scored)
+    if missing:
+        raise TalError(f"this model scores no {sorted(missing)} stream "
+                       f"(it scores {list(scored)})")
+
+
+def rank_gallery(scorer: "Matcher", query: Mapping[str, Any], chunks: Chunks, num_gallery: int,
                  k: int, cameras: tuple[np.ndarray, np.ndarray] | None = None,
-                 keep_scores: bool = False, progress: bool = False) -> Ranking:
+                 keep_scores: bool = False) -> Ranking:
     """Score every gallery chunk against the queries and keep the top ``k`` per query.
 
     ``cameras=(query cameras, gallery cameras)`` excludes same-camera pairs (-1 = unknown).
@@ -207,7 +206,7 @@ def rank_gallery(scorer: Scorer, query: Mapping[str, Any], chunks: Chunks, num_g
     num_queries = num_items(query)
     topk = TopK(num_queries, k)
     full = np.empty((num_queries, num_gallery), np.float32) if keep_scores else None
-    with tqdm(total=num_gallery, desc="matching", unit="img", disable=not progress) as bar:
+    with progress(total=num_gallery, desc="matching", unit="img") as bar:
         for start, stop, scores in scorer.iter_scores(query, chunks):
             if full is not None:
                 full[:, start:stop] = scores
@@ -238,20 +237,9 @@ def top_k(scores: np.ndarray, k: int,
 
 
 def _stream_head(bundle: Bundle, stream: str) -> StreamHead:
-    heads, mode = bundle.heads, bundle.matching["streams"][stream]["mode"]
-    if mode not in SCALE_ARRAYS:
-        raise BundleError(f"{bundle.file('heads.npz')}: unknown matching mode {mode!r} for "
-                          f"stream {stream!r}")
-    try:
-        scales = tuple({k: heads[array_key(stream, scale, k)] for k in SCALE_ARRAYS[mode]}
-                       for scale in bundle.matching["scales"])
-        a, b = (float(v) for v in heads[array_key(stream, None, AFFINE)])
-    except KeyError as err:
-        raise BundleError(f"{bundle.file('heads.npz')}: missing array {err.args[0]}") from None
-    for scale, s, name in zip(bundle.matching["scales"], scales,
-                              feature_names([stream], bundle.matching["scales"])):
-        want = bundle.features[name].match_shape[:-1]  # (K, HW) or (HW,)
-        if s["wq"].shape[:-1] != want or s["wg"].shape[:-1] != want:
-            raise BundleError(f"{bundle.file('heads.npz')}: {stream}/{scale} projections have "
-                              f"shape {s['wq'].shape}, the features need {want} x P")
-    return StreamHead(stream, mode, scales, (a, b))
+    """One stream's head from heads.npz (whose shapes `Bundle.heads` checked on reading)."""
+    heads, mode, scales = bundle.heads, bundle.matching.modes[stream], bundle.matching.scales
+    arrays = tuple({k: heads[array_key(stream, scale, k)] for k in SCALE_ARRAYS[mode]}
+                   for scale in scales)
+    a, b = (float(v) for v in heads[array_key(stream, None, AFFINE)])
+    return StreamHead(stream, mode, arrays, (a, b))

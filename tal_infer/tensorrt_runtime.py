@@ -19,7 +19,7 @@ because TensorRT's own refusal does not say what the plan was built for.
 from __future__ import annotations
 
 import logging
-from typing import Any, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -29,6 +29,10 @@ from .bundle import Bundle
 from .errors import BundleError, TalError
 from .features import matcher_input
 from .precision import Precision
+from .scoring import check_streams
+
+if TYPE_CHECKING:
+    from .matching import Matcher
 
 log = logging.getLogger("tal_infer")
 
@@ -85,12 +89,12 @@ class TensorRTEngine:
             raise TalError(f"the tensorrt backend needs tensorrt and torch ({err})") from None
         self._trt, self.torch = trt, torch
         self.path, self.device = bundle.file(file), torch_device(device)
-        recorded = bundle.manifest.get("tensorrt") or {}
+        recorded = bundle.manifest.tensorrt or {}
         problems = build_mismatches(recorded, str(trt.__version__), *_this_machine(self.device))
         for problem in problems:
             log.warning("%s: %s", self.path, problem)
         self.logger = trt.Logger(trt.Logger.WARNING)
-        self.engine = trt.Runtime(self.logger).deserialize_cuda_engine(self.path.read_bytes())
+        self.engine = trt.Runtime(self.logger).deserialize_cuda_engine(bundle.read(file))
         if self.engine is None:
             raise BundleError(f"{self.path}: TensorRT cannot deserialize it ("
                               + ("; ".join(problems) or "built for another TensorRT version or "
@@ -171,10 +175,14 @@ class TensorRTExtractor:
 
 
 class TensorRTMatcher:
-    """matcher.plan, in place of `tal_infer.scoring.Scorer` (same methods): query and gallery
-    features in match layout in, float32 scores out, in blocks within the engine's profile."""
+    """matcher.plan as a `tal_infer.matching.Matcher`: query and gallery features in match
+    layout in, float32 scores out, in blocks within the engine's profile. The plan computes
+    the whole score; a part of it (`of_streams`, the cascade's DI pre-rank) is computed from
+    the bundle's heads on the torch path on the same device."""
 
-    def __init__(self, bundle: Bundle, device: str):
+    def __init__(self, bundle: Bundle, device: str, precision: Precision | None = None):
+        self.bundle, self.precision = bundle, precision or bundle.precision
+        self.streams = tuple(bundle.matching.score)
         self.engine = TensorRTEngine(bundle, "matcher.plan", device)
         prefix = matcher_input("query", "")
         self.keys = tuple(n[len(prefix):] for n in self.engine.inputs if n.startswith(prefix))
@@ -186,6 +194,17 @@ class TensorRTMatcher:
         self.max_query = self.engine.max_batch(matcher_input("query", self.keys[0]))
         self.max_gallery = self.engine.max_batch(matcher_input("gallery", self.keys[0]))
         self.name, self.device = "tensorrt", device
+
+    def of_streams(self, streams: Sequence[str]) -> Matcher:
+        """Itself for every stream it scores; the heads of ``streams`` otherwise (module
+        doc of the class)."""
+        check_streams(streams, self.streams)
+        if set(streams) == set(self.streams):
+            return self
+        from .scoring import Scorer
+
+        return Scorer(self.bundle, self.engine.device.type, self.precision,
+                      "torch").of_streams(streams)
 
     def chunk_size(self, num_queries: int) -> int:
         """Gallery items per chunk: the engine's gallery maximum."""

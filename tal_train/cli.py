@@ -7,13 +7,13 @@ the command builds one `TrainOptions` and calls `train`.
 """
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import click
 from click.core import ParameterSource
 
-from tal_infer.cli_common import SizeType, device_option, friendly_errors
+from tal_infer import console
+from tal_infer.cli_common import SizeType, device_option, friendly_errors, verbosity_options
 
 from .data.transforms import AUGMENTATIONS
 from .engine import DEFAULT_BATCH_SIZE, TrainOptions, resume_options, train
@@ -153,15 +153,13 @@ def _size(ctx: click.Context, param: click.Parameter, value: tuple[int, int] | N
               help="Continue the run of this checkpoint at its next epoch with its settings: "
                    "--epochs, --eval-every, --out, --device, --workers may change; other "
                    "options may be repeated, but only with the checkpoint's values.")
-@click.option("--quiet", "progress", flag_value=False, default=DEFAULTS.progress,
-              help="No progress bars.")
+@verbosity_options
 @friendly_errors
 def main(**params: Any) -> None:
     """Train a TAL model (two-stream adaptive learning, DSBN experts + DABN) and evaluate it on
     the target datasets. Writes OUT/ckpt.pth, OUT/metrics.json (mAP and top-k in percent),
     OUT/train_log.json and OUT/curves.png."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    options = TrainOptions(**params)
+    options = TrainOptions(**params, progress=console.bars_enabled())
     if options.resume:
         options = resume_options(options.resume, progress=options.progress,
                                  **_typed_again(params))

@@ -12,6 +12,7 @@ times. The isolation checks (no torch, no training package) preload nothing that
 """
 from __future__ import annotations
 
+import ast
 import functools
 import json
 import pkgutil
@@ -140,3 +141,45 @@ def test_a_broken_module_is_reported_with_its_traceback(tmp_path, monkeypatch):
     assert results["cyclepkg"] == results["cyclepkg.a"] == ""
     assert "ImportError" in results["cyclepkg.b"] and "helper" in results["cyclepkg.b"]
     assert "UserWarning: at import" in results["warns"]
+
+
+# Command modules (click entry points): what they import is free, nothing imports them.
+COMMANDS = {"tal_train.cli", "tal_train.__main__", "tal_train.data.cli", "tal_export.cli", "tal_export.distill_cli",
+            "tal_export.demo", "tal_infer.cli", "tal_infer.index_cli", "tal_plugins.tune"}
+TORCH_BACKEND = "tal_infer.torch_extractor"  # the one runtime module that may use model code
+
+
+def _imported(module: str) -> set[str]:
+    """Every module ``module`` imports anywhere in its source (functions included), as
+    absolute names."""
+    package, _, _ = module.rpartition(".")
+    top = module.split(".")[0]
+    path = PACKAGES[top] / Path(*module.split(".")[1:])
+    path = path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parent = (module if path.name == "__init__.py" else package).split(".")
+                parent = parent[:len(parent) - node.level + 1]
+                base = ".".join(parent + ([base] if base else []))
+            names.add(base)
+            names.update(f"{base}.{alias.name}" for alias in node.names)
+    return names
+
+
+@pytest.mark.parametrize("module", [m for m in ALL if m not in COMMANDS])
+def test_no_package_module_imports_a_command_module(module):
+    assert not _imported(module) & COMMANDS
+
+
+@pytest.mark.parametrize("module", [m for m in RUNTIME_MODULES if m != TORCH_BACKEND])
+def test_runtime_core_never_imports_the_training_package_even_lazily(module):
+    """tal_infer and tal_plugins run without the training code: only the optional torch
+    backend rebuilds the network from its model definitions."""
+    found = {name for name in _imported(module) if name.split(".")[0] in ("tal_train",
+                                                                         "tal_export")}
+    assert not found, found

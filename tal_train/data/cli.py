@@ -6,7 +6,8 @@ from pathlib import Path
 
 import click
 
-from tal_infer.cli_common import SizeType, friendly_errors
+from tal_infer import console
+from tal_infer.cli_common import SizeType, friendly_errors, verbosity_options
 from tal_infer.errors import DataError, TalError
 
 from .records import format_summaries
@@ -26,7 +27,6 @@ seed_option = click.option("--seed", default=0, show_default=True, type=int,
                            help="Random seed; the same seed writes byte-identical files.")
 overwrite_option = click.option("--overwrite", is_flag=True,
                                 help="Replace the images of an existing output folder.")
-quiet_option = click.option("--quiet", is_flag=True, help="No progress bar.")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]}, epilog="""\b
@@ -67,18 +67,18 @@ Examples:
                    "scale and crop alignment, occlusion, clothing palette and texture).")
 @seed_option
 @overwrite_option
-@quiet_option
+@verbosity_options
 @friendly_errors
 def synthesize_cmd(out: Path, identities: int, domains: int, cameras: int, images_per_id: str,
                    size: tuple[int, int], distractors: int, junk: int, shift: str, seed: int,
-                   overwrite: bool, quiet: bool) -> None:
+                   overwrite: bool) -> None:
     """Write a synthetic camera network to OUT: one Market-1501-format folder per domain
     (OUT/domain-a, OUT/domain-b, ...) with disjoint identities."""
     config = SyntheticConfig(identities=identities, domains=domains, cameras=cameras,
                              images_per_id=_images_per_id(images_per_id),
                              size=size, seed=seed,
                              distractors=distractors, junk=junk, shift=shift)
-    folders = synthesize(out, config, overwrite=overwrite, progress=not quiet)
+    folders = synthesize(out, config, overwrite=overwrite, progress=console.bars_enabled())
     click.echo(format_summaries([build_dataset("custom", f) for f in folders]))
     click.echo(f"wrote {len(folders)} domains to {out}")
 
@@ -98,16 +98,16 @@ Examples:
               type=SizeType("WIDTHxHEIGHT", "320x240"), help="Frame size WIDTHxHEIGHT.")
 @seed_option
 @overwrite_option
-@quiet_option
+@verbosity_options
 @friendly_errors
 def synthesize_video_cmd(out: Path, cameras: int, identities: int, frames: int, frame_size: tuple[int, int],
-                         seed: int, overwrite: bool, quiet: bool) -> None:
+                         seed: int, overwrite: bool) -> None:
     """Write synthetic multi-camera video to OUT: per camera a MOTChallenge-style sequence
     (OUT/cam1/img1/*.jpg, det/det.txt, gt/gt.txt) with the same people in every camera."""
     w, h = frame_size
     config = VideoConfig(cameras=cameras, identities=identities, frames=frames,
                          frame_size=(h, w), seed=seed)
-    folders = synthesize_video(out, config, overwrite=overwrite, progress=not quiet)
+    folders = synthesize_video(out, config, overwrite=overwrite, progress=console.bars_enabled())
     click.echo(f"wrote {len(folders)} camera sequences of {frames} frames to {out}")
 
 

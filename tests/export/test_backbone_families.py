@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from tal_export import export_bundle
-from tal_export.fold import fold_model, output_names
+from tal_train.models.folded import fold_model, output_names
 from tal_export.parity import reference_input
 from tal_infer.precision import FLOAT16
 from tal_train.checkpoint import load_checkpoint

@@ -1,5 +1,6 @@
 """export_bundle / tal-export end to end on a tiny randomized checkpoint: manifest schema and
-hashes, parity report, extractor.pt2, fp16 ranking agreement, atomic writes, clear errors."""
+hashes, parity report, extractor.safetensors through the torch backend, fp16 ranking agreement,
+atomic writes, clear errors."""
 from __future__ import annotations
 
 import hashlib
@@ -19,7 +20,9 @@ from tal_export.parity import judge, ranking_agreement, reference_input, top1_be
 from tal_infer import ReIDEngine, scoring
 from tal_infer.errors import TalError
 from tal_infer.precision import FLOAT16, FLOAT32
-from tal_infer.torch_program import load_program
+from tal_infer.backends import open_extractor
+from tal_infer.bundle import load_bundle
+from tal_infer.bundle_schema import Manifest
 from tal_train.checkpoint import CheckpointError
 
 from tiny_models import randomized_model, write_checkpoint
@@ -28,7 +31,8 @@ MANIFEST_KEYS = {"format", "format_version", "toolkit_version", "created", "run_
                  "checkpoint", "input", "domains", "streams", "scales", "features", "dtype",
                  "precision", "opset", "matching", "model_config", "files", "parity",
                  "descriptor"}
-FILES = {"extractor.onnx", "extractor.pt2", "matcher.onnx", "matcher_trt.onnx", "heads.npz"}
+FILES = {"extractor.onnx", "extractor.safetensors", "matcher.onnx", "matcher_trt.onnx",
+         "heads.npz"}
 
 
 def _sha256(path) -> str:
@@ -52,7 +56,8 @@ def test_cli_writes_a_complete_bundle(fp32_bundle, tiny_checkpoint):
     manifest = manifest_of(out)
     assert set(manifest) == MANIFEST_KEYS
     assert (manifest["format"], manifest["format_version"], manifest["opset"]) == (
-        "tal-reid-bundle", 2, 18)
+        "tal-reid-bundle", 3, 18)
+    assert Manifest.from_json(manifest).to_json() == manifest  # one schema, both sides
     assert manifest["checkpoint"] == {"file": "ckpt.pth", "sha256": _sha256(tiny_checkpoint),
                                       "epoch": 3}
     assert set(manifest["files"]) == FILES == {p.name for p in out.iterdir()} - {"manifest.json"}
@@ -105,17 +110,34 @@ def test_bundle_graphs_and_heads_match_the_model(fp32_bundle, tiny_model, tiny_d
         np.testing.assert_allclose(got, ref[o.name].numpy(), rtol=0, atol=2e-5)
 
 
-def test_pt2_program_equals_model_extract(fp32_bundle, tiny_model, tiny_descriptor):
-    """extractor.pt2 as the runtime runs it (its own reader, never torch.export.load)."""
+def test_torch_backend_equals_model_extract(fp32_bundle, tiny_model, tiny_descriptor):
+    """extractor.safetensors as the runtime's torch backend runs it: the network rebuilt from
+    the model code and the manifest's config, the weights loaded as data."""
     out, _ = fp32_bundle
-    program = load_program(out / "extractor.pt2")
+    extractor = open_extractor(load_bundle(out), "torch", "cpu")
     images = images_for(tiny_model, 3, seed=8)
     ref = reference_outputs(tiny_model, tiny_descriptor, images)
-    with torch.no_grad():
-        got = program(torch.from_numpy(images))
-    assert len(got) == len(ref)
-    for value, key in zip(got, ref):
-        torch.testing.assert_close(value, ref[key], atol=2e-5, rtol=0)
+    got = extractor(images)
+    assert list(got) == list(ref)
+    for key, value in got.items():
+        np.testing.assert_allclose(value, ref[key].numpy(), atol=2e-5, rtol=0)
+
+
+@pytest.mark.parametrize("which", ["fp32", "fp16"])
+def test_torch_backend_equals_onnxruntime(fp32_bundle, fp16_bundle, tiny_model, which):
+    """Parity of the two backends on fresh images, in each bundle's precision (fp16: both
+    compute in fp16 with the same weights; tolerance: fp16 resolution of unit vectors)."""
+    folder = fp32_bundle[0] if which == "fp32" else fp16_bundle
+    bundle = load_bundle(folder)
+    images = images_for(tiny_model, 4, seed=11)
+    got = open_extractor(bundle, "torch", "cpu")(images)
+    want = open_extractor(bundle, "onnxruntime", "cpu")(images)
+    assert list(got) == list(want)
+    tolerance = 2e-5 if which == "fp32" else 4e-3
+    for key in want:
+        assert got[key].dtype == want[key].dtype == bundle.precision.numpy_dtype
+        np.testing.assert_allclose(got[key].astype(np.float32), want[key].astype(np.float32),
+                                   atol=tolerance, rtol=0)
 
 
 def test_fp16_bundle(fp16_bundle, crops, tiny_model):
@@ -123,7 +145,10 @@ def test_fp16_bundle(fp16_bundle, crops, tiny_model):
     assert m["dtype"] == "float16" and m["precision"]["weights"] == "float16"
     assert "dabn_attention" in m["precision"]["kept_float32"]
     p = m["parity"]
-    assert p["images"] == str(crops) and p["passed"] and p["top1_agreement"] >= 0.99
+    # the criterion is agreement beyond fp16 near-ties (docs/export.md); strict top-1 only
+    # loses queries whose best two gallery scores are closer than fp16 resolution
+    assert p["images"] == str(crops) and p["passed"] and p["top1_agreement_beyond_ties"] >= 0.99
+    assert p["top1_agreement"] >= 0.95
     assert p["criterion"] == ("top1_agreement_beyond_ties >= 0.99 and descriptor.max_abs < "
                               "0.005")
     assert p["top1_agreement_beyond_ties"] >= p["top1_agreement"]
@@ -147,7 +172,7 @@ def test_the_exports_precision_holds_from_the_extractor_to_the_op(precision, fp3
     manifest = manifest_of(folder)
     assert (manifest["dtype"], manifest["precision"]) == (precision.dtype,
                                                           precision.to_manifest())
-    engine = ReIDEngine(folder, backend="onnxruntime", device="cpu")
+    engine = ReIDEngine(folder, backend="onnxruntime", device="cpu", matcher="numpy")
     assert engine.precision is precision
     seen, real = [], scoring.qaconv_match
 

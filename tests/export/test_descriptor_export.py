@@ -11,12 +11,12 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from tal_export.descriptor import WithDescriptor
+from tal_train.models.folded import WithDescriptor
 from tal_export.distill_cli import main as tal_distill
-from tal_export.fold import fold_model
+from tal_train.models.folded import fold_model
 from tal_export.parity import ParityError, judge, reference_input
 from tal_export.triton_repo import extractor_config
-from tal_infer.backends import TorchExtractor
+from tal_infer.torch_extractor import TorchExtractor
 from tal_infer.bundle import load_bundle
 from tal_infer.errors import TalError
 from tal_infer.images import list_images
@@ -83,7 +83,7 @@ def test_onnx_descriptor_equals_the_pytorch_head_on_fresh_images(fp32_bundle, fp
 def test_manifest_parity_torch_backend_and_triton_see_the_descriptor(fp32_bundle, fp16_bundle):
     folder, _ = fp32_bundle
     manifest = json.loads((folder / "manifest.json").read_text())
-    assert manifest["format_version"] == 2
+    assert manifest["format_version"] == 3
     assert manifest["descriptor"]["shape"] == [-1, DIM]
     assert manifest["descriptor"]["method"] == "distilled"
     assert manifest["descriptor"]["distillation"] == {"test": "random weights"}

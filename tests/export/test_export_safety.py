@@ -140,7 +140,7 @@ def test_bundles_checkpoints_and_run_files_follow_the_umask(tmp_path):
     assert _mode(ckpt) == _mode(tmp_path / "metrics.json") == 0o640  # mkstemp gave 0600
     assert _mode(out) == _mode(tmp_path / "export") == 0o750         # mkdtemp gave 0700
     assert {p.name: _mode(p) for p in out.iterdir()} == {
-        name: 0o640 for name in ("extractor.onnx", "extractor.pt2", "matcher.onnx",
+        name: 0o640 for name in ("extractor.onnx", "extractor.safetensors", "matcher.onnx",
                                  "matcher_trt.onnx", "heads.npz", "manifest.json")}
 
 

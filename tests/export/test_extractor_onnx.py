@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from tal_export.extractor_export import export_program, onnx_graph
-from tal_export.fold import fold_model, output_names
+from tal_train.models.folded import fold_model, output_names
 from tal_export.parity import reference_input
 
 from tiny_models import randomized_model

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from tal_export.fold import FoldedNorm, fold_model, output_names
+from tal_train.models.folded import FoldedNorm, fold_model, output_names
 from tal_export.parity import reference_input
 
 from tiny_models import randomized_model

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from tal_export.fold import FoldedNorm, fold_model, output_names
+from tal_train.models.folded import FoldedNorm, fold_model, output_names
 from tal_infer.precision import FLOAT16, FP32_PARTS
 from tal_export.parity import reference_input
 

@@ -12,7 +12,12 @@ from onnx import helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 from onnx.reference.op_run import OpRun
 
-from tal_export.manifest import feature_specs
+from tal_export.manifest import feature_sections
+
+
+def feature_specs(model) -> dict:
+    """The manifest ``features`` section as JSON, as the matcher builder takes it."""
+    return {n: f.to_json() for n, f in feature_sections(model).items()}
 from tal_export.matcher import build_matcher
 from tal_infer.features import feature_names, match_layout
 from tal_infer.heads import AFFINE, MODES, SCALE_ARRAYS, array_key, stream_score

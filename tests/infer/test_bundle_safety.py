@@ -17,7 +17,7 @@ from tal_infer import ReIDEngine, backends
 from tal_infer import bundle as bundle_module
 from tal_infer.bundle import load_bundle
 from tal_infer.cli import main
-from tal_infer.errors import BundleError, TalError, UnsafeBundleError
+from tal_infer.errors import BundleError, TalError
 
 from runtime_fixtures import write_fake_bundle
 
@@ -38,7 +38,7 @@ def _infer(bundle: Path, folders, *extra, monkeypatch=None) -> str:
         monkeypatch.setattr(ReIDEngine, "embed_files", no_extraction)
     queries, gallery = folders
     result = CliRunner().invoke(main, ["--gallery", str(gallery), "--queries", str(queries),
-                                       "--model", str(bundle), "--quiet", *map(str, extra)])
+                                       "--model", str(bundle), *map(str, extra)])
     assert result.exit_code == 2, (result.output, result.exception)
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
@@ -103,16 +103,16 @@ def _input_as_list(m):
 
 
 @pytest.mark.parametrize("change, words", [
-    (_height_zero, "input.height must be a positive integer, not 0"),
-    (_files_as_list, "'files' must map file names"),
+    (_height_zero, "input.height must be an integer in 8..4096, not 0"),
+    (_files_as_list, "files must be an object, not list"),
     (_hw_disagrees, "features.di_res4.hw [2, 8] is not the shape's h, w [4, 2]"),
-    (_input_as_list, "'input' must be an object"),
+    (_input_as_list, "input must be an object, not list"),
 ])
 def test_bad_manifest_fields_are_one_line(fake_bundle, crop_folders, tmp_path, monkeypatch,
                                           change, words):
     folder = _edit(shutil.copytree(fake_bundle, tmp_path / "bundle"), change)
     line = _infer(folder, crop_folders, "--verify", monkeypatch=monkeypatch)
-    assert "manifest.json: malformed manifest" in line and words in line
+    assert "manifest.json: " in line and words in line
 
 
 def test_truncated_heads_are_found_when_the_bundle_opens(fake_bundle, crop_folders, tmp_path,
@@ -134,53 +134,115 @@ def test_feature_shape_that_disagrees_with_the_onnx_graph(fake_bundle, crop_fold
            "[N, 2, 8, 4, 2]" in line
 
 
-# --- the exported bundle and its extractor.pt2 (the `exported` fixture needs torch) ----------
+# --- the exported bundle and its extractor.safetensors (the `exported` fixture needs torch) ---
 
-def _planted_bundle(exported, tmp_path: Path, marker: Path, plant="pickled weight") -> Path:
-    """A copy of the exported bundle whose extractor.pt2 carries a payload, with the manifest
-    hash updated too (an attacker who can edit the folder can edit the manifest)."""
-    from planted_archives import planted
-
+def _with_weights(exported, tmp_path: Path, write) -> Path:
+    """A copy of the exported bundle whose extractor.safetensors ``write(path)`` replaced, with
+    the manifest hash updated too (an attacker who can edit the folder can edit the
+    manifest)."""
     folder = shutil.copytree(exported[1], tmp_path / "bundle")
-    pt2 = folder / "extractor.pt2"
-    planted(exported[1] / "extractor.pt2", pt2, plant, marker)
-    digest = hashlib.sha256(pt2.read_bytes()).hexdigest()
-    return _edit(folder, lambda m: m["files"]["extractor.pt2"].update(
-        sha256=digest, bytes=pt2.stat().st_size))
+    weights = folder / "extractor.safetensors"
+    weights.unlink()
+    write(weights)
+    if weights.is_file():
+        digest = hashlib.sha256(weights.read_bytes()).hexdigest()
+        _edit(folder, lambda m: m["files"]["extractor.safetensors"].update(
+            sha256=digest, bytes=weights.stat().st_size))
+    return folder
 
 
-@pytest.mark.parametrize("plant", ["pickled weight", "pickled sample inputs"])
-def test_torch_backend_refuses_a_planted_program(exported, crop_folders, tmp_path, monkeypatch,
-                                                 plant):
+def _state(exported):
+    from safetensors.torch import load_file
+
+    return load_file(str(exported[1] / "extractor.safetensors"))
+
+
+def _pickle_with_payload(marker: Path):
+    """torch.save of an object whose unpickling creates ``marker``: what a .pth/.pt2 weight
+    file can carry."""
+    import torch
+
+    class Payload:
+        def __reduce__(self):
+            return (Path.touch, (marker,))
+
+    return lambda path: torch.save({"weight": Payload()}, path)
+
+
+def _wrong_shape(exported):
+    from safetensors.torch import save_file
+
+    state = _state(exported)
+    name = next(k for k, v in state.items() if v.dim() == 4)
+    state[name] = state[name][:, :1].contiguous()
+    return lambda path: save_file(state, str(path))
+
+
+def _nan_weight(exported):
+    from safetensors.torch import save_file
+
+    state = _state(exported)
+    name = next(k for k, v in state.items() if v.is_floating_point() and v.dim() == 4)
+    state[name][0, 0, 0, 0] = float("nan")
+    return lambda path: save_file(state, str(path))
+
+
+def _huge_header(path: Path):
+    """A safetensors header that declares a 2^40-element tensor over 8 bytes of data."""
+    header = json.dumps({"x": {"dtype": "F32", "shape": [2 ** 40], "data_offsets": [0, 8]}})
+    path.write_bytes(len(header).to_bytes(8, "little") + header.encode() + b"\0" * 8)
+
+
+@pytest.mark.parametrize("plant, words", [
+    ("pickle", "not a readable safetensors file"),
+    ("wrong shape", "the model needs F32"),
+    ("nan", "holds NaN or infinite values"),
+    ("huge header", "not a readable safetensors file"),
+    ("fifo", "is a named pipe (FIFO); only regular files are read"),
+])
+def test_torch_backend_refuses_planted_or_damaged_weights(exported, crop_folders, tmp_path,
+                                                          monkeypatch, plant, words):
     marker = tmp_path / "ran"
-    folder = _planted_bundle(exported, tmp_path, marker, plant)
-    line = _infer(folder, crop_folders, "--backend", "torch", "--verify",
-                  monkeypatch=monkeypatch)
-    assert "extractor.pt2: " in line and ("pickle" in line)
-    assert not marker.exists()
-
-
-def test_auto_on_cuda_refuses_rather_than_falls_back(exported, tmp_path, monkeypatch):
-    """auto on a GPU reaches the torch backend when there is no engine: an unsafe program
-    refuses the bundle instead of being skipped for the next backend."""
-    marker = tmp_path / "ran"
-    bundle = load_bundle(_planted_bundle(exported, tmp_path, marker), verify=True)
-    monkeypatch.setattr(backends, "cuda_available", lambda: True)
-    with pytest.raises(UnsafeBundleError, match="stored as a pickle"):
-        backends.open_extractor(bundle, "auto", "cuda")
-    assert not marker.exists()
-    monkeypatch.undo()
-    extractor = backends.open_extractor(bundle, "auto", "cpu")  # ONNX Runtime: never reads it
-    assert extractor.name.startswith("onnxruntime") and not marker.exists()
-
-
-def test_torch_backend_checks_the_program_against_the_manifest(exported, crop_folders, tmp_path,
-                                                               monkeypatch):
-    def wider(m):
-        m["features"]["di_res5"]["shape"][1] += 1
-    folder = _edit(shutil.copytree(exported[1], tmp_path / "bundle"), wider)
+    write = {"pickle": _pickle_with_payload(marker), "wrong shape": _wrong_shape(exported),
+             "nan": _nan_weight(exported), "huge header": _huge_header,
+             "fifo": lambda path: os.mkfifo(path)}[plant]
+    folder = _with_weights(exported, tmp_path, write)
     line = _infer(folder, crop_folders, "--backend", "torch", monkeypatch=monkeypatch)
-    assert "feature di_res5 has shape" in line and "but extractor.pt2 gives [N, " in line
+    assert "extractor.safetensors: " in line and words in line
+    assert not marker.exists()
+
+
+def test_auto_on_cuda_refuses_a_damaged_bundle_rather_than_falls_back(exported, tmp_path,
+                                                                      monkeypatch):
+    """auto on a GPU reaches the torch backend when there is no engine: damaged weights
+    refuse the bundle instead of being skipped for the next backend; on the CPU auto uses
+    ONNX Runtime, which never reads them."""
+    bundle = load_bundle(_with_weights(exported, tmp_path, _nan_weight(exported)), verify=True)
+    with pytest.raises(BundleError, match="holds NaN"):
+        backends._OPENERS["torch"](bundle, "cpu")
+    monkeypatch.setattr(backends, "resolve_device", lambda device: device)
+    monkeypatch.setattr(backends, "CUDA_AUTO_ORDER", ("torch", "onnxruntime"))
+    with pytest.raises(BundleError, match="holds NaN"):
+        backends.open_extractor(bundle, "auto", "cuda")
+    monkeypatch.undo()
+    extractor = backends.open_extractor(bundle, "auto", "cpu")
+    assert extractor.name.startswith("onnxruntime")
+
+
+@pytest.mark.parametrize("edit, words", [
+    (lambda m: m["features"]["di_res5"]["shape"].__setitem__(1, 48), "model_config gives "
+     "feature maps"),
+    (lambda m: m["model_config"].update(neck_channels=10 ** 6), "model_config gives feature "
+     "maps"),
+    (lambda m: m["model_config"].update(backbone="no-such-net"), "is not a valid model config"),
+    (lambda m: m["model_config"].update(image_size=[4096, 4096]), "differs from the input"),
+    (lambda m: m.pop("model_config"), "model_config is missing"),
+])
+def test_torch_backend_checks_the_config_against_the_manifest(exported, crop_folders,
+                                                              tmp_path, monkeypatch, edit, words):
+    folder = _edit(shutil.copytree(exported[1], tmp_path / "bundle"), edit)
+    line = _infer(folder, crop_folders, "--backend", "torch", monkeypatch=monkeypatch)
+    assert "manifest.json" in line and words in line
 
 
 def test_torch_backend_equals_onnxruntime_on_fresh_images(exported):
@@ -194,7 +256,22 @@ def test_torch_backend_equals_onnxruntime_on_fresh_images(exported):
         assert abs(got[name] - want[name]).max() < 1e-4, name
 
 
-def test_torch_backend_needs_extractor_pt2(tmp_path):
+def test_torch_backend_places_every_tensor_on_its_device(exported):
+    """On the meta device (no memory, no arithmetic): every weight and buffer is created on
+    the device the backend runs on, and a batch goes through with the manifest's shapes."""
+    import torch
+
+    bundle = load_bundle(exported[1])
+    extractor = backends.open_extractor(bundle, "torch", "cpu")
+    meta = type(extractor)(bundle, "meta")
+    tensors = list(meta.network.parameters()) + list(meta.network.buffers())
+    assert tensors and all(t.device.type == "meta" for t in tensors)
+    out = meta.network(torch.zeros(2, bundle.height, bundle.width, 3, dtype=torch.uint8,
+                                   device="meta"))
+    assert [tuple(o.shape[1:]) for o in out] == [f.shape for f in bundle.features.values()]
+
+
+def test_torch_backend_needs_the_weights_file(tmp_path):
     bundle = load_bundle(write_fake_bundle(tmp_path / "b"), verify=True)
-    with pytest.raises(TalError, match="extractor.pt2 is not in the bundle"):
+    with pytest.raises(TalError, match="extractor.safetensors is not in the bundle .* re-export"):
         backends.open_extractor(bundle, "torch", "cpu")

@@ -16,7 +16,8 @@ from click.testing import CliRunner
 from tal_infer import Gallery, ReIDEngine
 from tal_infer import candidates as stage1
 from tal_infer.candidates import GPU_MAX_K, CandidateOptions, CandidateSearch
-from tal_infer.cascade import Shortlists, prerank_width, rescore, shortlist
+from tal_infer.cascade import Shortlists, rescore, shortlist
+from tal_infer.retrieval import RetrievalOptions, plan_retrieval
 from tal_infer.cli import main
 from tal_infer.errors import TalError
 from tal_infer.index import IndexContents, IndexRecord
@@ -201,19 +202,19 @@ def test_stage_two_reads_and_scores_only_each_querys_candidates(engine, embedded
     scored = []
 
     class CountingScorer:
-        keys = engine.scorer.keys
+        keys = engine.matcher.keys
 
         def scores(self, query, gallery_feats):
             scored.append(len(next(iter(gallery_feats.values()))))
-            return engine.scorer.scores(query, gallery_feats)
+            return engine.matcher.scores(query, gallery_feats)
 
     cand = [np.array([3, 17, 9]), np.array([0, 39]), np.array([], np.int64),
             np.array([5]), np.array([22, 21, 20]), np.array([1, 2])]
     lists = rescore(CountingScorer(), queries, contents.take, cand)
     assert scored == [3, 2, 1, 3, 2]  # the empty list is not scored
-    for key in engine.scorer.keys:
+    for key in engine.matcher.keys:
         assert sorted(stored[key].read) == sorted(contents.rows[np.concatenate(cand)].tolist())
-    assert "descriptor" not in engine.scorer.keys and stored["descriptor"].read == []
+    assert "descriptor" not in engine.matcher.keys and stored["descriptor"].read == []
     want = engine.scores(queries, {k: v.astype(np.float16).astype(np.float32)  # stored rows
                                    for k, v in gallery.items()})
     for q, (cols, sc) in enumerate(zip(lists.columns, lists.scores)):
@@ -262,7 +263,7 @@ def test_stream_parts_of_the_scorer_add_up_to_the_score(fake_bundle_v2, embedded
         pytest.importorskip("torch")
     gallery, _, queries = embedded
     scorer = ReIDEngine(fake_bundle_v2, backend="onnxruntime", device="cpu",
-                        matcher=matcher).scorer
+                        matcher=matcher).matcher
     assert scorer.name == matcher
     di, ds = scorer.of_streams(["di"]), scorer.of_streams(["ds"])
     assert di.keys == ("di_res4", "di_res5") and di.streams == ("di",)
@@ -274,17 +275,23 @@ def test_stream_parts_of_the_scorer_add_up_to_the_score(fake_bundle_v2, embedded
 
 
 def test_prerank_width_rules(engine):
-    scorer = engine.scorer
-    assert prerank_width(scorer, 200, None, 100_000) == 2000  # 10 x M
-    assert prerank_width(scorer, 200, None, 10_000) == 500    # at most 5% of the gallery
-    assert prerank_width(scorer, 200, None, 3_000) == 0       # 150 <= M: none
-    assert prerank_width(scorer.of_streams(["di"]), 200, None, 100_000) == 0  # DI alone
-    assert prerank_width(scorer, 200, 0, 100_000) == 0
-    assert prerank_width(scorer, 200, 700, 100) == 700
+    scorer = engine.matcher
+
+    def width(matcher, m, prerank, gallery):
+        plan = plan_retrieval(RetrievalOptions(candidates=m, prerank=prerank), matcher,
+                              engine.bundle.descriptor_dim, "cpu")
+        return plan.prerank_width(gallery)
+
+    assert width(scorer, 200, None, 100_000) == 2000  # 10 x M
+    assert width(scorer, 200, None, 10_000) == 500    # at most 5% of the gallery
+    assert width(scorer, 200, None, 3_000) == 0       # 150 <= M: none
+    assert width(scorer.of_streams(["di"]), 200, None, 100_000) == 0  # DI alone
+    assert width(scorer, 200, 0, 100_000) == 0
+    assert width(scorer, 200, 700, 100) == 700
     with pytest.raises(TalError, match="0 .none. or at least the 200 candidates, got 50"):
-        prerank_width(scorer, 200, 50, 100_000)
+        width(scorer, 200, 50, 100_000)
     with pytest.raises(TalError, match=r"scores no \['di'\] stream"):
-        prerank_width(scorer.of_streams(["ds"]), 200, 700, 100_000)
+        width(scorer.of_streams(["ds"]), 200, 700, 100_000)
 
 
 def test_prerank_narrows_by_di_score_and_reads_ds_maps_of_the_candidates_only(engine,
@@ -294,9 +301,9 @@ def test_prerank_narrows_by_di_score_and_reads_ds_maps_of_the_candidates_only(en
     contents = IndexContents([IndexRecord(f"/g/{i:03d}", 1, 1, "x", None, None, None, {})
                               for i in range(40)], np.arange(40), stored)
     search = CandidateSearch(gallery["descriptor"])
-    lists = shortlist(engine.scorer, queries, contents.take, search, 4, prerank=12)
+    lists = shortlist(engine.matcher, queries, contents.take, search, 4, prerank=12)
     sims = queries["descriptor"] @ gallery["descriptor"].T
-    di = engine.scorer.of_streams(["di"]).scores(queries, gallery)
+    di = engine.matcher.of_streams(["di"]).scores(queries, gallery)
     full = engine.scores(queries, gallery)
     for q in range(len(sims)):
         wide = np.argsort(-sims[q], kind="stable")[:12]
@@ -322,7 +329,7 @@ def test_engine_prerank_default_and_choices(engine, embedded):
     gallery = Gallery()
     ids = gallery.add(features, camera=cams)
     full = engine.scores(queries, features)
-    di = engine.scorer.of_streams(["di"]).scores(queries, features)
+    di = engine.matcher.of_streams(["di"]).scores(queries, features)
     # 40 entries: auto pre-ranks nothing (5% of 40 < M), as prerank=0
     assert engine.match(queries, gallery, k=3, candidates=3) == engine.match(
         queries, gallery, k=3, candidates=3, prerank=0)
@@ -362,7 +369,7 @@ def folders(tmp_path):
 def infer(bundle, folders, *extra):
     q, g, _ = folders
     return CliRunner().invoke(main, [str(a) for a in ("--gallery", g, "--queries", q, "--model",
-                                                      bundle, "--quiet", "--device", "cpu",
+                                                      bundle, "--device", "cpu",
                                                       *extra)])
 
 
@@ -423,7 +430,7 @@ def test_cli_prerank_narrows_to_m_by_the_di_stream(fake_bundle_v2, folders, tmp_
     engine = ReIDEngine(fake_bundle_v2, backend="onnxruntime", device="cpu")
     q = engine.embed_files(list(saved["queries"])).features
     g = engine.embed_files(list(saved["gallery"])).features
-    di = engine.scorer.of_streams(["di"]).scores(q, g)
+    di = engine.matcher.of_streams(["di"]).scores(q, g)
     if extra:  # the pre-rank sees other cameras only
         di[np.array([[_camera(a) == _camera(b) for b in saved["gallery"]]
                      for a in saved["queries"]])] = -np.inf
@@ -468,7 +475,7 @@ def test_without_faiss_candidates_say_how_to_install_and_exhaustive_runs(fake_bu
                                                                          folders):
     q, g, _ = folders
     args = ["--gallery", str(g), "--queries", str(q), "--model", str(fake_bundle_v2),
-            "--quiet", "--device", "cpu"]
+            "--device", "cpu"]
     run = lambda *extra: subprocess.run(  # noqa: E731
         [sys.executable, "-c", BLOCK_FAISS, *args, *extra], capture_output=True, text=True,
         cwd=ROOT)
@@ -485,7 +492,7 @@ def test_without_faiss_candidates_say_how_to_install_and_exhaustive_runs(fake_bu
 def test_a_checkpoint_without_descriptor_exports_a_bundle_without_one(exported, folders):
     _, folder = exported
     manifest = json.loads((folder / "manifest.json").read_text())
-    assert manifest["format_version"] == 2 and "descriptor" not in manifest
+    assert manifest["format_version"] == 3 and "descriptor" not in manifest
     assert "descriptor" not in ReIDEngine(folder, device="cpu").bundle.output_shapes
     res = infer(folder, folders, "--candidates", 3)
     assert res.exit_code == 2 and "re-export it" in res.stderr

@@ -31,7 +31,7 @@ def run(*args: object) -> Result:
 
 def base(bundle, folders, *extra):
     queries, gallery = folders
-    return ["--gallery", gallery, "--queries", queries, "--model", bundle, "--quiet",
+    return ["--gallery", gallery, "--queries", queries, "--model", bundle,
             "--device", "cpu", *extra]
 
 
@@ -228,7 +228,7 @@ def test_default_model_is_the_latest_export(fake_bundle, crop_folders, tmp_path,
     line = one_error_line(run("--gallery", gallery, "--queries", queries, "--quiet"))
     assert "no model bundle found" in line
     write_fake_bundle(tmp_path / "export" / "run-a")
-    res = run("--gallery", gallery, "--queries", queries, "--quiet", "--device", "cpu")
+    res = run("--gallery", gallery, "--queries", queries, "--device", "cpu")
     assert res.exit_code == 0 and "run-a" in res.stderr
 
 

@@ -8,7 +8,7 @@ import onnxruntime as ort
 from click.testing import CliRunner
 
 from tal_infer import ReIDEngine
-from tal_infer.backends import cuda_available
+from tal_infer.devices import cuda_available
 from tal_infer.cli import main
 
 
@@ -27,7 +27,7 @@ def _model_inputs(model, paths):
 def _cli_scores(bundle, folders, out, *extra):
     queries, gallery = folders
     res = CliRunner().invoke(main, ["--gallery", str(gallery), "--queries", str(queries),
-                                    "--model", str(bundle), "--scores", str(out), "--quiet",
+                                    "--model", str(bundle), "--scores", str(out),
                                     *extra])
     assert res.exit_code == 0, res.stderr
     return np.load(out), res

@@ -17,7 +17,7 @@ def test_index_scores_equal_in_memory_scores_in_the_bundles_precision(
         request, crop_folders, tmp_path, bundle_fixture, dtype, suffix):
     bundle = request.getfixturevalue(bundle_fixture)
     queries, gallery = crop_folders
-    args = ["--gallery", gallery, "--queries", queries, "--model", bundle, "--quiet",
+    args = ["--gallery", gallery, "--queries", queries, "--model", bundle,
             "--device", "cpu", "--backend", "onnxruntime", "--index", tmp_path / "idx",
             "--scores", tmp_path / "s.npz"]
     res = CliRunner().invoke(main, [str(a) for a in args])

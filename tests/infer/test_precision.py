@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from tal_infer import Gallery, ReIDEngine, scoring
-from tal_infer.backends import MATCH_BACKENDS
+from tal_infer.matching import MATCH_BACKENDS
 from tal_infer.bundle import load_bundle
 from tal_infer.cli import main
 from tal_infer.errors import BundleError, TalError
@@ -57,7 +57,9 @@ def test_features_reach_the_op_in_the_bundles_precision(request, monkeypatch, bu
     spy = OpSpy(monkeypatch)
     hits = engine.match({k: v[:2] for k, v in feats.items()}, gallery, k=3)
     assert len(hits) == 2 and all(len(row) == 3 for row in hits)
-    library, backend = ("torch", "torch") if matcher == "torch" else ("numpy", "numpy")
+    # auto on the CPU: the torch path where torch is installed (it is faster than numpy)
+    library, backend = ("numpy", "numpy") if matcher == "numpy" else ("torch", "torch")
+    assert engine.matcher.name == backend
     assert spy.calls and set(spy.calls) == {(library, dtype, backend)}
 
 
@@ -76,7 +78,7 @@ def test_the_cli_matcher_option_reaches_the_op(fake_bundle_fp16, crop_folders, t
     queries, gallery = crop_folders
     spy = OpSpy(monkeypatch)
     res = CliRunner().invoke(main, [str(a) for a in (
-        "--gallery", gallery, "--queries", queries, "--model", fake_bundle_fp16, "--quiet",
+        "--gallery", gallery, "--queries", queries, "--model", fake_bundle_fp16,
         "--device", "cpu", "--matcher", "torch", "--out", tmp_path / "r.json")])
     assert res.exit_code == 0, res.stderr
     assert "(float16)" in res.stderr and "matching: torch on cpu" in res.stderr
@@ -97,7 +99,7 @@ def test_matcher_choices_are_checked_when_the_engine_opens(fake_bundle):
     with pytest.raises(TalError, match="unknown matching backend 'cublas'; choose one of "
                                        + ", ".join(MATCH_BACKENDS)):
         ReIDEngine(fake_bundle, backend="onnxruntime", device="cpu", matcher="cublas")
-    with pytest.raises(TalError, match="the tensorrt backend runs on CUDA only"):
+    with pytest.raises(TalError, match="the tensorrt matcher runs on CUDA only"):
         ReIDEngine(fake_bundle, backend="onnxruntime", device="cpu", matcher="tensorrt")
     pytest.importorskip("torch")
     with pytest.MonkeyPatch.context() as mp:
@@ -117,5 +119,5 @@ def test_manifest_precision_is_read_and_checked_when_the_bundle_opens(fake_bundl
         folder = tmp_path / problem.split()[0].replace(".", "-")
         shutil.copytree(fake_bundle, folder)
         (folder / "manifest.json").write_text(json.dumps({**manifest, **change}))
-        with pytest.raises(BundleError, match="malformed manifest .*" + problem):
+        with pytest.raises(BundleError, match="manifest.json: " + problem):
             load_bundle(folder)

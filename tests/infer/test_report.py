@@ -16,7 +16,7 @@ def test_html_escapes_file_names(fake_bundle, tmp_path):
     write_crops(tmp_path / "q", [nasty], seed=1)
     write_crops(tmp_path / "g", ["0001_c2s1_000002_00.jpg", "0002_c2s1_000003_<b>.jpg"], seed=2)
     res = CliRunner().invoke(main, ["--gallery", str(tmp_path / "g"), "--queries",
-                                    str(tmp_path / "q"), "--model", str(fake_bundle), "--quiet",
+                                    str(tmp_path / "q"), "--model", str(fake_bundle),
                                     "--device", "cpu", "--report", str(tmp_path / "rep")])
     assert res.exit_code == 0, res.stderr
     page = (tmp_path / "rep" / "index.html").read_text()
@@ -62,7 +62,7 @@ def test_thumbnails_are_read_under_the_users_pixel_limit(fake_bundle, tmp_path, 
     write_crops(tmp_path / "q", ["0001_c1s1_000001_00.jpg"], seed=1)
     write_crops(tmp_path / "g", ["0001_c2s1_000002_00.jpg", "0002_c2s1_000003_00.jpg"], seed=2)
     res = CliRunner().invoke(main, ["--gallery", str(tmp_path / "g"), "--queries",
-                                    str(tmp_path / "q"), "--model", str(fake_bundle), "--quiet",
+                                    str(tmp_path / "q"), "--model", str(fake_bundle),
                                     "--device", "cpu", "--max-pixels", "123456",
                                     "--report", str(tmp_path / "rep")])
     assert res.exit_code == 0, res.stderr

@@ -32,7 +32,7 @@ def _isolated_scores(bundle, folders, out):
     queries, gallery = folders
     res = subprocess.run([sys.executable, "-W", "error::DeprecationWarning", "-c", SCRIPT,
                           "--gallery", str(gallery), "--queries", str(queries), "--model",
-                          str(bundle), "--scores", str(out), "--quiet", "--report",
+                          str(bundle), "--scores", str(out), "--report",
                           str(out.parent / "report")], capture_output=True, text=True)
     assert res.returncode == 0 and "isolated run ok" in res.stdout, res.stderr[-3000:]
     assert "CPUExecutionProvider" in res.stderr

@@ -23,9 +23,9 @@ def _tolerance(expected: np.ndarray, rel: float = 1e-4) -> float:
 def _reference_scores(bundle, q, g) -> np.ndarray:
     """docs/bundle.md formulas written out with the einsum reference (float64 softmax)."""
     heads, total = bundle.heads, 0.0
-    for stream in bundle.matching["score"]:
-        mode, z = bundle.matching["streams"][stream]["mode"], 0.0
-        for scale in bundle.matching["scales"]:
+    for stream in bundle.matching.score:
+        mode, z = bundle.matching.modes[stream], 0.0
+        for scale in bundle.matching.scales:
             qs, gs = q[f"{stream}_{scale}"], g[f"{stream}_{scale}"]
             wq, wg = heads[f"{stream}/{scale}/wq"], heads[f"{stream}/{scale}/wg"]
             if mode == "ms":
@@ -86,23 +86,23 @@ def test_topk_ties_keep_lower_column_first():
 
 def _bundle_from_model(model, folder: Path):
     """Manifest + heads.npz of a TAL model (projection_form), without any graph: scoring only."""
-    import torch
-
-    from tal_infer.bundle import Bundle, FeatureSpec
+    from tal_infer.bundle import Bundle
+    from tal_infer.bundle_schema import Manifest
 
     form = model.projection_form()
     folder.mkdir()
     np.savez(folder / "heads.npz", **form["arrays"])
-    with torch.no_grad():
-        sizes = model.config.scale_sizes()
     k, c = model.config.num_domains, model.config.neck_channels
     features = {}
     for stream in model.config.streams:
-        for scale, hw in sizes.items():
-            shape = (k, c, *hw) if stream == "ds" else (c, *hw)
-            features[f"{stream}_{scale}"] = FeatureSpec(f"{stream}_{scale}", shape, hw)
-    manifest = {"matching": json.loads(json.dumps(form["matching"]))}
-    return Bundle(folder, manifest, *model.config.image_size, features)
+        for scale, (h, w) in model.config.scale_sizes().items():
+            shape = [-1, k, c, h, w] if stream == "ds" else [-1, c, h, w]
+            features[f"{stream}_{scale}"] = {"shape": shape}
+    height, width = model.config.image_size
+    raw = {"format": "tal-reid-bundle", "format_version": 3, "features": features,
+           "input": {"height": height, "width": width},
+           "matching": json.loads(json.dumps(form["matching"]))}
+    return Bundle(folder, Manifest.from_json(raw), raw)
 
 
 @pytest.mark.parametrize("overrides", [dict(), dict(ds_head="avg"), dict(ds_head="vote"),

@@ -10,7 +10,8 @@ import numpy as np
 from tal_infer import ReIDEngine
 from tal_infer.features import FeatureArrays
 from tal_infer.images import list_images
-from tal_infer.search import SearchOptions, embed_gallery, file_cameras, search
+from tal_infer.retrieval import RetrievalOptions
+from tal_infer.search import embed_gallery, file_cameras, search
 from tal_infer.scoring import exclude_same_camera
 
 
@@ -28,9 +29,9 @@ def test_index_and_memory_galleries_search_alike(fake_bundle, crop_folders, tmp_
     columns = np.array([11, 0, 5])
     for key, value in memory.features.take(columns).items():
         np.testing.assert_array_equal(indexed.features.take(columns)[key], value)
-    options = SearchOptions(topk=4, exclude_same_camera=True, rerank=True, keep_scores=True)
-    a, b = (search(engine, queries, g, options) for g in (memory, indexed))
-    assert a.rows == b.rows and a.identities is not None and not a.warnings
+    plan = engine.plan(RetrievalOptions(topk=4, exclude_same_camera=True, rerank=True))
+    a, b = (search(engine, plan, queries, g, keep_scores=True) for g in (memory, indexed))
+    assert a.rows == b.rows and a.identities is not None
     np.testing.assert_array_equal(a.scores, b.scores)
 
 
@@ -38,7 +39,8 @@ def test_search_ranks_as_the_full_matrix_says(fake_bundle, crop_folders):
     engine = ReIDEngine(fake_bundle, backend="onnxruntime", device="cpu")
     queries = engine.embed_files(_paths(crop_folders[0]))
     gallery = embed_gallery(engine, _paths(crop_folders[1]))
-    result = search(engine, queries, gallery, SearchOptions(topk=3, exclude_same_camera=True))
+    result = search(engine, engine.plan(RetrievalOptions(topk=3, exclude_same_camera=True)),
+                    queries, gallery, keep_scores=True)
     full = engine.scores(queries.features, gallery.features)
     np.testing.assert_array_equal(result.scores, full)  # kept: the names carry identities
     masked = full.copy()

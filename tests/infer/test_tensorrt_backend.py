@@ -18,6 +18,7 @@ import pytest
 from tal_infer import Gallery, ReIDEngine, backends, tensorrt_runtime
 from tal_infer.bundle import load_bundle
 from tal_infer.errors import BundleError, TalError
+from tal_infer.matching import choose_match_backend, open_matcher
 from tal_infer.scoring import Scorer
 from tal_infer.tensorrt_runtime import TensorRTExtractor, TensorRTMatcher, build_mismatches
 
@@ -127,9 +128,7 @@ def test_tensorrt_deployment_extracts_and_matches_in_tensorrt(exported, tmp_path
                                                               monkeypatch, caplog):
     """ReIDEngine(backend="tensorrt"): both plans run, the heads' Python path never does."""
     bundle = make_trt_bundle(exported[1], tmp_path / "bundle", "FLOAT")
-    monkeypatch.setattr(backends, "cuda_available", lambda: True)
-    monkeypatch.setattr(tensorrt_runtime, "torch_device", lambda device: __import__(
-        "torch").device("cpu"))  # CPU memory in place of CUDA buffers (the stand-in reads it)
+    pretend_cuda(monkeypatch)
 
     def no_python_kernel(*args, **kwargs):
         raise AssertionError("a Python matching kernel ran in a TensorRT deployment")
@@ -145,8 +144,8 @@ def test_tensorrt_deployment_extracts_and_matches_in_tensorrt(exported, tmp_path
     monkeypatch.setattr("tal_infer.scoring.qaconv_match", no_python_kernel)
     with caplog.at_level(logging.INFO, logger="tal_infer"):
         engine = ReIDEngine(bundle, backend="tensorrt", device="cuda", batch_size=6)
-    assert "matching: tensorrt (matcher.plan) on cuda" in caplog.text
-    assert engine.extractor.name == "tensorrt" and isinstance(engine.scorer, TensorRTMatcher)
+    assert "extractor: tensorrt on cuda; matching: tensorrt on cuda" in caplog.text
+    assert engine.extractor.name == "tensorrt" and isinstance(engine.matcher, TensorRTMatcher)
     feats = engine.embed(crops)  # batches of 6 through a profile of 4
     gallery = Gallery()
     gallery.add({k: v[3:] for k, v in feats.items()})
@@ -157,6 +156,55 @@ def test_tensorrt_deployment_extracts_and_matches_in_tensorrt(exported, tmp_path
     for row_got, row_want in zip(got, want):
         np.testing.assert_allclose([m.score for m in row_got], [m.score for m in row_want],
                                    rtol=1e-4, atol=1e-4)
+
+
+def pretend_cuda(monkeypatch) -> None:
+    """A CUDA machine for the backends' choices, with CPU memory in place of CUDA buffers
+    (the stand-in engines read it)."""
+    monkeypatch.setattr("tal_infer.devices.cuda_available", lambda: True)
+    monkeypatch.setattr("tal_infer.matching.torch_cuda_available", lambda: True)
+    monkeypatch.setattr(tensorrt_runtime, "torch_device", lambda device: __import__(
+        "torch").device("cpu"))
+
+
+def _with_matcher_graph(source, folder):
+    """A copy of a contract bundle with its matcher.onnx built from its heads (the fake
+    bundles have none), so stand-in plans can be made of it."""
+    from tal_export.matcher import build_matcher
+    from tal_infer.precision import FLOAT32
+
+    shutil.copytree(source, folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    with np.load(folder / "heads.npz") as heads:
+        form = {"matching": manifest["matching"], "arrays": dict(heads)}
+    graph = build_matcher(form, manifest["features"], FLOAT32, 18)
+    (folder / "matcher.onnx").write_bytes(graph.SerializeToString())
+    return folder
+
+
+@pytest.mark.parametrize("prerank", [0, 12])
+def test_two_stage_retrieval_runs_on_the_tensorrt_matcher(fake_bundle_v2, tmp_path, fake_trt,
+                                                          monkeypatch, prerank):
+    """--candidates with matcher.plan: stage 2 (and the DI pre-rank, from the heads: the plan
+    scores all streams at once) give what the heads give."""
+    bundle = make_trt_bundle(_with_matcher_graph(fake_bundle_v2, tmp_path / "src"),
+                             tmp_path / "bundle", "FLOAT")
+    pretend_cuda(monkeypatch)
+    engine = ReIDEngine(bundle, backend="onnxruntime", device="cpu")
+    rng = np.random.default_rng(5)
+    feats = engine.embed([rng.integers(0, 256, (40, 20, 3), dtype=np.uint8) for _ in range(30)])
+    gallery = Gallery()
+    gallery.add({k: v[4:] for k, v in feats.items()})
+    queries = {k: v[:4] for k, v in feats.items()}
+    want = engine.match(queries, gallery, k=3, candidates=6, prerank=prerank)
+    trt = ReIDEngine(bundle, backend="tensorrt", device="cuda")
+    assert isinstance(trt.matcher, TensorRTMatcher)
+    got = trt.match(queries, gallery, k=3, candidates=6, prerank=prerank)
+    assert [[m.id for m in row] for row in got] == [[m.id for m in row] for row in want]
+    for row_got, row_want in zip(got, want):
+        np.testing.assert_allclose([m.score for m in row_got], [m.score for m in row_want],
+                                   rtol=1e-4, atol=1e-4)
+    assert calls_of(bundle.file("matcher.onnx"))  # stage 2 ran in the plan
 
 
 def test_tensorrt_backend_needs_cuda_and_both_plans(trt_bundle):
@@ -207,15 +255,16 @@ def test_extractor_plan_outputs_are_checked_against_the_manifest(trt_bundle):
 def test_matching_backend_is_chosen_apart_from_the_extractor(trt_bundle, monkeypatch):
     """matcher.plan beside any extractor (--matcher tensorrt), and the heads beside the
     TensorRT extractor (--matcher numpy); auto pairs matcher.plan with the TensorRT one."""
-    monkeypatch.setattr(tensorrt_runtime, "torch_device", lambda device: __import__(
-        "torch").device("cpu"))
-    trt_extractor = TensorRTExtractor(trt_bundle, "cpu")
-    onnx_extractor = backends.OnnxRuntimeExtractor(trt_bundle, "cpu")
-    assert isinstance(backends.open_matcher(trt_bundle, onnx_extractor, "cuda", "tensorrt"),
-                      TensorRTMatcher)
-    assert isinstance(backends.open_matcher(trt_bundle, trt_extractor, "cuda", "auto"),
-                      TensorRTMatcher)
-    heads = backends.open_matcher(trt_bundle, trt_extractor, "cuda", "numpy")
+    pretend_cuda(monkeypatch)
+    precision, channels = trt_bundle.precision, 8
+    assert choose_match_backend("tensorrt", "cuda", precision, channels, "onnxruntime") \
+        == "tensorrt"
+    assert choose_match_backend("auto", "cuda", precision, channels, "tensorrt") == "tensorrt"
+    assert choose_match_backend("numpy", "cuda", precision, channels, "tensorrt") == "numpy"
+    assert isinstance(open_matcher(trt_bundle, "tensorrt", "cuda"), TensorRTMatcher)
+    heads = open_matcher(trt_bundle, "numpy", "cpu")
     assert isinstance(heads, Scorer) and (heads.name, heads.device) == ("numpy", "cpu")
     with pytest.raises(TalError, match="runs on CUDA only"):
-        backends.open_matcher(trt_bundle, onnx_extractor, "cpu", "tensorrt")
+        open_matcher(trt_bundle, "tensorrt", "cpu")
+    engine = ReIDEngine(trt_bundle, backend="tensorrt", matcher="numpy", device="cuda")
+    assert engine.extractor.name == "tensorrt" and engine.matcher.name == "numpy"

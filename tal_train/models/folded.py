@@ -1,4 +1,4 @@
-"""The folded extractor: a TALModel's eval forward as one batched pass (DESIGN.md section 3).
+"""The folded extractor: a TALModel's eval forward as one batched pass (docs/export.md).
 
 What folding does (all folding arithmetic in float64, rounded once to the compute dtype):
 
@@ -37,10 +37,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tal_infer.features import feature_names, split_feature_name
+from tal_infer.features import DESCRIPTOR, feature_names, split_feature_name
 from tal_infer.precision import FLOAT32, Precision
-from tal_train.models import DomainNorm, TALModel, expert_affines
-from tal_train.models.norm import Stream
+
+from .descriptor import DescriptorHead
+from .norm import DomainNorm, Stream, expert_affines
+from .tal import TALModel
 
 
 def output_names(model: TALModel) -> list[str]:
@@ -183,3 +185,29 @@ class FoldedExtractor(nn.Module):
 def fold_model(model: TALModel, precision: Precision = FLOAT32) -> FoldedExtractor:
     """The folded extractor of `model` in eval form, computing in ``precision`` (module doc)."""
     return FoldedExtractor(model, precision.torch_dtype).eval()
+
+
+class WithDescriptor(nn.Module):
+    """A folded extractor plus the distilled global descriptor head (docs/scale.md) on its
+    maps in the same pass: outputs ``(*maps, descriptor)``. The head computes in fp32 and its
+    output takes the graph's dtype, like every other output."""
+
+    def __init__(self, extractor: FoldedExtractor, head: DescriptorHead):
+        super().__init__()
+        self.extractor = extractor
+        self.head = head.float().eval().requires_grad_(False)
+        self.names = [*extractor.names, DESCRIPTOR]
+
+    def forward(self, images: Tensor) -> tuple[Tensor, ...]:
+        maps = self.extractor(images)
+        descriptor = self.head(dict(zip(self.extractor.names, maps)))
+        return (*maps, descriptor.to(maps[0].dtype))
+
+
+def folded_extractor(model: TALModel, head: DescriptorHead | None = None,
+                     precision: Precision = FLOAT32) -> FoldedExtractor | WithDescriptor:
+    """What a bundle's extractor computes: the folded model, with the descriptor output when
+    there is a head. The export traces it to ONNX and saves its weights; the runtime's torch
+    backend rebuilds it from the bundle's config and loads those weights."""
+    folded = fold_model(model, precision)
+    return folded if head is None else WithDescriptor(folded, head)
