@@ -17,8 +17,6 @@ from ..errors import TalError
 from ..features import DESCRIPTOR, Features, num_items, stack_features
 from ..lifecycle import EntryFilter
 
-Snapshot = tuple["Features | None", np.ndarray, np.ndarray, np.ndarray, list]
-
 
 def _per_item(values: Any, n: int, what: str) -> list:
     """A scalar (or None) for every item, or one value per item."""
