@@ -145,7 +145,13 @@ class FeatureStore:
             if generation != keep:
                 _remove_tree(self.folder(generation))
 
-    def is_own_entry(self, entry: Path) -> bool:
-        """Whether a folder entry is a generation folder holding only feature files."""
-        return (entry.is_dir() and _GENERATION.match(entry.name) is not None
-                and all(f.suffix in SUFFIXES.values() and f.is_file() for f in entry.iterdir()))
+    def total_bytes(self) -> int:
+        """Bytes of every feature file in the folder (all generations present)."""
+        return sum(f.stat().st_size for g in self.generations()
+                   for f in self.folder(g).iterdir() if f.suffix in SUFFIXES.values())
+
+
+def is_generation_folder(entry: Path) -> bool:
+    """Whether a folder entry is a generation folder holding only feature files."""
+    return (entry.is_dir() and _GENERATION.match(entry.name) is not None
+            and all(f.suffix in SUFFIXES.values() and f.is_file() for f in entry.iterdir()))
