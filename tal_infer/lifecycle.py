@@ -5,6 +5,9 @@ condition it names must hold (camera, label, any extra metadata key, a timestamp
 cut-off). An empty filter is refused, so a typo can never erase a whole gallery. The CLI
 builds filters from ``--where KEY=VALUE`` (values read as JSON where they parse, else as
 text: ``camera=3`` is the number 3, ``name=ann`` the text "ann") and ``--before TIME``.
+
+Times and durations must be finite: every comparison with NaN is false, so a cut-off of NaN
+(or infinity) would select every entry ("older than NaN") and erase the whole gallery.
 """
 from __future__ import annotations
 
@@ -32,6 +35,8 @@ class EntryFilter:
         if not self.fields and self.before is None:
             raise TalError("a removal filter needs at least one condition (a field value or a "
                            "time); refusing to select every entry")
+        if self.before is not None and not math.isfinite(self.before):
+            raise TalError(f"a removal cut-off must be a finite time, not {self.before}")
 
     def matches(self, metadata: Mapping[str, Any], timestamp: float | None) -> bool:
         if self.before is not None and (timestamp is None or math.isnan(timestamp)
@@ -60,24 +65,32 @@ def _value(text: str) -> Any:
 
 
 def parse_time(text: str) -> float:
-    """Seconds since the epoch from a number or an ISO 8601 date/time (UTC unless it says)."""
+    """Seconds since the epoch from a finite number or an ISO 8601 date/time (UTC unless it
+    says)."""
     try:
-        return float(text)
+        seconds = float(text)
     except ValueError:
-        pass
+        seconds = _iso_time(text)
+    if seconds is None or not math.isfinite(seconds):
+        raise TalError(f"{text!r} is not a time: give seconds since the epoch or an ISO 8601 "
+                       "date, e.g. 2026-11-30 or 2026-11-30T08:00:00+01:00")
+    return seconds
+
+
+def _iso_time(text: str) -> float | None:
     try:
         moment = datetime.datetime.fromisoformat(text.strip())
     except ValueError:
-        raise TalError(f"{text!r} is not a time: give seconds since the epoch or an ISO 8601 "
-                       "date, e.g. 2026-11-30 or 2026-11-30T08:00:00+01:00") from None
+        return None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=datetime.timezone.utc)
     return moment.timestamp()
 
 
 def parse_duration(text: str) -> float:
-    """Seconds from ``90``, ``90s``, ``15m``, ``12h``, ``30d`` or ``2w``."""
+    """Seconds from ``90``, ``90s``, ``15m``, ``12h``, ``30d`` or ``2w`` (finite)."""
     m = _DURATION.match(text)
-    if m is None:
+    seconds = None if m is None else float(m.group(1)) * _SECONDS[m.group(2)]
+    if seconds is None or not math.isfinite(seconds):
         raise TalError(f"{text!r} is not a duration: a number with s, m, h, d or w, e.g. 30d")
-    return float(m.group(1)) * _SECONDS[m.group(2)]
+    return seconds

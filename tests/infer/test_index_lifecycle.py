@@ -255,3 +255,40 @@ def test_gallery_remove_where_and_drop_older_than():
     assert left.tolist() == [ids[3], ids[4], ids[5]]
     np.testing.assert_array_equal(features["di_res4"], feats["di_res4"][[3, 4, 5]])
     assert cams.tolist() == [2, -1, 1] and meta == [None, {"track": 1}, "x"]
+
+
+# -- times must be finite ----------------------------------------------------------------
+
+@pytest.mark.parametrize("args, words", [
+    (["remove", "{idx}", "--before", "nan"], "'nan' is not a time"),
+    (["remove", "{idx}", "--before", "inf"], "'inf' is not a time"),
+    (["remove", "{idx}", "--before", "-Infinity"], "'-Infinity' is not a time"),
+    (["retain", "{idx}", "--max-age", "1d", "--now", "nan"], "'nan' is not a time"),
+    (["retain", "{idx}", "--max-age", "1d", "--now", "1e400"], "'1e400' is not a time"),
+    (["retain", "{idx}", "--max-age", "9" * 400 + "d"], "is not a duration"),
+])
+def test_non_finite_times_are_one_line_and_erase_nothing(tmp_path, args, words):
+    files = make_gallery(tmp_path / "g", 3)
+    indexed(tmp_path / "idx", files)
+    before = index_bytes(tmp_path / "idx")
+    res = tal_index_run(*[a.format(idx=tmp_path / "idx") for a in args], "--delete-files")
+    assert res.exit_code == 2, res.output
+    errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and words in errors[0] and "Traceback" not in res.output
+    assert all(f.exists() for f in files)
+    assert index_bytes(tmp_path / "idx") == before
+
+
+@pytest.mark.parametrize("cutoff", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_cutoffs_are_refused_by_the_api(tmp_path, cutoff):
+    files = make_gallery(tmp_path / "g", 3)
+    index = indexed(tmp_path / "idx", files)
+    with pytest.raises(TalError, match="finite"):
+        index.drop_older_than(cutoff)
+    with pytest.raises(TalError, match="finite"):
+        EntryFilter({"camera": 1}, before=cutoff)
+    gallery = Gallery()
+    gallery.add({"di_res4": np.zeros((2, 4, 3), np.float32)}, timestamp=[1.0, 2.0])
+    with pytest.raises(TalError, match="finite"):
+        gallery.drop_older_than(cutoff)
+    assert len(index.load()) == 3 and len(gallery) == 2
