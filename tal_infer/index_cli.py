@@ -9,13 +9,13 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Callable
 
 import click
 
 from .cli_common import friendly_errors
 from .errors import TalError
-from .index import GalleryIndex, IndexRecord, RemovalReport, entry_time, record_matches
+from .index import GalleryIndex, RemovalReport, entry_time
+from .index.catalog import CAMERAS_AS_NAMED
 from .lifecycle import EntryFilter, parse_duration, parse_time
 
 EPILOG = """\b
@@ -59,7 +59,10 @@ def info(index_dir: Path) -> None:
     if records:
         cameras = sorted({r.camera for r in records if r.camera is not None})
         times = [entry_time(r) for r in records]
-        click.echo(f"cameras: {', '.join(map(str, cameras)) or 'unknown'}")
+        note = ("" if index.info().camera_numbering == CAMERAS_AS_NAMED else
+                " (numbered from 0 by an earlier version, c1 = 0; the next tal-infer --index "
+                "sync numbers them as the file names do)")
+        click.echo(f"cameras: {', '.join(map(str, cameras)) or 'unknown'}{note}")
         click.echo(f"entry times: {_when(min(times))} .. {_when(max(times))}")
 
 
@@ -85,9 +88,10 @@ def remove(index_dir: Path, paths: tuple[Path, ...], where: tuple[str, ...], bef
     index = GalleryIndex.open(index_dir)
     if paths:
         wanted = {os.path.abspath(p) for p in paths}
-        _erase(index, lambda rec: rec.path in wanted, delete_files, dry_run)
+        chosen = [path for path in index.load().paths if path in wanted]
     else:
-        _erase(index, EntryFilter.parse(where, before), delete_files, dry_run)
+        chosen = [rec.path for rec in index.select(EntryFilter.parse(where, before))]
+    _erase(index, chosen, delete_files, dry_run)
 
 
 @main.command(epilog=EPILOG)
@@ -103,7 +107,9 @@ def retain(index_dir: Path, max_age: str, now: str | None, delete_files: bool,
     """Retention window: erase entries whose time (timestamp, else file time) is older than
     --max-age."""
     cutoff = (time.time() if now is None else parse_time(now)) - parse_duration(max_age)
-    _erase(GalleryIndex.open(index_dir), EntryFilter(before=cutoff), delete_files, dry_run)
+    index = GalleryIndex.open(index_dir)
+    chosen = [rec.path for rec in index.select(EntryFilter(before=cutoff))]
+    _erase(index, chosen, delete_files, dry_run)
 
 
 @main.command(epilog=EPILOG)
@@ -118,14 +124,9 @@ def compact(index_dir: Path) -> None:
                "bytes")
 
 
-def _erase(index: GalleryIndex, select: EntryFilter | Callable[[IndexRecord], bool],
-           delete_files: bool, dry_run: bool) -> None:
-    """Crop files first (when asked), then the index: a run killed in between leaves entries
-    that the same command, run again, still selects."""
-    if isinstance(select, EntryFilter):
-        entries = select
-        select = lambda rec: record_matches(entries, rec)  # noqa: E731
-    chosen = [r.path for r in index.load().records if select(r)]
+def _erase(index: GalleryIndex, chosen: list[str], delete_files: bool, dry_run: bool) -> None:
+    """Erase the entries ``chosen`` (paths): crop files first (when asked), then the index, so
+    a run killed in between leaves entries that the same command, run again, still selects."""
     if dry_run:
         for path in chosen:
             click.echo(path)

@@ -38,11 +38,12 @@ import numpy as np
 
 from ..lifecycle import EntryFilter
 from . import catalog, maintenance
+from .catalog import IndexRecord
 from .contents import IndexContents
 from .errors import GalleryIndexError, IndexDamagedError, IndexMismatchError, damaged
 from .folder import CATALOG, IndexFolder
 from .integrity import Snapshot, read_snapshot
-from .maintenance import RemovalReport, record_matches
+from .maintenance import RemovalReport
 from .store import FeatureStore
 from .sync import ExtractFn, MetadataFn, Sync, SyncReport, market_metadata
 
@@ -133,17 +134,34 @@ class GalleryIndex:
         """Erase entries by path (their id in the index): catalog rows and feature rows leave
         the files (`maintenance`). Unknown paths are ignored."""
         wanted = {os.path.abspath(os.fspath(p)) for p in paths}
-        return self._erase(lambda rec: rec.path in wanted)
+        with self._folder.writer(), self._folder.connect() as con:
+            self._open_for_writing(rebuild=False)
+            return maintenance.erase(con, self.store, lambda rec: rec.path in wanted)
+
+    def select(self, entries: EntryFilter) -> list[IndexRecord]:
+        """The committed entries a filter selects (what `remove_where` erases); its fields are
+        ``camera`` (as the file names number it), ``label`` and the extra metadata keys, its
+        ``before`` compares `entry_time`."""
+        snapshot = self._snapshot(with_items=True)
+        if snapshot is None:
+            return []
+        return maintenance.selected(entries, snapshot.info, [rec for rec, _ in snapshot.items])
 
     def remove_where(self, entries: EntryFilter) -> RemovalReport:
-        """Erase the entries a filter selects; its fields are ``camera``, ``label`` and the
-        extra metadata keys, its ``before`` compares `entry_time`."""
-        return self._erase(lambda rec: record_matches(entries, rec))
+        """Erase the entries a filter selects (`select`)."""
+        return self.remove([rec.path for rec in self.select(entries)])
 
     def drop_older_than(self, cutoff: float) -> RemovalReport:
         """Retention: erase entries whose `entry_time` (seconds since the epoch) is before
         ``cutoff``."""
         return self.remove_where(EntryFilter(before=cutoff))
+
+    def info(self) -> catalog.Info:
+        """The committed catalog's info (generation, rows, camera numbering, ...), checked."""
+        snapshot = self._snapshot(with_items=False)
+        if snapshot is None:
+            raise GalleryIndexError(f"{self.directory}: index is empty (never initialized)")
+        return snapshot.info
 
     def feature_bytes(self) -> int:
         """Bytes of every feature file in the folder (all generations present)."""
@@ -153,11 +171,6 @@ class GalleryIndex:
 
     def _snapshot(self, with_items: bool) -> Snapshot | None:
         return read_snapshot(self._folder, self.fingerprint, self.store, with_items)
-
-    def _erase(self, select) -> RemovalReport:
-        with self._folder.writer(), self._folder.connect() as con:
-            self._open_for_writing(rebuild=False)
-            return maintenance.erase(con, self.store, select)
 
     def _open_for_writing(self, rebuild: bool) -> catalog.Info:
         """Under the writer lock: the checked committed state (generations the catalog does not

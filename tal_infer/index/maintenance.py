@@ -20,6 +20,7 @@ import numpy as np
 from ..lifecycle import EntryFilter
 from . import catalog
 from .catalog import IndexRecord
+from .errors import GalleryIndexError
 from .store import FeatureStore
 
 
@@ -46,6 +47,20 @@ def record_matches(entries: EntryFilter, record: IndexRecord) -> bool:
     fields.update({k: v for k, v in (("camera", record.camera), ("label", record.label))
                    if v is not None})
     return entries.matches(fields, entry_time(record))
+
+
+def selected(entries: EntryFilter, info: catalog.Info,
+             records: list[IndexRecord]) -> list[IndexRecord]:
+    """The records a filter selects. A camera filter on a catalog that numbers cameras from 0
+    (written before cameras were numbered as the file names do) is refused: ``camera=3``
+    would select the crops named ``c4``."""
+    if "camera" in entries.fields and info.camera_numbering != catalog.CAMERAS_AS_NAMED:
+        raise GalleryIndexError(
+            f"the index numbers cameras from 0 (c1 = 0; written by an earlier version), so "
+            f"camera={entries.fields['camera']} would not mean c{entries.fields['camera']}; "
+            "sync it once (tal-infer --index, or GalleryIndex.sync) to number its cameras as "
+            "the file names do, then filter by camera")
+    return [rec for rec in records if record_matches(entries, rec)]
 
 
 def compact_if_sparse(con: sqlite3.Connection, store: FeatureStore) -> None:

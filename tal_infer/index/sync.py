@@ -21,6 +21,7 @@ from tqdm import tqdm
 from ..errors import DataError, TalError
 from ..hashing import file_sha256
 from ..naming import parse_market_name
+from ..user_files import check_regular
 from . import catalog
 from .catalog import IndexRecord
 from .errors import GalleryIndexError
@@ -41,9 +42,10 @@ class SyncReport:
 
 
 def market_metadata(path: str) -> dict[str, Any]:
-    """Camera and identity label from a Market-1501-style file name; empty when it has none."""
+    """Camera (as the name numbers it: ``c3`` is 3) and identity label from a Market-1501-style
+    file name; empty when it has none; `BadNameError` for numbers out of range."""
     parsed = parse_market_name(Path(path).name)
-    return {} if parsed is None else {"camera": parsed.camid, "label": parsed.pid}
+    return {} if parsed is None else {"camera": parsed.camera, "label": parsed.pid}
 
 
 class Sync:
@@ -78,41 +80,35 @@ class Sync:
         return self.report
 
     def _refresh_known(self, wanted: list[str], current: dict) -> list[str]:
-        """Update metadata of unchanged files in one transaction; return files to extract."""
+        """Update metadata of known files in one transaction (which marks the catalog's
+        cameras as numbered by this version); return files to extract."""
         todo, refreshed, unreadable = [], [], []
         for path in wanted:
             if path not in current:
                 todo.append(path)
                 continue
             old, row = current[path]
-            try:
-                st = os.stat(path)
-                same = (st.st_size, st.st_mtime_ns) == (old.size, old.mtime_ns)
-                digest = old.sha256 if same else file_sha256(path)
-            except OSError as err:
-                self._skip_or_raise(path, err)
+            new = self._record(path, old)
+            if new is None:
                 unreadable.append(path)  # as in a clean build, it is not in the index
                 continue
-            if digest != old.sha256:
-                todo.append(path)
-                continue
-            new = _record(path, st, digest, self.metadata_fn)
+            if new.sha256 != old.sha256:
+                todo.append(path)  # re-extracted below; until then its old row, new metadata
+                new = old._replace(camera=new.camera, timestamp=new.timestamp,
+                                   label=new.label, extra=new.extra)
+            else:
+                self.report.unchanged += 1
             if new != old:
                 refreshed.append((new, row))
-            self.report.unchanged += 1
         with catalog.transaction(self.con):
             catalog.delete_items(self.con, unreadable)
             catalog.put_items(self.con, refreshed)
+            catalog.write_info(self.con, camera_numbering=catalog.CAMERAS_AS_NAMED)
         return todo
 
     def _add_batch(self, batch: list[str], known: Mapping[str, Any]) -> None:
         """Extract one batch and commit it; known files that failed leave the index."""
-        records = []
-        for path in batch:
-            try:
-                records.append(_record(path, os.stat(path), file_sha256(path), self.metadata_fn))
-            except OSError as err:
-                self._skip_or_raise(path, err)
+        records = [r for r in map(self._record, batch) if r is not None]
         records, arrays = self._extract(records)
         info = catalog.parse_info(catalog.read_info(self.con))
         if records:
@@ -128,6 +124,24 @@ class Sync:
             catalog.write_info(self.con, rows=info.rows + len(records))
         self.report.updated += sum(p in known for p in done)
         self.report.added += sum(p not in known for p in done)
+
+    def _record(self, path: str, known: IndexRecord | None = None) -> IndexRecord | None:
+        """The record of a gallery file as it is now: size, mtime, content hash (``known``'s
+        when size and mtime are unchanged), metadata. A file that is not a readable regular
+        file, or whose metadata fails (a bad name), is skipped (None) or refused."""
+        try:
+            st = check_regular(path)  # a FIFO would block the hash for ever
+            same = known is not None and (st.st_size, st.st_mtime_ns) == (known.size,
+                                                                           known.mtime_ns)
+            digest = known.sha256 if same else file_sha256(path)
+            meta = dict(self.metadata_fn(path))
+        except OSError as err:
+            self._skip_or_raise(path, f"cannot be read ({err.strerror or err})")
+        except TalError as err:
+            self._skip_or_raise(path, getattr(err, "problem", str(err)))
+        else:
+            return _record(path, st, digest, meta)
+        return None
 
     def _extract(self, records: list[IndexRecord]
                  ) -> tuple[list[IndexRecord], dict[str, np.ndarray]]:
@@ -169,16 +183,14 @@ class Sync:
             out[key] = array
         return out
 
-    def _skip_or_raise(self, path: str, err: OSError) -> None:
-        """An unreadable file: one-line `DataError` naming it, or a skipped entry."""
-        reason = f"cannot be read ({err.strerror or err})"
+    def _skip_or_raise(self, path: str, reason: str) -> None:
+        """A file that cannot be indexed: one-line `DataError` naming it, or a skipped entry."""
         if self.on_error == "fail":
             raise DataError(f"{path}: {reason}") from None
         self.report.skipped.append((path, reason))
 
 
-def _record(path: str, st: os.stat_result, digest: str, metadata_fn: MetadataFn) -> IndexRecord:
-    meta = dict(metadata_fn(path))
+def _record(path: str, st: os.stat_result, digest: str, meta: dict[str, Any]) -> IndexRecord:
     camera = meta.pop("camera", None)
     timestamp = meta.pop("timestamp", None)
     label = meta.pop("label", None)

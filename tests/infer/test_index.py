@@ -9,15 +9,22 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from click.testing import CliRunner
+
+from tal_infer.cli import main as tal_infer
 from tal_infer.errors import DataError
 from tal_infer.images import ImageError
 from tal_infer.index import (GalleryIndex, GalleryIndexError, IndexMismatchError,
                              market_metadata)
+from tal_infer.naming import BadNameError, parse_market_name
+
+from runtime_fixtures import GALLERY_NAMES, QUERY_NAMES, write_crops
 
 SHAPES = {"ds_res4": (2, 6, 4), "di_res4": (6, 4)}
 HERE = Path(__file__).resolve().parent
@@ -141,9 +148,10 @@ def test_metadata_from_names_and_from_a_function(tmp_path):
     _, _ = build(tmp_path / "idx", files + [other])
     records = {Path(r.path).name: r for r in GalleryIndex(tmp_path / "idx", "model-a",
                                                           SHAPES).load().records}
-    assert (records[files[2].name].camera, records[files[2].name].label) == (2, 2)
+    # cameras as the names number them: 0002_c3s1_000002_00.jpg is camera 3
+    assert (records[files[2].name].camera, records[files[2].name].label) == (3, 2)
     assert (records[other.name].camera, records[other.name].label) == (None, None)
-    assert market_metadata(str(files[1])) == {"camera": 1, "label": 1}
+    assert market_metadata(str(files[1])) == {"camera": 2, "label": 1}
 
     def meta(path):
         return {"camera": np.int64(4), "timestamp": 12.5, "label": "alice", "track": 9}
@@ -177,7 +185,7 @@ def test_on_error_skip_and_fail(tmp_path):
     report = index.sync(files + [missing], extract_features, batch_size=3, on_error="skip")
     assert [p for p, _ in report.skipped] == sorted([str(files[2]), str(missing)])
     assert dict(report.skipped)[str(files[2])].startswith("not a readable image")
-    assert "cannot be read" in dict(report.skipped)[str(missing)]
+    assert dict(report.skipped)[str(missing)] == "file not found"
     assert report.added == 6 and len(index.load()) == 6
     assert_consistent(tmp_path / "idx")
 
@@ -191,8 +199,85 @@ def test_on_error_skip_and_fail(tmp_path):
     with pytest.raises(ImageError, match="not a readable image"):
         other.sync(files, extract_features, batch_size=2)
     assert other.load().paths == sorted(str(p) for p in files[:2])  # first batch committed
-    with pytest.raises(DataError, match=r"0009_c1s1_000099_00.jpg: cannot be read"):
+    with pytest.raises(DataError, match=r"0009_c1s1_000099_00.jpg: file not found"):
         other.sync([missing], extract_features)
+
+
+HUGE = "99999999999999999999"  # fits no integer column (SQLite, numpy int64)
+
+
+def test_a_huge_number_in_a_name_is_a_bad_name_not_a_crash(tmp_path):
+    files = make_gallery(tmp_path / "g", 4)
+    huge_pid = tmp_path / "g" / f"{HUGE}_c1s1_000001_00.jpg"
+    huge_cam = tmp_path / "g" / f"0001_c{HUGE}s1_000002_00.jpg"
+    huge_pid.write_bytes(b"a crop")
+    huge_cam.write_bytes(b"another crop")
+    index = GalleryIndex(tmp_path / "idx", "model-a", SHAPES)
+    with pytest.raises(DataError) as err:
+        index.sync(files + [huge_pid], extract_features)
+    assert str(err.value) == (f"{huge_pid}: bad file name: identity number {HUGE} is out of "
+                              "range (at most 2,147,483,647)")
+    report = index.sync(files + [huge_pid, huge_cam], extract_features, on_error="skip")
+    assert [p for p, _ in report.skipped] == sorted([str(huge_pid), str(huge_cam)])
+    assert dict(report.skipped)[str(huge_cam)].startswith("bad file name: camera number")
+    assert index.load().paths == sorted(map(str, files))
+    assert_consistent(tmp_path / "idx")
+
+
+def test_market_names_give_the_camera_as_written_and_counted_from_0():
+    parsed = parse_market_name("0002_c3s1_000451_03.jpg")
+    assert (parsed.pid, parsed.camera, parsed.camid, parsed.sequence, parsed.frame) == (
+        2, 3, 2, 1, 451)
+    assert parse_market_name("-1_c1_000002.jpg")[:2] == (-1, 1)
+    assert parse_market_name("0002_c0s1_000451_03.jpg") is None  # no camera 0 in the layout
+    assert parse_market_name("cam7_frame12.png") is None
+    assert parse_market_name(f"{2**31 - 1}_c{2**31 - 1}_1.jpg")[:2] == (2**31 - 1, 2**31 - 1)
+    with pytest.raises(BadNameError, match=r"camera number 2147483648 is out of range"):
+        parse_market_name(f"0001_c{2**31}_1.jpg")
+
+
+def test_a_fifo_in_the_gallery_is_refused_or_skipped_without_blocking(tmp_path):
+    files = make_gallery(tmp_path / "g", 3)
+    fifo = tmp_path / "g" / "0009_c1s1_000099_00.jpg"
+    os.mkfifo(fifo)
+    index = GalleryIndex(tmp_path / "idx", "model-a", SHAPES)
+    outcome = {}
+
+    def sync(on_error):
+        try:
+            outcome[on_error] = index.sync(files + [fifo], extract_features, on_error=on_error)
+        except DataError as err:
+            outcome[on_error] = err
+
+    for on_error in ("fail", "skip"):
+        worker = threading.Thread(target=sync, args=(on_error,), daemon=True)
+        worker.start()
+        worker.join(30)
+        assert not worker.is_alive(), f"sync blocked on a FIFO (on_error={on_error})"
+    assert str(outcome["fail"]) == (f"{fifo}: is a named pipe (FIFO); only regular files are "
+                                    "read")
+    assert outcome["skip"].skipped == [(str(fifo), "is a named pipe (FIFO); only regular "
+                                                   "files are read")]
+    assert index.load().paths == sorted(map(str, files))
+
+
+def test_tal_infer_refuses_or_skips_a_name_with_a_huge_number(fake_bundle, tmp_path):
+    queries = write_crops(tmp_path / "q", QUERY_NAMES[:2], seed=1)[0].parent
+    gallery = write_crops(tmp_path / "g", GALLERY_NAMES[:4], seed=2)
+    bad = gallery[0].parent / f"{HUGE}_c1s1_000001_00.jpg"
+    bad.write_bytes(gallery[0].read_bytes())
+    args = ["--gallery", gallery[0].parent, "--queries", queries, "--model", fake_bundle,
+            "--quiet", "--device", "cpu", "--index", tmp_path / "idx"]
+    run = lambda *extra: CliRunner().invoke(tal_infer, [str(a) for a in (*args, *extra)])  # noqa: E731
+    refused = run()
+    assert refused.exit_code == 2 and "Traceback" not in refused.output
+    errors = [line for line in refused.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: {bad}: bad file name: identity number {HUGE} is out of range "
+                      "(at most 2,147,483,647)"]
+    skipped = run("--on-error", "skip")
+    assert skipped.exit_code == 0, skipped.output
+    assert f"  {bad}: bad file name: identity number" in skipped.stderr
+    assert "4 added" in skipped.stderr
 
 
 def test_load_maps_features_without_copy(tmp_path):

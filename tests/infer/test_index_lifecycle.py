@@ -6,6 +6,7 @@ import hashlib
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -20,8 +21,8 @@ from tal_infer.index import GalleryIndex, GalleryIndexError
 from tal_infer.index_cli import main as tal_index
 from tal_infer.lifecycle import EntryFilter, parse_duration, parse_time
 
-from test_index import (HERE, SHAPES, assert_consistent, assert_same_contents, build, contents,
-                        extract_features, features_for_digest, make_gallery)
+from test_index import (HERE, SHAPES, CountingExtractor, assert_consistent, assert_same_contents,
+                        build, contents, extract_features, features_for_digest, make_gallery)
 
 T0 = 1_700_000_000.0  # timestamps of the metadata function below: T0 + 100 * i
 
@@ -230,6 +231,53 @@ def test_tal_index_bad_input_is_one_line(tmp_path, args, words):
     assert res.exit_code == 2, res.output
     errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and words in errors[0] and "Traceback" not in res.output
+
+
+def test_cameras_are_numbered_as_in_the_file_names(tmp_path):
+    """c3 in a name is camera 3 in `tal-index info` and `--where camera=3` (the README's
+    example), as users read the names."""
+    files = make_gallery(tmp_path / "g", 9)  # file i is camera i % 3 + 1 (c1, c2, c3)
+    build(tmp_path / "idx", files)
+    res = tal_index_run("info", tmp_path / "idx")
+    assert res.exit_code == 0 and "cameras: 1, 2, 3\n" in res.output, res.output
+    res = tal_index_run("remove", tmp_path / "idx", "--where", "camera=3", "--delete-files")
+    assert res.exit_code == 0 and "removed 3 entries (6 left)" in res.output, res.output
+    c3 = [f for f in files if "_c3s1_" in f.name]
+    assert len(c3) == 3 and not any(f.exists() for f in c3)
+    assert all(f.exists() for f in files if f not in c3)
+    left = GalleryIndex.open(tmp_path / "idx").load().paths
+    assert {Path(p).name.split("_")[1][:2] for p in left} == {"c1", "c2"}
+
+
+def _as_written_before(index: Path) -> None:
+    """The catalog as the version that numbered cameras from 0 wrote it."""
+    with sqlite3.connect(index / "index.sqlite") as con:
+        con.execute("UPDATE items SET camera = camera - 1")
+        con.execute("DELETE FROM info WHERE key = 'camera_numbering'")
+
+
+def test_an_index_with_cameras_numbered_from_0_is_renumbered_by_the_next_sync(tmp_path):
+    files = make_gallery(tmp_path / "g", 9)
+    build(tmp_path / "idx", files)
+    _as_written_before(tmp_path / "idx")
+    before = index_bytes(tmp_path / "idx")
+    res = tal_index_run("remove", tmp_path / "idx", "--where", "camera=2", "--delete-files")
+    assert res.exit_code == 2 and all(f.exists() for f in files)
+    errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "numbers cameras from 0" in errors[0], res.output
+    assert "tal-infer --index" in errors[0]
+    assert index_bytes(tmp_path / "idx") == before
+    res = tal_index_run("info", tmp_path / "idx")
+    assert res.exit_code == 0 and "cameras: 0, 1, 2 (numbered from 0" in res.output
+    res = tal_index_run("remove", tmp_path / "idx", "--where", "label=1", "--dry-run")
+    assert res.exit_code == 0 and "would remove 2 entries" in res.output  # not a camera filter
+
+    extractor = CountingExtractor()
+    report = GalleryIndex(tmp_path / "idx", "model-a", SHAPES).sync(files, extractor)
+    assert extractor.seen == [] and report.unchanged == 9  # metadata only, no extraction
+    assert "cameras: 1, 2, 3\n" in tal_index_run("info", tmp_path / "idx").output
+    res = tal_index_run("remove", tmp_path / "idx", "--where", "camera=2")
+    assert res.exit_code == 0 and "removed 3 entries (6 left)" in res.output
 
 
 def test_open_reads_the_model_from_the_index_itself(tmp_path):
