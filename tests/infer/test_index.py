@@ -278,6 +278,12 @@ def test_tal_infer_refuses_or_skips_a_name_with_a_huge_number(fake_bundle, tmp_p
     assert skipped.exit_code == 0, skipped.output
     assert f"  {bad}: bad file name: identity number" in skipped.stderr
     assert "4 added" in skipped.stderr
+    bad.rename(bad.with_name(f"0001_c{HUGE}s1_000001_00.jpg"))  # camera exclusion, no index
+    res = CliRunner().invoke(tal_infer, [str(a) for a in (*args[:-2], "--exclude-same-camera")])
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: 0001_c{HUGE}s1_000001_00.jpg: bad file name: camera number "
+                      f"{HUGE} is out of range (at most 2,147,483,647)"]
 
 
 def test_load_maps_features_without_copy(tmp_path):
