@@ -71,8 +71,9 @@ def info(index_dir: Path) -> None:
 @click.option("--path", "paths", multiple=True, type=click.Path(path_type=Path),
               help="An entry's crop file (its id in the index); repeatable.")
 @click.option("--where", "where", multiple=True, metavar="KEY=VALUE",
-              help="Metadata condition (camera, label or an extra key); repeatable, all must "
-                   "hold. VALUE is read as JSON where it parses (3, \"x\"), else as text.")
+              help="Metadata condition (camera, as the file names number it: c3 is 3; label; "
+                   "or an extra key); repeatable, all must hold; an unknown key is an error. "
+                   "VALUE is read as JSON where it parses (3, true, \"x\"), else as text.")
 @click.option("--before", metavar="TIME",
               help="Entry time (timestamp, else file time) before TIME: seconds since the "
                    "epoch or an ISO 8601 date/time (UTC unless it says).")
@@ -89,9 +90,12 @@ def remove(index_dir: Path, paths: tuple[Path, ...], where: tuple[str, ...], bef
     if paths:
         wanted = {os.path.abspath(p) for p in paths}
         chosen = [path for path in index.load().paths if path in wanted]
+        asked = " ".join(f"--path {p}" for p in paths)
     else:
         chosen = [rec.path for rec in index.select(EntryFilter.parse(where, before))]
-    _erase(index, chosen, delete_files, dry_run)
+        asked = " ".join([*(f"--where {w}" for w in where),
+                          *([f"--before {before}"] if before is not None else [])])
+    _erase(index, chosen, asked, delete_files, dry_run)
 
 
 @main.command(epilog=EPILOG)
@@ -109,7 +113,7 @@ def retain(index_dir: Path, max_age: str, now: str | None, delete_files: bool,
     cutoff = (time.time() if now is None else parse_time(now)) - parse_duration(max_age)
     index = GalleryIndex.open(index_dir)
     chosen = [rec.path for rec in index.select(EntryFilter(before=cutoff))]
-    _erase(index, chosen, delete_files, dry_run)
+    _erase(index, chosen, f"--max-age {max_age}", delete_files, dry_run)
 
 
 @main.command(epilog=EPILOG)
@@ -124,9 +128,14 @@ def compact(index_dir: Path) -> None:
                "bytes")
 
 
-def _erase(index: GalleryIndex, chosen: list[str], delete_files: bool, dry_run: bool) -> None:
-    """Erase the entries ``chosen`` (paths): crop files first (when asked), then the index, so
-    a run killed in between leaves entries that the same command, run again, still selects."""
+def _erase(index: GalleryIndex, chosen: list[str], asked: str, delete_files: bool,
+           dry_run: bool) -> None:
+    """Erase the entries ``chosen`` (paths) by the options ``asked``: crop files first (when
+    asked), then the index, so a run killed in between leaves entries that the same command,
+    run again, still selects."""
+    if not chosen:
+        click.echo(f"no entry matches {asked}; nothing removed")
+        return
     if dry_run:
         for path in chosen:
             click.echo(path)

@@ -4,7 +4,12 @@ One `EntryFilter` serves the in-memory `Gallery` and the persistent `GalleryInde
 condition it names must hold (camera, label, any extra metadata key, a timestamp before a
 cut-off). An empty filter is refused, so a typo can never erase a whole gallery. The CLI
 builds filters from ``--where KEY=VALUE`` (values read as JSON where they parse, else as
-text: ``camera=3`` is the number 3, ``name=ann`` the text "ann") and ``--before TIME``.
+text: ``camera=3`` is the number 3, ``name=ann`` the text "ann") and ``--before TIME``; a key
+given twice with different values can never hold and is refused.
+
+Values compare with their type: ``true`` is not the number 1 (Python's ``True == 1`` would
+erase label 1), while 17 and 17.0 are the same number. `require_keys` refuses a key no entry
+has, which would otherwise select nothing without a word (``lable=17``).
 
 Times and durations must be finite: every comparison with NaN is false, so a cut-off of NaN
 (or infinity) would select every entry ("older than NaN") and erase the whole gallery.
@@ -42,19 +47,41 @@ class EntryFilter:
         if self.before is not None and (timestamp is None or math.isnan(timestamp)
                                         or timestamp >= self.before):
             return False
-        return all(key in metadata and metadata[key] == value
+        return all(key in metadata and _same(metadata[key], value)
                    for key, value in self.fields.items())
+
+    def require_keys(self, known: Iterable[str]) -> None:
+        """`TalError` for a field that is none of the ``known`` keys (the entries' fields)."""
+        known = sorted(set(known))
+        for key in self.fields:
+            if key not in known:
+                raise TalError(f"unknown filter key {key!r} (the entries have "
+                               f"{', '.join(known) or 'no fields'})")
 
     @classmethod
     def parse(cls, where: Iterable[str], before: str | None = None) -> "EntryFilter":
-        """From ``KEY=VALUE`` strings and a time (`parse_time`); `TalError` on bad syntax."""
-        fields = {}
+        """From ``KEY=VALUE`` strings and a time (`parse_time`); `TalError` on bad syntax or a
+        key given twice with different values."""
+        fields: dict[str, Any] = {}
         for item in where:
             key, sep, text = item.partition("=")
-            if not sep or not key.strip():
+            key, value = key.strip(), _value(text)
+            if not sep or not key:
                 raise TalError(f"--where {item!r}: expected KEY=VALUE, e.g. camera=3")
-            fields[key.strip()] = _value(text)
+            if key in fields and not _same(fields[key], value):
+                raise TalError(f"--where {key}={json.dumps(fields[key])} and "
+                               f"{key}={json.dumps(value)}: an entry has one {key}, so both "
+                               "cannot hold (every --where must hold); run one command per "
+                               "value")
+            fields[key] = value
         return cls(fields, None if before is None else parse_time(before))
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal as metadata values: a boolean equals only a boolean."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return type(a) is type(b) and a == b
+    return a == b
 
 
 def _value(text: str) -> Any:

@@ -51,15 +51,16 @@ def record_matches(entries: EntryFilter, record: IndexRecord) -> bool:
 
 def selected(entries: EntryFilter, info: catalog.Info,
              records: list[IndexRecord]) -> list[IndexRecord]:
-    """The records a filter selects. A camera filter on a catalog that numbers cameras from 0
-    (written before cameras were numbered as the file names do) is refused: ``camera=3``
-    would select the crops named ``c4``."""
+    """The records a filter selects; a key none of them has is refused (`require_keys`), and
+    so is a camera filter on a catalog that numbers cameras from 0 (written before cameras
+    were numbered as the file names do): ``camera=3`` would select the crops named ``c4``."""
     if "camera" in entries.fields and info.camera_numbering != catalog.CAMERAS_AS_NAMED:
         raise GalleryIndexError(
             f"the index numbers cameras from 0 (c1 = 0; written by an earlier version), so "
             f"camera={entries.fields['camera']} would not mean c{entries.fields['camera']}; "
             "sync it once (tal-infer --index, or GalleryIndex.sync) to number its cameras as "
             "the file names do, then filter by camera")
+    entries.require_keys({"camera", "label"}.union(*(rec.extra for rec in records)))
     return [rec for rec in records if record_matches(entries, rec)]
 
 

@@ -340,3 +340,54 @@ def test_non_finite_cutoffs_are_refused_by_the_api(tmp_path, cutoff):
     with pytest.raises(TalError, match="finite"):
         gallery.drop_older_than(cutoff)
     assert len(index.load()) == 3 and len(gallery) == 2
+
+
+# -- --where: every condition holds, values keep their type, keys must exist ----------------
+
+def test_repeated_where_keys_must_agree():
+    assert EntryFilter.parse(["camera=3", "camera=3"]).fields == {"camera": 3}
+    with pytest.raises(TalError, match=r"--where camera=1 and camera=2: an entry has one "
+                                       r"camera, so both cannot hold"):
+        EntryFilter.parse(["camera=1", "label=4", "camera=2"])
+
+
+def test_values_compare_with_their_type():
+    flag = EntryFilter({"label": True})
+    assert flag.matches({"label": True}, None)
+    assert not flag.matches({"label": 1}, None) and not flag.matches({"label": 1.0}, None)
+    assert not EntryFilter({"label": 1}).matches({"label": True}, None)
+    assert not EntryFilter({"label": 0}).matches({"label": False}, None)
+    assert EntryFilter({"label": 17}).matches({"label": 17.0}, None)  # the same number
+    assert not EntryFilter({"label": "17"}).matches({"label": 17}, None)
+
+
+@pytest.mark.parametrize("where, words", [
+    (["lable=17"], "unknown filter key 'lable' (the entries have camera, label, track)"),
+    (["camera=1", "trak=t1"], "unknown filter key 'trak'"),
+])
+def test_unknown_where_keys_are_refused_naming_the_known_ones(tmp_path, where, words):
+    files = make_gallery(tmp_path / "g", 6)
+    index = indexed(tmp_path / "idx", files)
+    before = index_bytes(tmp_path / "idx")
+    args = [a for w in where for a in ("--where", w)]
+    res = tal_index_run("remove", tmp_path / "idx", *args, "--delete-files")
+    assert res.exit_code == 2, res.output
+    errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and words in errors[0], res.output
+    assert all(f.exists() for f in files) and index_bytes(tmp_path / "idx") == before
+    with pytest.raises(TalError, match="unknown filter key"):
+        index.remove_where(EntryFilter.parse(where))
+
+
+def test_a_filter_that_matches_nothing_says_so(tmp_path):
+    files = make_gallery(tmp_path / "g", 6)
+    indexed(tmp_path / "idx", files)
+    res = tal_index_run("remove", tmp_path / "idx", "--where", "label=true")
+    assert res.exit_code == 0, res.output
+    assert res.output.splitlines() == ["no entry matches --where label=true; nothing removed"]
+    res = tal_index_run("remove", tmp_path / "idx", "--path", tmp_path / "g" / "x.jpg")
+    assert res.output.splitlines() == [f"no entry matches --path {tmp_path / 'g' / 'x.jpg'}; "
+                                       "nothing removed"]
+    res = tal_index_run("retain", tmp_path / "idx", "--max-age", "2w", "--now", T0)
+    assert res.output.splitlines() == ["no entry matches --max-age 2w; nothing removed"]
+    assert len(GalleryIndex.open(tmp_path / "idx").load()) == 6
