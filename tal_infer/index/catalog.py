@@ -79,13 +79,17 @@ def connect(path: Path) -> sqlite3.Connection:
 
 @contextlib.contextmanager
 def transaction(con: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """One write transaction. On any failure it is rolled back, unless SQLite already did (it
+    does on some errors, e.g. a full disk); the original error is what propagates."""
     con.execute("BEGIN IMMEDIATE")
     try:
         yield con
+        con.execute("COMMIT")
     except BaseException:
-        con.execute("ROLLBACK")
+        if con.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                con.execute("ROLLBACK")
         raise
-    con.execute("COMMIT")
 
 
 def read_info(con: sqlite3.Connection) -> dict[str, str]:

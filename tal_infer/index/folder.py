@@ -6,7 +6,8 @@
   feature files), so no other file is ever deleted.
 - Writer lock: one writer at a time (``flock`` on ``lock``); readers need no lock, since a
   writer never modifies committed bytes.
-- Catalog connections: SQLite failures become one line (damage, or an unusable file).
+- Catalog connections: SQLite failures become one line (damage, a full disk, or an unusable
+  file).
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Iterator
 
 from . import catalog
-from .errors import GalleryIndexError, damaged
+from .errors import GalleryIndexError, damaged, no_space
 from .store import is_generation_folder
 
 try:
@@ -49,7 +50,10 @@ class IndexFolder:
             finally:
                 con.close()
         except sqlite3.DatabaseError as err:
-            if str(getattr(err, "sqlite_errorname", "")).startswith(_DAMAGE_CODES):
+            code = str(getattr(err, "sqlite_errorname", ""))
+            if code == "SQLITE_FULL":
+                raise no_space(self.path, "the catalog") from None
+            if code.startswith(_DAMAGE_CODES):
                 raise damaged(self.path, f"cannot use the index catalog {CATALOG} "
                                          f"({err})") from None
             raise GalleryIndexError(f"{self.catalog}: cannot use the index catalog "

@@ -14,6 +14,7 @@ reading past the end or padding the gap with zeros.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -22,7 +23,7 @@ from typing import Mapping
 
 import numpy as np
 
-from .errors import damaged
+from .errors import damaged, write_error
 
 # The feature dtypes an index stores, with their files' suffix.
 SUFFIXES = {"float16": ".f16", "float32": ".f32"}
@@ -83,20 +84,26 @@ class FeatureStore:
                                          f"{path.relative_to(self.root)} {held}")
 
     def append(self, generation: int, committed: int, arrays: Mapping[str, np.ndarray]) -> None:
-        """Durably write ``arrays`` as rows ``committed..``; visible once the catalog commits."""
+        """Durably write ``arrays`` as rows ``committed..``; visible once the catalog commits.
+        A failed write (a full disk) is cut off again, giving its space back, and raised as
+        one line (`write_error`)."""
         self.check(generation, committed)
         folder = self.folder(generation)
-        if not folder.is_dir():
-            folder.mkdir()
-            _sync_folder(self.root)
-        for key, array in arrays.items():
-            with open(self.file(generation, key), "ab+") as f:
-                f.truncate(committed * self.row_bytes[key])  # drop an interrupted write (only)
-                f.seek(0, os.SEEK_END)
-                f.write(np.ascontiguousarray(array, dtype=self.dtype).tobytes())
-                f.flush()
-                _fsync(f.fileno())
-        _sync_folder(folder)
+        try:
+            if not folder.is_dir():
+                folder.mkdir()
+                _sync_folder(self.root)
+            for key, array in arrays.items():
+                with open(self.file(generation, key), "ab+") as f:
+                    f.truncate(committed * self.row_bytes[key])  # an interrupted write (only)
+                    f.seek(0, os.SEEK_END)
+                    f.write(np.ascontiguousarray(array, dtype=self.dtype).tobytes())
+                    f.flush()
+                    _fsync(f.fileno())
+            _sync_folder(folder)
+        except OSError as err:
+            self._cut_to(generation, committed)
+            raise write_error(self.root, "feature files", err) from None
 
     def open(self, generation: int, rows: int) -> dict[str, np.ndarray]:
         """Read-only memory maps ``[rows, *shape]`` of the committed rows (no copy).
@@ -119,19 +126,32 @@ class FeatureStore:
 
     def write_generation(self, generation: int, source: Mapping[str, np.ndarray],
                          order: np.ndarray) -> None:
-        """Durably write a new generation holding ``source[key][order]`` for every key."""
+        """Durably write a new generation holding ``source[key][order]`` for every key. A
+        failed write (a full disk) deletes the partial generation and is raised as one line
+        (`write_error`)."""
         folder = self.folder(generation)
         _remove_tree(folder)  # a leftover of an interrupted compaction
-        folder.mkdir()
-        for key in self.shapes:
-            with open(self.file(generation, key), "wb") as f:
-                for start in range(0, len(order), _COPY_ROWS):
-                    rows = source[key][order[start:start + _COPY_ROWS]]
-                    f.write(np.ascontiguousarray(rows, dtype=self.dtype).tobytes())
-                f.flush()
-                _fsync(f.fileno())
-        _sync_folder(folder)
-        _sync_folder(self.root)
+        try:
+            folder.mkdir()
+            for key in self.shapes:
+                with open(self.file(generation, key), "wb") as f:
+                    for start in range(0, len(order), _COPY_ROWS):
+                        rows = source[key][order[start:start + _COPY_ROWS]]
+                        f.write(np.ascontiguousarray(rows, dtype=self.dtype).tobytes())
+                    f.flush()
+                    _fsync(f.fileno())
+            _sync_folder(folder)
+            _sync_folder(self.root)
+        except OSError as err:
+            _remove_tree(folder)
+            raise write_error(self.root, "feature files", err) from None
+
+    def _cut_to(self, generation: int, rows: int) -> None:
+        """Best effort after a failed append: the files back to their ``rows`` committed rows
+        (otherwise the next append cuts them)."""
+        for key, row_bytes in self.row_bytes.items():
+            with contextlib.suppress(OSError):
+                os.truncate(self.file(generation, key), rows * row_bytes)
 
     def generations(self) -> list[int]:
         """The generation numbers of the feature folders present."""

@@ -24,7 +24,6 @@ from ..naming import parse_market_name
 from ..user_files import check_regular
 from . import catalog
 from .catalog import IndexRecord
-from .errors import GalleryIndexError
 from .store import FeatureStore
 
 ExtractFn = Callable[[list[str]], Mapping[str, np.ndarray]]
@@ -112,11 +111,7 @@ class Sync:
         records, arrays = self._extract(records)
         info = catalog.parse_info(catalog.read_info(self.con))
         if records:
-            try:
-                self.store.append(info.generation, info.rows, arrays)
-            except OSError as err:  # disk full, folder gone: the catalog is still consistent
-                raise GalleryIndexError(f"{self.store.root}: cannot write features "
-                                        f"({err.strerror or err})") from None
+            self.store.append(info.generation, info.rows, arrays)
         done = {r.path for r in records}
         with catalog.transaction(self.con):
             catalog.delete_items(self.con, [p for p in batch if p in known and p not in done])

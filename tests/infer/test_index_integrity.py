@@ -170,19 +170,3 @@ def test_an_sqlite_file_of_another_program_is_not_initialized(tmp_path):
         with pytest.raises(GalleryIndexError, match="not a gallery index catalog"):
             GalleryIndex(folder, "model-a", SHAPES, rebuild=rebuild)
     assert snapshot_bytes(folder) == before
-
-
-def test_a_failed_feature_write_is_one_line_and_the_index_stays_usable(built, monkeypatch):
-    index, files = built
-    records, _ = contents(index)
-
-    def disk_full(self, generation, committed, arrays):
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(FeatureStore, "append", disk_full)
-    with pytest.raises(GalleryIndexError, match=r"cannot write features \(No space left on "
-                                                r"device\)$"):
-        GalleryIndex(index, "model-a", SHAPES).sync(
-            files + [market_file(files[0].parent, 30)], extract_features)
-    monkeypatch.undo()
-    assert contents(index)[0] == records
