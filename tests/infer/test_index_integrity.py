@@ -2,15 +2,20 @@
 and `rebuild=True` starts it over, but only in a folder holding nothing but index files."""
 from __future__ import annotations
 
+import re
 import shutil
 import sqlite3
 from pathlib import Path
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
+
+from tal_infer.cli import main as tal_infer
 
 from tal_infer.index import (GalleryIndex, GalleryIndexError, IndexDamagedError,
                              IndexMismatchError)
+from tal_infer.index.contents import _non_finite_rows
 from tal_infer.index.store import FeatureStore
 
 from test_index import (SHAPES, CountingExtractor, assert_same_contents, build, contents,
@@ -170,3 +175,62 @@ def test_an_sqlite_file_of_another_program_is_not_initialized(tmp_path):
         with pytest.raises(GalleryIndexError, match="not a gallery index catalog"):
             GalleryIndex(folder, "model-a", SHAPES, rebuild=rebuild)
     assert snapshot_bytes(folder) == before
+
+
+def poison(index: Path, row: int, key: str = "di_res4", value=np.nan) -> None:
+    """Overwrite one value of a stored row (a flipped bit, a bad disk block)."""
+    path = feature_file(index, key)
+    data = bytearray(path.read_bytes())
+    at = row * ROW_BYTES[key] + 6
+    data[at:at + 2] = np.array([value], "<f2").tobytes()
+    path.write_bytes(bytes(data))
+
+
+def test_non_finite_stored_features_name_the_damaged_entries(built):
+    index, files = built
+    contents_ = GalleryIndex(index, "model-a", SHAPES).load()
+    by_row = {int(r): rec.path for r, rec in zip(contents_.rows, contents_.records)}
+    poison(index, 2)
+    poison(index, 5, "ds_res4", np.inf)
+    loaded = GalleryIndex(index, "model-a", SHAPES).load()  # not read yet: opening stays cheap
+    want = (rf"index is damaged: features-0/di_res4.f16 holds NaN or infinite values for 1 "
+            rf"entries \({re.escape(by_row[2])}\)")
+    with pytest.raises(IndexDamagedError, match=want):
+        list(loaded.iter_chunks(3))
+    column = [rec.path for rec in loaded.records].index(by_row[5])
+    with pytest.raises(IndexDamagedError, match=rf"ds_res4.f16 holds NaN or infinite values for "
+                                                rf"1 entries \({re.escape(by_row[5])}\)"):
+        loaded.take([0, column])
+    fine = [i for i, rec in enumerate(loaded.records) if rec.path not in (by_row[2], by_row[5])]
+    assert len(loaded.take(fine)["di_res4"]) == 5  # the other entries stay usable
+
+
+@pytest.mark.parametrize("dtype", ["<f2", "<f4", "<f8"])
+def test_the_bit_level_check_finds_exactly_the_non_finite_rows(dtype):
+    values = np.random.default_rng(4).standard_normal((50, 7, 3)).astype(dtype)
+    values[3, 1, 2], values[10, 0, 0], values[11, 6, 2] = np.nan, np.inf, -np.inf
+    values[20, 0, 0], values[21, 0, 0] = np.finfo(dtype).max, -np.finfo(dtype).max  # finite
+    values[22, 0, 0] = np.finfo(dtype).smallest_subnormal
+    assert np.flatnonzero(_non_finite_rows(values)).tolist() == [3, 10, 11]
+    assert np.flatnonzero(_non_finite_rows(values[::-1])).tolist() == [38, 39, 46]  # a view
+
+
+def test_tal_infer_on_an_index_with_nan_features_is_one_line(fake_bundle, crop_folders,
+                                                            tmp_path):
+    queries, gallery = crop_folders
+    args = [str(a) for a in ("--gallery", gallery, "--queries", queries, "--model", fake_bundle,
+                             "--quiet", "--device", "cpu", "--index", tmp_path / "idx")]
+    assert CliRunner().invoke(tal_infer, args).exit_code == 0
+    records = GalleryIndex.open(tmp_path / "idx").load()
+    victim = records.records[3].path
+    path = sorted((tmp_path / "idx").glob("features-*/*.f32"))[0]
+    row_bytes = path.stat().st_size // len(records)
+    data = bytearray(path.read_bytes())
+    at = int(records.rows[3]) * row_bytes
+    data[at:at + 4] = np.array([np.nan], "<f4").tobytes()
+    path.write_bytes(bytes(data))
+    res = CliRunner().invoke(tal_infer, args)
+    assert res.exit_code == 2 and "Traceback" not in res.output, res.output
+    errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and f"holds NaN or infinite values for 1 entries ({victim})" in \
+        errors[0], res.stderr
