@@ -108,6 +108,10 @@ def test_bytes_past_the_committed_rows_are_an_interrupted_write_not_damage(built
      "cannot use the index catalog index.sqlite (file is not a database)"),
     (lambda ix: sql(ix, "UPDATE items SET row = 9 WHERE row = 2"),
      "items name feature rows 0..9 of 7 committed"),
+    (lambda ix: sql(ix, "UPDATE items SET row = 7 WHERE row = 2"),  # one past the last row
+     "items name feature rows 0..7 of 7 committed"),
+    (lambda ix: sql(ix, "UPDATE items SET row = -1 WHERE row = 2"),
+     "items name feature rows -1..6 of 7 committed"),
     (lambda ix: sql(ix, "UPDATE items SET row = 1 WHERE row = 2"),
      "1 items share a feature row"),
     (lambda ix: sql(ix, "UPDATE info SET value = 'seven' WHERE key = 'rows'"),
