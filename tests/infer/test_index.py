@@ -4,7 +4,6 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
-import random
 import shutil
 import signal
 import subprocess
@@ -333,44 +332,41 @@ def test_second_writer_is_refused(tmp_path):
 # -- crash safety: a real subprocess, killed with SIGKILL ------------------------------------
 
 CHILD = """
-import sys, time
+import os, signal, sys
 sys.path.insert(0, {here!r})
 import crash_points
 from test_index import SHAPES, extract_features
 from tal_infer.index import GalleryIndex
 
 index_dir, list_file = sys.argv[1], sys.argv[2]
-kill_at, delay = int(sys.argv[3]), float(sys.argv[4])
+kill_at, kill_in_batch = int(sys.argv[3]), int(sys.argv[4])
 crash_points.install(kill_at)
+batches = 0
 
 def extract(paths):
-    time.sleep(delay)
+    global batches
+    batches += 1
+    if batches == kill_in_batch:
+        os.kill(os.getpid(), signal.SIGKILL)
     return extract_features(paths)
 
 paths = open(list_file).read().split("\\n")
-print("ready", flush=True)
 GalleryIndex(index_dir, "model-a", SHAPES).sync(paths, extract, batch_size=3)
 """
 
 
-def run_child(index_dir: Path, files: list[Path], kill_at: int = 0, delay: float = 0.0,
-              kill_after: float | None = None) -> int:
-    """Sync in a fresh interpreter, SIGKILLed at its kill_at-th step (after each fsync, before
-    and after each folder removal, before and after each commit) or after kill_after seconds.
-    Returns the exit code (-9 when killed)."""
+def run_child(index_dir: Path, files: list[Path], kill_at: int = 0,
+              kill_in_batch: int = 0) -> int:
+    """Sync in a fresh interpreter, SIGKILLed at its kill_at-th durability step (after each
+    fsync, before and after each folder removal, before and after each commit;
+    crash_points.py) or while extracting its kill_in_batch-th batch; 0: never. Returns the
+    exit code (-9 when killed)."""
     list_file = index_dir.parent / f"{index_dir.name}.txt"
     list_file.write_text("\n".join(str(p) for p in files))
-    proc = subprocess.Popen(
+    proc = subprocess.run(
         [sys.executable, "-c", CHILD.format(here=str(HERE)), str(index_dir), str(list_file),
-         str(kill_at), str(delay)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    if kill_after is not None:
-        assert proc.stdout.readline() == "ready\n"
-        try:
-            proc.wait(kill_after)
-        except subprocess.TimeoutExpired:
-            proc.send_signal(signal.SIGKILL)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode in (0, -signal.SIGKILL), err[-2000:]
+         str(kill_at), str(kill_in_batch)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode in (0, -signal.SIGKILL), proc.stderr[-2000:]
     return proc.returncode
 
 
@@ -388,16 +384,19 @@ def test_build_killed_repeatedly_resumes_to_a_clean_build(tmp_path):
     assert_same_contents(target, tmp_path / "clean")
 
 
-def test_build_killed_at_random_times_resumes_to_a_clean_build(tmp_path):
-    files = make_gallery(tmp_path / "g", 18)
+def test_build_killed_while_extracting_resumes_to_a_clean_build(tmp_path):
+    """Killed inside extract_fn (between durability steps, where a kill by a timer lands
+    most often): the batches committed before stay, the rest is extracted on resume."""
+    files = make_gallery(tmp_path / "g", 18)  # 6 batches of 3
     build(tmp_path / "clean", files)
     target = tmp_path / "killed"
-    rng = random.Random(0)
-    codes = [run_child(target, files, delay=0.02, kill_after=rng.uniform(0.0, 0.08))
-             for _ in range(4)]
-    assert -signal.SIGKILL in codes
-    assert_consistent(target)
-    run_child(target, files)
+    committed = []
+    for kill_in_batch in (3, 1, 2):  # each run resumes, then is killed in a later batch
+        assert run_child(target, files, kill_in_batch=kill_in_batch) == -signal.SIGKILL
+        assert_consistent(target)
+        committed.append(len(contents(target)[0]))
+    assert committed == [6, 6, 9]  # 2 batches, none more, 1 more
+    assert run_child(target, files) == 0
     assert_same_contents(target, tmp_path / "clean")
 
 
