@@ -21,9 +21,10 @@ from tal_infer.cli import main
 from tal_infer.errors import TalError
 from tal_infer.index import IndexContents, IndexRecord
 
+from optional_modules import require
 from runtime_fixtures import GALLERY_NAMES, QUERY_NAMES, person_crop, write_crops
 
-faiss = pytest.importorskip("faiss")
+faiss = require("faiss")
 ROOT = Path(__file__).resolve().parents[2]
 
 
