@@ -292,7 +292,7 @@ def test_open_reads_the_model_from_the_index_itself(tmp_path):
 # -- the in-memory Gallery -------------------------------------------------------------------
 
 def test_gallery_remove_where_and_drop_older_than():
-    rng = np.random.default_rng()
+    rng = np.random.default_rng(1)
     feats = {"di_res4": rng.standard_normal((6, 4, 3)).astype(np.float32)}
     gallery = Gallery()
     ids = gallery.add(feats, camera=[0, 1, 1, 2, None, 1], timestamp=[5, 6, 7, 8, 9, None],
