@@ -7,7 +7,8 @@
 - Writer lock: one writer at a time (``flock`` on ``lock``); readers need no lock, since a
   writer never modifies committed bytes.
 - Catalog connections: SQLite failures become one line (damage, a full disk, or an unusable
-  file).
+  file). Catalog, lock and feature files must be regular files: a FIFO would block SQLite or
+  the lock for ever.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from typing import Iterator
 
 from . import catalog
 from .errors import GalleryIndexError, damaged, no_space
+from ..user_files import UserFileError, check_regular
 from .store import is_generation_folder
 
 try:
@@ -43,6 +45,11 @@ class IndexFolder:
     def connect(self) -> Iterator[sqlite3.Connection]:
         """A connection to the catalog; SQLite failures (damaged file, locked) become one
         line."""
+        if os.path.lexists(self.catalog):  # SQLite would block on a FIFO for ever
+            try:
+                check_regular(self.catalog)
+            except UserFileError as err:
+                raise damaged(self.path, f"{CATALOG} {err.problem}") from None
         try:
             con = catalog.connect(self.catalog)
             try:
@@ -64,7 +71,12 @@ class IndexFolder:
         """Exclusive writer lock; the folder is created (or vetted) first."""
         try:
             self._prepare()
-            lock = open(self.path / "lock", "ab")
+            lock_file = self.path / "lock"
+            if os.path.lexists(lock_file):  # opening a FIFO to write blocks for ever
+                check_regular(lock_file)
+            lock = open(lock_file, "ab")
+        except UserFileError as err:
+            raise GalleryIndexError(str(err)) from None
         except OSError as err:
             raise GalleryIndexError(f"{self.path}: cannot write the index there "
                                     f"({err.strerror or err})") from None

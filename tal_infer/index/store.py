@@ -23,6 +23,7 @@ from typing import Mapping
 
 import numpy as np
 
+from ..user_files import UserFileError, check_regular
 from .errors import damaged, write_error
 
 # The feature dtypes an index stores, with their files' suffix.
@@ -68,20 +69,26 @@ class FeatureStore:
         return self.folder(generation) / f"{key}{SUFFIXES[self.dtype_name]}"
 
     def check(self, generation: int, rows: int) -> None:
-        """Raise `IndexDamagedError` unless every feature file holds the ``rows`` committed
-        rows (a missing file holds none; bytes past them are an interrupted write's)."""
-        if rows == 0:
-            return
+        """Raise `IndexDamagedError` unless every feature file is a regular file holding the
+        ``rows`` committed rows (a missing file holds none; bytes past them are an interrupted
+        write's)."""
         for key, row_bytes in self.row_bytes.items():
             path = self.file(generation, key)
-            try:
-                size = path.stat().st_size
-            except FileNotFoundError:
-                size = None
-            if size is None or size < rows * row_bytes:
+            size = self._size(path)
+            if rows and (size is None or size < rows * row_bytes):
                 held = "is missing" if size is None else f"holds {size // row_bytes} of them"
                 raise damaged(self.root, f"the catalog commits {rows} feature rows, "
                                          f"{path.relative_to(self.root)} {held}")
+
+    def _size(self, path: Path) -> int | None:
+        """The size of a feature file, None when there is none; `IndexDamagedError` when it is
+        not a regular file (a FIFO would block a read, a device never end it)."""
+        if not os.path.lexists(path):
+            return None
+        try:
+            return check_regular(path).st_size
+        except UserFileError as err:
+            raise damaged(self.root, f"{path.relative_to(self.root)} {err.problem}") from None
 
     def append(self, generation: int, committed: int, arrays: Mapping[str, np.ndarray]) -> None:
         """Durably write ``arrays`` as rows ``committed..``; visible once the catalog commits.
@@ -112,7 +119,7 @@ class FeatureStore:
         generation: the caller decides) and `IndexDamagedError` for a short one.
         """
         for key in self.shapes:
-            if rows and not self.file(generation, key).is_file():
+            if rows and not os.path.lexists(self.file(generation, key)):
                 raise FileNotFoundError(self.file(generation, key))
         self.check(generation, rows)
         maps = {}

@@ -2,9 +2,11 @@
 and `rebuild=True` starts it over, but only in a folder holding nothing but index files."""
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import sqlite3
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -238,3 +240,53 @@ def test_tal_infer_on_an_index_with_nan_features_is_one_line(fake_bundle, crop_f
     errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and f"holds NaN or infinite values for 1 entries ({victim})" in \
         errors[0], res.stderr
+
+
+def _within(seconds: float, fn, *args):
+    """fn(*args) in a daemon thread: its result or exception, or AssertionError if it blocks."""
+    outcome = {}
+
+    def call():
+        try:
+            outcome["value"] = fn(*args)
+        except BaseException as err:  # noqa: BLE001 - handed to the test
+            outcome["error"] = err
+
+    worker = threading.Thread(target=call, daemon=True)
+    worker.start()
+    worker.join(seconds)
+    assert not worker.is_alive(), f"{fn.__name__} blocked"
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
+def test_special_files_in_an_index_are_refused_without_blocking(built, tmp_path):
+    index, files = built
+    opened = GalleryIndex(index, "model-a", SHAPES)
+    data = feature_file(index)
+    data.unlink()
+    os.mkfifo(data)
+    with pytest.raises(IndexDamagedError, match=r"features-0/di_res4.f16 is a named pipe \(FIFO\)"
+                                                r"; only regular files are read"):
+        _within(30, opened.load)
+    data.unlink()
+    data.symlink_to("/dev/zero")
+    with pytest.raises(IndexDamagedError, match=r"features-0/di_res4.f16 is a device"):
+        _within(30, opened.load)
+
+    build(tmp_path / "fifo-catalog", files)
+    catalog_file = tmp_path / "fifo-catalog" / "index.sqlite"
+    catalog_file.unlink()
+    os.mkfifo(catalog_file)
+    with pytest.raises(IndexDamagedError, match=r"index.sqlite is a named pipe \(FIFO\)"):
+        _within(30, GalleryIndex, tmp_path / "fifo-catalog", "model-a", SHAPES)
+    rebuilt = _within(30, lambda: GalleryIndex(tmp_path / "fifo-catalog", "model-a", SHAPES,
+                                               rebuild=True))
+    assert len(rebuilt.load()) == 0 and catalog_file.is_file()
+
+    lock = index / "lock"
+    lock.unlink()
+    os.mkfifo(lock)
+    with pytest.raises(GalleryIndexError, match=r"idx/lock: is a named pipe \(FIFO\)"):
+        _within(30, opened.compact)
