@@ -29,3 +29,16 @@ def require(module: str) -> ModuleType:
                     f"it ({TEST_EXTRA.get(module, module)}): pip install -e '.[test]', or set "
                     f"TAL_TESTS_WITHOUT={module} to leave its tests out on purpose",
                     pytrace=False)
+
+
+def blocking(module: str) -> str:
+    """Python code that, run first in a fresh interpreter, makes ``import module`` fail as
+    it does where the module is not installed (for tests of that case)."""
+    return f"""
+import importlib.abc, sys
+class _Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] == {module!r}:
+            raise ModuleNotFoundError('blocked for this test: {module}')
+sys.meta_path.insert(0, _Block())
+"""

@@ -9,15 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from optional_modules import blocking
+
 TESTS = Path(__file__).resolve().parent
-BLOCK_FAISS = """
-import importlib.abc, sys
-class _Block(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name.split('.')[0] == 'faiss':
-            raise ModuleNotFoundError('blocked for this test: faiss')
-sys.meta_path.insert(0, _Block())
-"""
 NEEDS_FAISS = """
 from optional_modules import require
 
@@ -30,7 +24,7 @@ def test_uses_faiss():
 
 
 def run_pytest(folder: Path, block: bool, without: str | None) -> subprocess.CompletedProcess:
-    (folder / "conftest.py").write_text(BLOCK_FAISS if block else "")
+    (folder / "conftest.py").write_text(blocking("faiss") if block else "")
     (folder / "test_needs_faiss.py").write_text(NEEDS_FAISS)
     env = {k: v for k, v in os.environ.items() if k != "TAL_TESTS_WITHOUT"}
     env["PYTHONPATH"] = os.pathsep.join([str(TESTS), env.get("PYTHONPATH", "")])

@@ -21,7 +21,7 @@ from tal_infer.cli import main
 from tal_infer.errors import TalError
 from tal_infer.index import IndexContents, IndexRecord
 
-from optional_modules import require
+from optional_modules import blocking, require
 from runtime_fixtures import GALLERY_NAMES, QUERY_NAMES, person_crop, write_crops
 
 faiss = require("faiss")
@@ -453,13 +453,7 @@ def test_cli_candidates_with_a_bundle_without_descriptor_is_one_line(fake_bundle
     assert "no global descriptor" in res.stderr and "Traceback" not in res.stderr
 
 
-BLOCK_FAISS = """
-import sys, importlib.abc
-class _Block(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name.split('.')[0] == 'faiss':
-            raise ModuleNotFoundError('blocked for this test: faiss')
-sys.meta_path.insert(0, _Block())
+BLOCK_FAISS = blocking("faiss") + """
 from tal_infer.cli import main
 main(sys.argv[1:])
 """
