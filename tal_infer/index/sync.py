@@ -9,6 +9,7 @@ out and reported; a failing batch is retried file by file to find them.
 """
 from __future__ import annotations
 
+import math
 import os
 import sqlite3
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from .catalog import IndexRecord
 from .store import FeatureStore
 
 ExtractFn = Callable[[list[str]], Mapping[str, np.ndarray]]
+_INTEGER_MAX = 2**63 - 1  # SQLite's INTEGER
 MetadataFn = Callable[[str], Mapping[str, Any]]
 
 
@@ -129,13 +131,11 @@ class Sync:
             same = known is not None and (st.st_size, st.st_mtime_ns) == (known.size,
                                                                            known.mtime_ns)
             digest = known.sha256 if same else file_sha256(path)
-            meta = dict(self.metadata_fn(path))
+            return _record(path, st, digest, dict(self.metadata_fn(path)))
         except OSError as err:
             self._skip_or_raise(path, f"cannot be read ({err.strerror or err})")
         except TalError as err:
             self._skip_or_raise(path, getattr(err, "problem", str(err)))
-        else:
-            return _record(path, st, digest, meta)
         return None
 
     def _extract(self, records: list[IndexRecord]
@@ -186,12 +186,22 @@ class Sync:
 
 
 def _record(path: str, st: os.stat_result, digest: str, meta: dict[str, Any]) -> IndexRecord:
+    """The catalog record; `DataError` for metadata the catalog cannot hold as given."""
     camera = meta.pop("camera", None)
     timestamp = meta.pop("timestamp", None)
     label = meta.pop("label", None)
-    return IndexRecord(
-        path=path, size=st.st_size, mtime_ns=st.st_mtime_ns, sha256=digest,
-        camera=None if camera is None else int(camera),
-        timestamp=None if timestamp is None else float(timestamp),
-        label=label.item() if hasattr(label, "item") else label,
-        extra=catalog.decode_extra(catalog.encode_extra(meta)))
+    label = label.item() if hasattr(label, "item") else label
+    try:
+        camera = None if camera is None else int(camera)
+        timestamp = None if timestamp is None else float(timestamp)
+    except (TypeError, ValueError):
+        raise DataError(f"bad metadata: camera {camera!r} must be a whole number, timestamp "
+                        f"{timestamp!r} a number") from None
+    for what, value in (("camera", camera), ("label", label)):
+        if isinstance(value, int) and abs(value) > _INTEGER_MAX:
+            raise DataError(f"bad metadata: {what} {value} does not fit a 64-bit integer")
+    if timestamp is not None and not math.isfinite(timestamp):
+        raise DataError(f"bad metadata: timestamp {timestamp} is not a finite time")
+    return IndexRecord(path=path, size=st.st_size, mtime_ns=st.st_mtime_ns, sha256=digest,
+                       camera=camera, timestamp=timestamp, label=label,
+                       extra=catalog.decode_extra(catalog.encode_extra(meta)))

@@ -4,6 +4,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -221,6 +222,23 @@ def test_a_huge_number_in_a_name_is_a_bad_name_not_a_crash(tmp_path):
     assert dict(report.skipped)[str(huge_cam)].startswith("bad file name: camera number")
     assert index.load().paths == sorted(map(str, files))
     assert_consistent(tmp_path / "idx")
+
+
+@pytest.mark.parametrize("meta, words", [
+    ({"camera": 2**70}, f"bad metadata: camera {2**70} does not fit a 64-bit integer"),
+    ({"label": -2**64}, f"bad metadata: label {-2**64} does not fit a 64-bit integer"),
+    ({"timestamp": float("nan")}, "bad metadata: timestamp nan is not a finite time"),
+    ({"camera": "left"}, "bad metadata: camera 'left' must be a whole number"),
+])
+def test_metadata_the_catalog_cannot_hold_is_refused_or_skipped(tmp_path, meta, words):
+    files = make_gallery(tmp_path / "g", 3)
+    index = GalleryIndex(tmp_path / "idx", "model-a", SHAPES)
+    odd = lambda path: meta if path == str(files[1]) else {}  # noqa: E731
+    with pytest.raises(DataError, match=re.escape(f"{files[1]}: {words}")):
+        index.sync(files, extract_features, odd)
+    report = index.sync(files, extract_features, odd, on_error="skip")
+    assert [p for p, _ in report.skipped] == [str(files[1])]
+    assert index.load().paths == [str(files[0]), str(files[2])]
 
 
 def test_market_names_give_the_camera_as_written_and_counted_from_0():
