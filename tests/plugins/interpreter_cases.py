@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import sys
+import zlib
 
 from tal_plugins import tuning
 
@@ -87,7 +87,7 @@ def run_case(name: str) -> dict:
 
     n_q, n_g, hwq, hwg, c, p, dtype, mode, negative, *config = {**CASES, **CONFIG_CASES}[name]
     match, responses = _kernel_call(config[0] if config else None)
-    seed = random.SystemRandom().randrange(2**31)
+    seed = zlib.crc32(name.encode())  # the same draw every run
     gen = torch.Generator().manual_seed(seed)
     # Rounded to the input dtype first, so kernel and reference see the same values.
     q = features(n_q, hwq, c, gen, 1.0 if negative else 0.0).to(getattr(torch, dtype))
