@@ -68,16 +68,20 @@ class ChildResult:
     returncode: int
     stdout: str
     stderr: str
-    peak_rss_mib: float  # the child's own peak resident memory (ru_maxrss)
+    peak_rss_mib: float  # the child's own peak resident memory
 
 
+# VmHWM, not ru_maxrss: on Linux ru_maxrss keeps the high-water mark of the memory image
+# replaced by exec, so a child forked from a large pytest worker would report the worker's size.
 _MEASURED = """
-import resource, sys
+import sys
 try:
     exec(compile(sys.argv[1], "<test>", "exec"))
 finally:
     sys.stdout.flush()
-    print(f"\\npeak_rss_kib={resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}")
+    with open("/proc/self/status") as status:
+        peak = next(line.split()[1] for line in status if line.startswith("VmHWM:"))
+    print(f"\\npeak_rss_kib={peak}")
 """
 
 
