@@ -16,7 +16,7 @@ import pytest
 
 from tal_infer.errors import TalError
 from tal_plugins import ptx as ptx_text
-from tal_plugins import trt
+from tal_plugins import trt, tuning
 
 from fake_tensorrt_plugin import FakeAotBuild, dims, fake_tensorrt, install
 
@@ -108,11 +108,19 @@ def test_plugin_definition_follows_tensorrt_rules_and_builds():
         # item 3: the ISA is capped to the target's limit; the target is the build GPU's
         assert ptx_text.isa_version(k.ptx) == (8, 4)
         assert re.search(r"^\.target sm_90a\b", k.ptx, re.M)
-        assert k.grid == (5 * math.ceil(17 / 8), 1, 1)  # one program per query x 8 galleries
-        assert k.block == (128, 1, 1) and k.shared_mem <= 48 * 1024
+        assert k.grid == (5 * math.ceil(17 / 16), 1, 1)  # one program per query x 16 galleries
+        assert k.block == (256, 1, 1) and k.shared_mem <= 48 * 1024
         assert k.extra_args == [5, 17]  # the kernel's (n_q, n_g)
     assert [(k["dtype"], k["ptx_isa"]) for k in registration.kernels] == [("fp16", "8.4"),
                                                                           ("fp32", "8.4")]
+    # The plan's launch config is the table's, as the run-time launcher takes it on sm90; the
+    # manifest records it with its source, threads and shared memory.
+    for record, k in zip(registration.kernels, kernels):
+        key = tuning.TuningKey("sm90", 48, 48, 64, 3, record["dtype"])
+        assert record["launch_config"] == {**tuning.table_config(key).kernel_args(),
+                                           "source": "table"}
+        assert tuning.choose(key, "any GPU without a tuning cache")[0] == tuning.table_config(key)
+        assert (record["threads"], record["shared_bytes"]) == (k.block[0], k.shared_mem)
 
 
 # -- item 2: Triton's scratch parameters ---------------------------------------------------------
