@@ -30,7 +30,7 @@ running at the same time share one gallery run in L2.
 
 The same source serves three launchers: `launch` (torch tensors: CUDA, or CPU under
 TRITON_INTERPRET=1), `compile_ptx` (ahead-of-time PTX for the TensorRT plugin, plugins/trt.py),
-and the opt-in tuner (plugins/tune.py). Its non-constexpr parameters are ordered (inputs,
+and the opt-in tuner (plugins/timing.py). Its non-constexpr parameters are ordered (inputs,
 scalars, output) because TensorRT's AOT plugin launcher passes them in that order.
 
 **Specializations.** Launch parameters come from the table of plugins/tuning.py, not from
