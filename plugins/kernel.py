@@ -257,7 +257,7 @@ def launch(query, gallery, wq=None, wg=None, responses: bool = False,
     query/gallery: contiguous, same dtype (fp16/bf16/fp32), on CUDA or on CPU with
     TRITON_INTERPRET=1; wq/wg: contiguous fp32 on the same device (None for responses).
     config: launch parameters, used as given; None looks them up once per process and
-    specialization (`tuning.choose`; the interpreter uses `tuning.interpreter_config`). There is
+    specialization (`tuning.choose`; the interpreter uses `tuning.INTERPRETER_CONFIG`). There is
     no fallback: a config the GPU cannot run is an error naming it.
     """
     import torch
@@ -276,7 +276,7 @@ def launch(query, gallery, wq=None, wg=None, responses: bool = False,
     args = (query, gallery, wq, wq_g, n_q, n_g, out)
     if interpreting():
         key = TuningKey("interpreter", hwq, hwg, c, p, kernel_dtype(query.dtype), responses)
-        _run(config or tuning.interpreter_config(key), key, args, interpreter=True)
+        _run(config or tuning.INTERPRETER_CONFIG, key, args, interpreter=True)
         return out
     index = query.device.index if query.device.index is not None else torch.cuda.current_device()
     key = TuningKey(device_identity(index)[1], hwq, hwg, c, p, kernel_dtype(query.dtype), responses)

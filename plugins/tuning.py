@@ -54,7 +54,6 @@ WGMMA_ROWS = 64
 GALLERY_BLOCKS = (64, 32, 16)
 CHANNEL_BLOCKS = (16, 32, 64)
 DTYPES = ("fp16", "bf16", "fp32")
-MODES = ("match", "responses")
 
 
 @dataclass(frozen=True)
@@ -96,6 +95,11 @@ class LaunchConfig:
         cap = f", <= {self.maxnreg} registers" if self.maxnreg else ""
         return (f"(gallery block {self.block_j}, channel step {self.block_c}, {self.num_warps} "
                 f"warps, {self.num_stages} stage{'s' if self.num_stages > 1 else ''}{cap})")
+
+
+# Under TRITON_INTERPRET=1 every program runs in numpy: the smallest blocks keep tests quick
+# (warps and registers mean nothing there).
+INTERPRETER_CONFIG = LaunchConfig(MIN_BLOCK, MIN_BLOCK, 4, 1)
 
 
 def pow2(n: int) -> int:
@@ -199,12 +203,6 @@ def table_config(key: TuningKey) -> LaunchConfig:
     """The built-in config of `key`: what the launcher uses without a tuning cache, and what the
     TensorRT plan is compiled with."""
     return table_row(key).config(key)
-
-
-def interpreter_config(key: TuningKey) -> LaunchConfig:
-    """Under TRITON_INTERPRET=1 every program runs in numpy: the smallest blocks keep tests
-    quick (warps and registers mean nothing there)."""
-    return LaunchConfig(MIN_BLOCK, MIN_BLOCK, 4, 1)
 
 
 def tuning_candidates(key: TuningKey) -> list[LaunchConfig]:
