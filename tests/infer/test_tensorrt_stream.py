@@ -43,7 +43,7 @@ def test_engine_runs_on_its_own_stream_after_the_input_copies(exported, tmp_path
         return execute(handle)
 
     monkeypatch.setattr(engine.context, "execute_async_v3", record)
-    h, w = bundle.manifest["input"]["height"], bundle.manifest["input"]["width"]
-    engine.run({engine.inputs[0]: np.zeros((2, h, w, 3), np.uint8)})
+    smallest = engine.profile[engine.inputs[0]][0]  # (1, height, width, 3)
+    engine.run({engine.inputs[0]: np.zeros((2, *smallest[1:]), np.uint8)})
     assert launched == [(0x5EED, [("wait", current)])]  # its stream, after the copies
     assert stream.events == [("wait", current), ("synchronize",)]
