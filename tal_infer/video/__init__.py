@@ -5,9 +5,9 @@ Modules by job (docs/video.md):
 
 | module | what |
 |---|---|
-| `boxes` | `embed_boxes`: xyxy detections cut from frames (clipped, views, batched across frames) |
-| `frames`, `mot`, `network` | frames from ``img1/`` or a video file; det/gt files; a network of camera folders |
-| `quality`, `tracklets` | crop quality; tracklets, bounded crop samples, tracklet scores, `TrackletGallery` |
+| `boxes` | `embed_boxes`: xyxy detections cut from frames (clipped, views, batched) |
+| `frames`, `mot`, `network` | frames (``img1/`` or a video file), det/gt files, camera folders |
+| `quality`, `tracklets` | crop quality; tracklets, crop samples, tracklet scores, `TrackletGallery` |
 | `tracker` | DeepSORT (deep-sort-realtime) with our per-detection vectors |
 | `association` | global identities: constraints, transition windows, offline and online modes |
 | `calibration` | the open-set threshold, calibrated on training images |

@@ -71,7 +71,8 @@ def pixel_bounds(box: Sequence[float], width: int, height: int,
 
 
 def box_crops(frame: np.ndarray, boxes: np.ndarray | Sequence[Sequence[float]],
-              min_side: int = MIN_SIDE) -> tuple[list[np.ndarray], list[int], list[tuple[int, str]]]:
+              min_side: int = MIN_SIDE
+              ) -> tuple[list[np.ndarray], list[int], list[tuple[int, str]]]:
     """(crops as views of ``frame``, positions of the boxes they come from, (position, reason)
     of the boxes skipped)."""
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)

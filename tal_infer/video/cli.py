@@ -115,8 +115,9 @@ Examples:
               help="Calibration file (default: <bundle>.track-calibration.json).")
 @click.option("--transition", multiple=True, metavar="A:B:LOW:HIGH",
               help="Allowed seconds from leaving camera A to entering B (repeatable).")
-@click.option("--horizon", type=float, default=None,
-              help="Online mode: only identities seen in the last SECONDS are candidates.")
+@click.option("--horizon", type=float, default=600.0, show_default=True,
+              help="Online mode: only identities seen in the last SECONDS are candidates "
+                   "(bounds the work per tracklet).")
 @click.option("--on-missing-frame", default="fail", show_default=True,
               type=click.Choice(["fail", "skip"]),
               help="A missing or unreadable frame stops the run, or is skipped and counted.")
@@ -125,7 +126,7 @@ Examples:
 def run(network: Path, out: Path, cameras: str | None, model: Path | None, backend: str,
         device: str, batch: int, min_conf: float, appearance: str, scoring: str, aggregate: str,
         sample: int, mode: str, threshold: float | None, calibration: Path | None,
-        transition: tuple[str, ...], horizon: float | None, on_missing_frame: str,
+        transition: tuple[str, ...], horizon: float, on_missing_frame: str,
         quiet: bool) -> None:
     """Track every camera of NETWORK (MOTChallenge folders) and link people across cameras."""
     check_output_folder(out, "--out")

@@ -12,7 +12,7 @@ import cv2
 import pytest
 from click.testing import CliRunner
 
-from runtime_fixtures import write_crops
+from runtime_fixtures import isolated_cli, write_crops
 from tal_infer.video.cli import main
 from tal_infer.video.mot import read_ground_truth
 
@@ -146,27 +146,10 @@ def test_unknown_camera_in_a_transition_window(network, video_bundle, tmp_path):
     assert "no camera 'cam9'" in message
 
 
-ISOLATED = """
-import sys, importlib.abc
-class _Block(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name.split('.')[0] in {"torch", "tal_train", "tal_export"}:
-            raise ModuleNotFoundError(f"blocked for this test: {name}")
-sys.meta_path.insert(0, _Block())
-from tal_infer.video.cli import main
-try:
-    main(sys.argv[1:])
-except SystemExit as exit:
-    assert not exit.code, exit.code
-leaked = sorted(m for m in sys.modules if m.split('.')[0] in {"torch", "tal_train", "tal_export"})
-assert not leaked, leaked
-print("isolated run ok")
-"""
-
-
 def test_tal_track_runs_without_torch_or_the_training_code(network, video_bundle, tmp_path):
-    res = subprocess.run([sys.executable, "-c", ISOLATED, "run", str(network), "--out",
-                          str(tmp_path / "out"), "--model", str(video_bundle), "--threshold",
-                          "0.5", "--quiet"], capture_output=True, text=True)
+    res = subprocess.run([sys.executable, "-c", isolated_cli("tal_infer.video.cli"), "run",
+                          str(network), "--out", str(tmp_path / "out"), "--model",
+                          str(video_bundle), "--threshold", "0.5", "--quiet"],
+                         capture_output=True, text=True)
     assert res.returncode == 0 and "isolated run ok" in res.stdout, res.stderr[-3000:]
     assert (tmp_path / "out" / "cam1.txt").stat().st_size > 0
