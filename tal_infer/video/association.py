@@ -16,8 +16,9 @@ high and nothing rules it out:
 (the score of two identities is the mean score of their tracklet pairs), merging the best pair
 first while it reaches the threshold and breaks no constraint. `OnlineAssociator` gives each
 tracklet, as it closes, a global id at once: the best identity seen within ``horizon`` seconds
-(average score over the identity's last ``keep`` tracklets), or a new one; the work per
-tracklet is bounded by the identities in the horizon x ``keep`` x the crop sample squared.
+(average score over the identity's last ``keep`` tracklets, constraints checked against them),
+or a new one; the work per tracklet is bounded by the identities in the horizon x ``keep`` x
+the crop sample squared.
 """
 from __future__ import annotations
 
@@ -118,10 +119,12 @@ class OnlineAssociator:
     def assign(self, tracklet: TrackletFeatures) -> int:
         pool = [ident for ident in self.identities
                 if self.horizon is None or ident.last_end >= tracklet.start - self.horizon]
+        # Tracklets arrive in closing order, so an identity's last `keep` are the ones that can
+        # overlap the new tracklet or precede it in a chain.
         pool = [ident for ident in pool
-                if not any(conflicts(tracklet, m) for m in ident.members)
+                if not any(conflicts(tracklet, m) for m in ident.members[-self.keep:])
                 and (not self.windows
-                     or chain_allowed([*ident.members, tracklet], self.windows))]
+                     or chain_allowed([*ident.members[-self.keep:], tracklet], self.windows))]
         best, best_score = None, -np.inf
         if pool:
             recent = [ident.members[-self.keep:] for ident in pool]

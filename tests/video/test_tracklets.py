@@ -114,3 +114,21 @@ def test_tracklet_gallery_from_gallery_index(engine, tmp_path):
         tracklet_scores(engine.scores, [from_idx[k] for k in keys], [from_idx[k] for k in keys]),
         tracklet_scores(engine.scores, [in_memory[k] for k in keys],
                         [in_memory[k] for k in keys]), rtol=1e-5)
+
+
+def test_occlusion_counts_only_boxes_in_front():
+    from tal_infer.video.quality import occlusion
+
+    # B's feet (y 30) are lower than A's (y 20): B stands in front and hides half of A
+    np.testing.assert_allclose(occlusion(np.array([[0, 0, 10, 20], [5, 0, 15, 30]])), [0.5, 0.0])
+
+
+def test_crop_quality_prefers_large_sharp_visible_crops():
+    from tal_infer.video.quality import crop_quality
+
+    rng = np.random.default_rng(0)
+    sharp = rng.integers(0, 255, (64, 32, 3), dtype=np.uint8)
+    blurred = cv2.GaussianBlur(sharp, (9, 9), 4)
+    assert crop_quality(sharp, 0.0, 64) > crop_quality(blurred, 0.0, 64)
+    assert crop_quality(sharp, 0.0, 64) > crop_quality(sharp[:32], 0.0, 64)  # smaller
+    assert crop_quality(sharp, 0.5, 64) == pytest.approx(crop_quality(sharp, 0.0, 64) / 2)
