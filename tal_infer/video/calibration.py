@@ -89,12 +89,11 @@ def pseudo_tracklets(folders: Sequence[str | os.PathLike], sample_size: int
 
 
 def calibrate(engine: Any, folders: Sequence[str | os.PathLike],
-              sample_size: int = DEFAULT_SAMPLE, aggregate: str = DEFAULT_AGGREGATE,
-              progress: bool = False) -> Calibration:
+              sample_size: int = DEFAULT_SAMPLE, aggregate: str = DEFAULT_AGGREGATE
+              ) -> Calibration:
     """Thresholds for ``engine``'s bundle from Market-layout image folders (module doc)."""
     groups, owners = pseudo_tracklets(folders, sample_size)
-    embedded = engine.embed_files([p for g in groups for p in g], progress=progress,
-                                  desc="calibrating")
+    embedded = engine.embed_files([p for g in groups for p in g], desc="calibrating")
     tracklets, start = [], 0
     for (person, camera), paths in zip(owners, groups):
         rows = np.arange(start, start + len(paths))

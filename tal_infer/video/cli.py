@@ -17,7 +17,8 @@ import click
 from ..atomic import atomic_file
 from ..backends import EXTRACTOR_BACKENDS
 from ..bundle import find_latest_bundle
-from ..cli_common import device_option, friendly_errors
+from .. import console
+from ..cli_common import device_option, friendly_errors, verbosity_options
 from ..errors import TalError
 from ..output_paths import check_output_folder, writing
 from .association import TransitionWindows
@@ -121,13 +122,12 @@ Examples:
 @click.option("--on-missing-frame", default="fail", show_default=True,
               type=click.Choice(["fail", "skip"]),
               help="A missing or unreadable frame stops the run, or is skipped and counted.")
-@click.option("--quiet", is_flag=True, help="No progress bars.")
+@verbosity_options
 @friendly_errors
 def run(network: Path, out: Path, cameras: str | None, model: Path | None, backend: str,
         device: str, batch: int, min_conf: float, appearance: str, scoring: str, aggregate: str,
         sample: int, mode: str, threshold: float | None, calibration: Path | None,
-        transition: tuple[str, ...], horizon: float, on_missing_frame: str,
-        quiet: bool) -> None:
+        transition: tuple[str, ...], horizon: float, on_missing_frame: str) -> None:
     """Track every camera of NETWORK (MOTChallenge folders) and link people across cameras."""
     check_output_folder(out, "--out")
     cams = open_network(network, cameras.split(",") if cameras else None)
@@ -150,7 +150,7 @@ def run(network: Path, out: Path, cameras: str | None, model: Path | None, backe
     for cam in cams:
         if not cam.detections:
             click.echo(f"{cam.name}: no detections in det/det.txt (no tracks)", err=True)
-        r = track_camera(engine, cam, options, timings, progress=not quiet)
+        r = track_camera(engine, cam, options, timings, progress=console.bars_enabled())
         results.append(r)
         click.echo(f"{cam.name}: {r.frames} frames, {r.detections} detections, "
                    f"{len(r.tracklets)} tracklets"
@@ -223,16 +223,15 @@ Examples:
 @sample_option
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Calibration file (default: <bundle>.track-calibration.json beside it).")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@verbosity_options
 @friendly_errors
 def calibrate_cmd(folders: tuple[Path, ...], model: Path | None, backend: str, device: str,
-                  batch: int, aggregate: str, sample: int, out: Path | None,
-                  quiet: bool) -> None:
+                  batch: int, aggregate: str, sample: int, out: Path | None) -> None:
     """Calibrate the open-set ("new person") threshold on training images."""
     engine = _engine(model, backend, device, batch)
     out = out or default_path(engine.bundle.path)
     check_output_folder(out.parent, "--out")
-    cal = calibrate(engine, folders, sample, aggregate, progress=not quiet)
+    cal = calibrate(engine, folders, sample, aggregate)  # progress bar: embed_files
     with writing(out, "--out"):
         save_calibration(cal, out)
     for name, value in cal.thresholds.items():
