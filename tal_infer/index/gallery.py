@@ -99,7 +99,7 @@ class GalleryIndex:
 
     def sync(self, paths: Iterable[str | os.PathLike], extract_fn: ExtractFn,
              metadata_fn: MetadataFn = market_metadata, batch_size: int = 64,
-             on_error: str = "fail", progress: bool = False) -> SyncReport:
+             on_error: str = "fail") -> SyncReport:
         """Make the index hold exactly ``paths``: extract new and changed files, drop the rest.
 
         ``extract_fn(paths) -> {key: array [n, *shape]}`` sees only files to (re)extract, in
@@ -112,7 +112,7 @@ class GalleryIndex:
         wanted = sorted(dict.fromkeys(os.path.abspath(os.fspath(p)) for p in paths))
         with self._folder.writer(), self._folder.connect() as con:
             self._open_for_writing(rebuild=False)
-            report = syncing.run(con, wanted, batch_size, progress)
+            report = syncing.run(con, wanted, batch_size)
             maintenance.compact_if_sparse(con, self.store)
         return report
 

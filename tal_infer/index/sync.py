@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import numpy as np
-from tqdm import tqdm
 
 from ..errors import DataError, TalError
+from ..console import progress
 from ..hashing import file_sha256
 from ..naming import parse_market_name
 from ..user_files import check_regular
@@ -60,8 +60,7 @@ class Sync:
         self.extract_fn, self.metadata_fn, self.on_error = extract_fn, metadata_fn, on_error
         self.report = SyncReport()
 
-    def run(self, con: sqlite3.Connection, wanted: list[str], batch_size: int,
-            progress: bool) -> SyncReport:
+    def run(self, con: sqlite3.Connection, wanted: list[str], batch_size: int) -> SyncReport:
         """Make the catalog ``con`` (open under the writer lock) hold exactly ``wanted``
         (absolute paths, sorted, distinct)."""
         self.con = con
@@ -71,8 +70,7 @@ class Sync:
             catalog.delete_items(self.con, gone)
         self.report.removed = len(gone)
         todo = self._refresh_known(wanted, current)
-        with tqdm(total=len(todo), desc="indexing gallery", unit="img",
-                  disable=not progress) as bar:
+        with progress(total=len(todo), desc="indexing gallery", unit="img") as bar:
             for start in range(0, len(todo), batch_size):
                 batch = todo[start:start + batch_size]
                 self._add_batch(batch, known=current)

@@ -17,7 +17,6 @@ import click
 from ..atomic import atomic_file
 from ..backends import EXTRACTOR_BACKENDS
 from ..bundle import find_latest_bundle
-from .. import console
 from ..cli_common import device_option, friendly_errors, verbosity_options
 from ..errors import TalError
 from ..output_paths import check_output_folder, writing
@@ -150,7 +149,7 @@ def run(network: Path, out: Path, cameras: str | None, model: Path | None, backe
     for cam in cams:
         if not cam.detections:
             click.echo(f"{cam.name}: no detections in det/det.txt (no tracks)", err=True)
-        r = track_camera(engine, cam, options, timings, progress=console.bars_enabled())
+        r = track_camera(engine, cam, options, timings)
         results.append(r)
         click.echo(f"{cam.name}: {r.frames} frames, {r.detections} detections, "
                    f"{len(r.tracklets)} tracklets"

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
 import numpy as np
-from tqdm import tqdm
 
+from ..console import progress
 from ..errors import TalError
 from ..features import DESCRIPTOR
 from ..images import MIN_SIDE
@@ -86,7 +86,7 @@ def _usable_boxes(camera: Camera, frame: Frame, options: TrackOptions
 
 
 def track_camera(engine, camera: Camera, options: TrackOptions = TrackOptions(),
-                 timings: Timings | None = None, progress: bool = False) -> CameraResult:
+                 timings: Timings | None = None) -> CameraResult:
     """Tracklets of one camera (module doc)."""
     timings = timings or Timings()
     appearance = options.tracker.appearance
@@ -126,8 +126,7 @@ def track_camera(engine, camera: Camera, options: TrackOptions = TrackOptions(),
 
     frames = read_frames(camera.frames, camera.length, options.on_missing_frame,
                          engine.max_pixels)
-    with tqdm(total=camera.length or None, desc=camera.name, unit="frame",
-              disable=not progress) as bar:
+    with progress(total=camera.length or None, desc=camera.name, unit="frame") as bar:
         while True:
             with timings.stage("decoding"):
                 item = next(frames, None)

@@ -8,7 +8,6 @@ import re
 import sys
 from pathlib import Path
 
-import pytest
 from click.testing import CliRunner
 
 from optional_modules import require

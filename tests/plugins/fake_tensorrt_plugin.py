@@ -278,7 +278,7 @@ class AotBuild:
 
     def run(self, inputs: list[tuple[DataType, list]], sizes: dict[str, int],
             bounds: tuple[int, int] = (1, 4096)) -> list[AotKernel]:
-        trt, plugin, builder = self.trt, self.plugin, IExprBuilder()
+        plugin, builder = self.plugin, IExprBuilder()
         types_ = [dtype for dtype, _ in inputs]
         out_types = plugin.get_output_data_types(types_, [len(d) for _, d in inputs])
         exprs = []
