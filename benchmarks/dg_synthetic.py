@@ -73,7 +73,8 @@ from dg_results import (DEFAULT_METHODS, METHODS, OTHER_AUGMENT, Settings, colle
 from tal_infer.cli_common import SizeType, device_option, friendly_errors
 from tal_infer.errors import TalError
 from tal_train.data.synthetic import SyntheticConfig, domain_names, synthesize
-from tal_train.engine import TrainOptions, resume_options, train
+from tal_train.engine import train
+from tal_train.options import TrainOptions, resume_options
 
 EPILOG = """\b
 Examples:

@@ -120,7 +120,8 @@ def make_data(folder: Path, identities: int, seed: int, progress: bool) -> None:
 def train_model(data: Path, out: Path, epochs: int, iters: int, batch_size: int,
                 image_size: list[int] | None, seed: int, progress: bool, device: str = "auto") -> Path:
     """p2 leave-one-out on the generated domains, as ``tal-train`` runs it; returns ckpt.pth."""
-    from tal_train.engine import TrainOptions, train
+    from tal_train.engine import train
+    from tal_train.options import TrainOptions
 
     result = train(TrainOptions(
         protocol="p2", data_root=str(data), target=TARGET, sources=_sources(), preset="tiny",

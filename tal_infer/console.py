@@ -77,8 +77,9 @@ def bars_enabled() -> bool:
 
 
 def progress(iterable: Iterable[T] | None = None, *, total: int | None = None,
-             desc: str = "", unit: str = "it", **kwargs: Any) -> tqdm:
-    """A tqdm bar on stderr, drawn only under `configure` and when stderr is a terminal
-    (tqdm's own check, ``disable=None``); otherwise a silent counter with the same API."""
+             desc: str = "", unit: str = "it", enabled: bool = True, **kwargs: Any) -> tqdm:
+    """A tqdm bar on stderr, drawn only under `configure`, when stderr is a terminal (tqdm's
+    own check, ``disable=None``) and where the caller ``enabled`` it (e.g. on one rank of a
+    distributed run); otherwise a silent counter with the same API."""
     return tqdm(iterable, total=total, desc=desc, unit=unit, file=sys.stderr,
-                disable=None if _bars else True, **kwargs)
+                disable=None if _bars and enabled else True, **kwargs)

@@ -16,7 +16,8 @@ from tal_infer import console
 from tal_infer.cli_common import SizeType, device_option, friendly_errors, verbosity_options
 
 from .data.transforms import AUGMENTATIONS
-from .engine import DEFAULT_BATCH_SIZE, TrainOptions, resume_options, train
+from .engine import train
+from .options import DEFAULT_BATCH_SIZE, TrainOptions, resume_options
 from .losses import LOSSES
 from .models.backbones import backbone_names
 from .models.config import DS_HEADS, PRESETS, TALConfig

@@ -18,7 +18,8 @@ from tal_export.parity import reference_input
 from tal_infer.precision import FLOAT16
 from tal_train.checkpoint import load_checkpoint
 from tal_train.data.synthetic import SyntheticConfig, synthesize
-from tal_train.engine import TrainOptions, model_config, train
+from tal_train.engine import train
+from tal_train.options import TrainOptions, model_config
 from tal_train.models import build_model
 
 from tiny_models import randomized_model

@@ -128,7 +128,7 @@ def test_folder_exchange(tmp_path, monkeypatch, atomic):
 
 @pytest.mark.slow
 def test_bundles_checkpoints_and_run_files_follow_the_umask(tmp_path):
-    from tal_train.engine import write_json
+    from tal_train.hooks import write_json
 
     # One stream at one scale: file modes do not depend on the model, and its graph exports in
     # half the time of the full tiny model (4 s instead of 9.5 s CPU).

@@ -17,7 +17,8 @@ from click.testing import CliRunner
 from tal_train.cli import main as cli_main
 from tal_train.data import build_protocol
 from tal_train.data.synthetic import SyntheticConfig, synthesize
-from tal_train.engine import TrainOptions, model_config, resume_options, train
+from tal_train.engine import train
+from tal_train.options import TrainOptions, model_config, resume_options
 from tal_train.epoch_plan import BatchPlanner
 from tal_train.models import TALConfig, build_model
 
@@ -159,3 +160,24 @@ def test_two_process_gloo_ddp_run(data_root, tmp_path):
     log = json.loads((out / "train_log.json").read_text())
     # 8 training identities, one graph-sampler batch each, split over 2 ranks
     assert log[0]["iterations"] == 4
+
+
+def test_the_loop_runs_the_hooks_it_is_given_after_every_epoch(data_root, tmp_path):
+    """The epoch's work after the iterations is a list of hooks (tal_train.hooks): given
+    other hooks, the loop calls them in order with the epoch's state and writes nothing of
+    its own."""
+    from tal_train.hooks import EpochEnd
+
+    calls = []
+
+    class Recorder:
+        def __init__(self, name):
+            self.name = name
+
+        def after_epoch(self, end: EpochEnd) -> None:
+            calls.append((self.name, end.epoch, end.entry["iterations"], len(end.run.metrics)))
+
+    out = tmp_path / "run"
+    train(_options(data_root, out, epochs=2, iters=1), hooks=[Recorder("a"), Recorder("b")])
+    assert calls == [("a", 1, 1, 0), ("b", 1, 1, 0), ("a", 2, 1, 0), ("b", 2, 1, 0)]
+    assert not out.exists() or not any(out.iterdir())

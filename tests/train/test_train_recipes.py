@@ -15,7 +15,8 @@ from tal_infer.errors import TalError
 from tal_train import engine
 from tal_train.checkpoint import save_checkpoint
 from tal_train.cli import main as cli_main
-from tal_train.engine import TrainOptions, model_config, resume_options, train
+from tal_train.engine import train
+from tal_train.options import TrainOptions, model_config, resolve_options, resume_options
 from tal_train.epoch_plan import BatchPlanner
 from tal_train.models.backbones import PretrainedWeights
 from test_train_engine import _options, data_root  # noqa: F401 - the engine tests' data
@@ -43,15 +44,15 @@ def test_recipe_model_switches_and_explicit_options_win():
     ("tal", "tiny", (30, 0.005, "triplet", "standard", [20])),
 ])
 def test_recipe_training_defaults(recipe, preset, want):
-    resolved = engine._resolve(TrainOptions(target="t", recipe=recipe, preset=preset))
+    resolved = resolve_options(TrainOptions(target="t", recipe=recipe, preset=preset))
     assert (resolved.epochs, resolved.lr, resolved.loss, resolved.augment,
             resolved.milestones) == want
-    given = engine._resolve(TrainOptions(target="t", recipe=recipe, preset=preset, epochs=9,
+    given = resolve_options(TrainOptions(target="t", recipe=recipe, preset=preset, epochs=9,
                                          lr=0.02, loss="triplet", augment="none"))
     assert (given.epochs, given.lr, given.loss, given.augment, given.milestones) == (
         9, 0.02, "triplet", "none", [6])
     with pytest.raises(TalError, match="unknown recipe"):
-        engine._resolve(TrainOptions(target="t", recipe="fast"))
+        resolve_options(TrainOptions(target="t", recipe="fast"))
 
 
 def test_qaconv_gs_recipe_trains_end_to_end(data_root, tmp_path, monkeypatch):
@@ -117,7 +118,7 @@ def test_paper_preset_without_weights_is_an_error(data_root, tmp_path, monkeypat
 
 def test_paper_preset_with_pretrained_none_warns_once(data_root, tmp_path, monkeypatch, caplog):
     _missing_weights(monkeypatch, tmp_path)
-    options = engine._resolve(_options(data_root, tmp_path / "p", preset="paper", pretrained="none"))
+    options = resolve_options(_options(data_root, tmp_path / "p", preset="paper", pretrained="none"))
     protocol = engine._protocol(options)
     with caplog.at_level(logging.WARNING, logger="tal_train.engine"):
         run = engine._prepare(options, protocol, torch.device("cpu"))
@@ -127,9 +128,9 @@ def test_paper_preset_with_pretrained_none_warns_once(data_root, tmp_path, monke
 
 
 def test_resume_of_a_run_from_before_augment_keeps_the_standard_set(data_root, tmp_path):
-    old_args = engine._resolve(_options(data_root, tmp_path / "old")).to_dict()
+    old_args = resolve_options(_options(data_root, tmp_path / "old")).to_dict()
     del old_args["augment"], old_args["recipe"], old_args["loss"]  # written before they existed
     path = save_checkpoint(tmp_path / "old.pth", model_state={}, config={}, epoch=1,
                            run_name="old", train_args=old_args)
-    resumed = engine._resolve(resume_options(path))
+    resumed = resolve_options(resume_options(path))
     assert (resumed.augment, resumed.recipe, resumed.loss) == ("standard", "tal", "triplet")

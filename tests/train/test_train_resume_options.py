@@ -12,7 +12,7 @@ from tal_infer.errors import TalError
 from tal_train import engine
 from tal_train.cli import main as cli_main
 from tal_train.data.transforms import AUGMENTATIONS
-from tal_train.engine import resume_options
+from tal_train.options import resume_options
 
 from test_train_engine import data_root  # noqa: F401  (module-scoped fixture)
 
