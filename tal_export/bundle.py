@@ -37,6 +37,7 @@ import numpy as np
 import onnx
 from tqdm import tqdm
 
+from tal_infer import console
 from tal_infer.atomic import make_sibling_dir
 from tal_infer.bundle_schema import EXTRACTOR, HEADS, MANIFEST, MATCHER, MATCHER_TRT, WEIGHTS
 from tal_infer.errors import TalError
@@ -237,7 +238,8 @@ def export_bundle(checkpoint: str | os.PathLike, out_dir: str | os.PathLike | No
 
         check_trt_options(ptx_isa)  # fail before any work where TensorRT is absent
     precision = FLOAT16 if fp16 or trt else FLOAT32
-    with tqdm(total=len(STEPS), desc="tal-export", unit="step", disable=not progress) as bar:
+    with console.progress(total=len(STEPS), desc="tal-export", unit="step",
+                          enabled=progress) as bar:
         bar.set_postfix_str(STEPS[0])
         model, ckpt = load_model(checkpoint, image_size)
         head = load_descriptor(ckpt, model)

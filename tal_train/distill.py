@@ -30,8 +30,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
+from tal_infer import console
 from tal_infer.atomic import atomic_file
 from tal_infer.errors import TalError
 
@@ -91,8 +91,8 @@ def distill_descriptor(model: TALModel, paths: Sequence[str | os.PathLike],
     total = options.blocks * options.steps_per_block
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, total)
     losses = []
-    with tqdm(total=total, desc="distilling descriptor", unit="step",
-              disable=not progress) as bar:
+    with console.progress(total=total, desc="distilling descriptor", unit="step",
+                          enabled=progress) as bar:
         for _ in range(options.blocks):
             chosen = rng.choice(pool, min(block, len(pool)), replace=False)
             maps, teacher = _teacher_block(model, [paths[i] for i in chosen], device)

@@ -22,8 +22,8 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import torch
 from torch import Tensor
-from tqdm import tqdm
 
+from tal_infer.console import progress
 from tal_infer.errors import DataError
 from tal_infer.metrics import evaluate_scores
 
@@ -47,8 +47,8 @@ def extract_batches(fn: Callable[[Tensor], dict[str, Tensor]], records: Sequence
                                          num_workers=workers)
     parts: dict[str, list[Tensor]] = {}
     with torch.no_grad():
-        for images, _ in tqdm(loader, desc=desc, unit="batch", disable=desc is None,
-                              leave=False):
+        for images, _ in progress(loader, desc=desc or "", unit="batch",
+                                  enabled=desc is not None, leave=False):
             for name, value in fn(images.to(device)).items():
                 parts.setdefault(name, []).append(value)
     return {name: torch.cat(values) for name, values in parts.items()}

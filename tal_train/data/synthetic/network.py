@@ -27,8 +27,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from tqdm import tqdm
 
+from tal_infer import console
 from tal_infer.errors import TalError
 
 from ..market import MARKET_FOLDERS
@@ -233,7 +233,8 @@ def synthesize(out: str | os.PathLike, config: SyntheticConfig = SyntheticConfig
     # The image count is only known while drawing; the bar's total is the expected count.
     expected = config.domains * (config.identities * sum(config.images_per_id) // 2
                                  + config.distractors + config.junk)
-    with tqdm(total=expected, unit="img", desc="synthesize", disable=not progress) as bar:
+    with console.progress(total=expected, unit="img", desc="synthesize",
+                          enabled=progress) as bar:
         for d, (dom, structure, folder) in enumerate(zip(styles, structures, folders)):
             _write_domain(config, d, dom, structure, folder, bar)
     write_manifest(out / "synthesis.json", "tal-reid synthetic camera network", config, styles,

@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
+from tal_infer import console
 from tal_infer.errors import TalError
 
 from .files import prepare_folder, write_jpeg, write_manifest
@@ -190,8 +190,8 @@ def synthesize_video(out: str | os.PathLike, config: VideoConfig = VideoConfig()
     specs = [sample_person(np.random.default_rng([config.seed, 0x70, i]))
              for i in range(config.identities)]
     visits = [_visits(config, i) for i in range(config.identities)]
-    with tqdm(total=config.cameras * config.frames, unit="frame", desc="synthesize-video",
-              disable=not progress) as bar:
+    with console.progress(total=config.cameras * config.frames, unit="frame",
+                          desc="synthesize-video", enabled=progress) as bar:
         for c, (folder, style) in enumerate(zip(folders, styles)):
             _render_camera(config, c, folder, specs, visits, style, bar)
     write_manifest(out / "video.json", "tal-reid synthetic multi-camera video", config, styles)
