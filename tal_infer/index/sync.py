@@ -130,10 +130,10 @@ class Sync:
                                                                            known.mtime_ns)
             digest = known.sha256 if same else file_sha256(path)
             return _record(path, st, digest, dict(self.metadata_fn(path)))
+        except TalError as err:  # first: a UserFileError is an OSError too, with its reason
+            self._skip_or_raise(path, getattr(err, "problem", str(err)))
         except OSError as err:
             self._skip_or_raise(path, f"cannot be read ({err.strerror or err})")
-        except TalError as err:
-            self._skip_or_raise(path, getattr(err, "problem", str(err)))
         return None
 
     def _extract(self, records: list[IndexRecord]
