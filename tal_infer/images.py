@@ -62,23 +62,32 @@ def read_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIX
         raise ImageError(path, "is a folder, not an image file") from None
     except OSError as err:
         raise ImageError(path, f"cannot be read ({err.strerror or err})") from None
+    return decode_image(data, path, max_pixels)
+
+
+def decode_image(data: bytes, source: str | os.PathLike,
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Decode an encoded image (the bytes of a file, or of a request) as BGR uint8 HxWx3 with
+    the checks of `read_image`; ``source`` names it in the `ImageError` (never its bytes)."""
     if not data:
-        raise ImageError(path, "empty file (0 bytes)")
-    _check_declared_size(path, data, max_pixels)
+        raise ImageError(source, "empty file (0 bytes)")
+    _check_declared_size(source, data, max_pixels)
     with _quiet_opencv():
         image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if image is None:
-        raise ImageError(path, "not a readable image (corrupt, truncated or not an image file)")
-    return to_bgr_uint8(image, name=str(path))
+        raise ImageError(source, "not a readable image (corrupt, truncated or not an image "
+                                 "file)")
+    return to_bgr_uint8(image, name=str(source))
 
 
-def _check_declared_size(path: Path, data: bytes, max_pixels: int | None) -> None:
+def _check_declared_size(source: str | os.PathLike, data: bytes,
+                         max_pixels: int | None) -> None:
     try:
         width, height = declared_size(data)
     except HeaderError as err:
-        raise ImageError(path, f"not a readable image ({err})") from None
+        raise ImageError(source, f"not a readable image ({err})") from None
     if max_pixels is not None and width * height > max_pixels:
-        raise ImageError(path, f"image too large ({width}x{height} = {width * height:,} "
+        raise ImageError(source, f"image too large ({width}x{height} = {width * height:,} "
                                f"pixels; the limit is {max_pixels:,}, see --max-pixels)")
 
 
