@@ -126,7 +126,8 @@ class ShardedGallery:
         shards = [shard_of(hashlib.sha256(c).hexdigest(), self.count) for c in crops]
         stored = [self.actors[s].store_crop.remote(c, x) for c, x, s in
                   zip(crops, suffixes, shards)]
-        keys = self._get(stored, self.write_timeout_s, "store crops")
+        keys = self._get(stored, self.write_timeout_s, "store crops",
+                         [self.names[s] for s in shards])
         self.add_routed(keys, shards, features, metadata)
         return keys
 
@@ -165,6 +166,11 @@ class ShardedGallery:
         return {"shards": dict(zip(self.names, shards)),
                 "entries": sum(s["entries"] for s in shards)}
 
+    def unanswered(self, timeout_s: float) -> list[str]:
+        """The shards that do not answer within ``timeout_s`` (restarting, or on a lost
+        node)."""
+        return self._gather([a.stats.remote() for a in self.actors], timeout_s, self.names)[1]
+
     def features(self, keys: Sequence[str]) -> Features:
         """Features of stored entries, in ``keys`` order (to search with them as queries);
         `TalError` naming a key no shard holds."""
@@ -176,7 +182,8 @@ class ShardedGallery:
         absent = [k for k in keys if k not in rows]
         if absent:
             raise TalError(f"no shard holds the entry {absent[0]!r}")
-        return stack_features([{n: v[i:i + 1] for n, v in rows[k][0].items()} for k in keys])
+        return stack_features([{n: v[rows[k][1]:rows[k][1] + 1] for n, v in rows[k][0].items()}
+                               for k in keys])
 
     def search(self, queries: Features, options: RetrievalOptions = RetrievalOptions(),
                query_cams: Iterable[int] | int | None = None, scope: Scope | None = None,
@@ -195,7 +202,7 @@ class ShardedGallery:
         shared = self.ray.put(queries)
         refs = [a.search.remote(shared, request) for a in self.actors]
         answers, missing = self._gather(refs, self.search_timeout_s if timeout_s is None
-                                        else timeout_s)
+                                        else timeout_s, self.names)
         if missing and strict:
             raise TalError(f"no answer from {', '.join(missing)} within the time allowed")
         return ShardedResult(merge([a for a in answers if a is not None], options.topk)
@@ -204,12 +211,14 @@ class ShardedGallery:
 
     # -- Ray plumbing ---------------------------------------------------------------------
 
-    def _gather(self, refs: list, timeout_s: float) -> tuple[list, list[str]]:
-        """(answers, None where a shard did not answer), and the names of those shards."""
+    def _gather(self, refs: list, timeout_s: float, names: list[str]
+                ) -> tuple[list, list[str]]:
+        """(answers, None where a shard did not answer), and the names (``names[i]`` is the
+        shard of ``refs[i]``) of those shards."""
         ready, _ = self.ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
         ready = set(ready)
         answers, missing = [], []
-        for name, ref in zip(self.names, refs):
+        for name, ref in zip(names, refs):
             answer = None
             if ref in ready:
                 try:
@@ -235,7 +244,7 @@ class ShardedGallery:
              names: list[str] | None = None) -> list:
         """Every answer, or one `TalError` line naming the shards that gave none in time."""
         names = names or self.names
-        answers, missing = self._gather(refs, timeout_s)
+        answers, missing = self._gather(refs, timeout_s, names)
         if missing:
             raise TalError(f"{what}: no acknowledgement from {', '.join(missing)} within "
                            f"{timeout_s:g} s (writes are idempotent: retrying is safe)")
