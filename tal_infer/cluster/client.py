@@ -13,23 +13,12 @@ from __future__ import annotations
 import json
 import urllib.error
 import urllib.request
-from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
 from ..errors import TalError
 from ..features import Features
 from . import wire
-from .routing import Hit
-
-
-@dataclass
-class SearchAnswer:
-    hits: list[list[Hit]]
-    missing: list[str] = field(default_factory=list)
-
-    @property
-    def partial(self) -> bool:
-        return bool(self.missing)
+from .sharded import ShardedResult
 
 
 class ServiceClient:
@@ -64,7 +53,7 @@ class ServiceClient:
                cameras: Iterable[int] | None = None, since: float | None = None,
                until: float | None = None, where: Mapping[str, Any] | None = None,
                query_cameras: Any = None, prerank: int | None = None,
-               search: str = "exact") -> SearchAnswer:
+               search: str = "exact") -> ShardedResult:
         """The top ``k`` per query (crops, stored entries or features), within the cameras,
         time window and metadata given; ``query_cameras`` leaves each query's own camera
         out."""
@@ -79,7 +68,7 @@ class ServiceClient:
         elif features is not None:
             body["features"] = wire.encode_features(features)
         answer = self._call("POST", "/search", body)
-        return SearchAnswer(wire.decode_hits(answer["results"]), answer["missing_shards"])
+        return ShardedResult(wire.decode_hits(answer["results"]), answer["missing_shards"])
 
     def remove(self, keys: Sequence[str] | None = None, where: Mapping[str, Any] | None = None,
                before: float | None = None) -> list[str]:

@@ -211,7 +211,8 @@ class ServiceCore:
     def search(self, payload: Mapping[str, Any], queries: Features) -> dict:
         options = RetrievalOptions(
             topk=_int(payload, "k", 10), candidates=_int(payload, "candidates", 0),
-            prerank=payload.get("prerank"), candidate_search=_choice(payload, "search"),
+            prerank=None if payload.get("prerank") is None else _int(payload, "prerank", 0),
+            candidate_search=_choice(payload, "search"),
             exclude_same_camera=payload.get("query_cameras") is not None)
         where = payload.get("where") or {}
         if not isinstance(where, dict):

@@ -74,11 +74,11 @@ class ShardedGallery:
                  placement: Placement = Placement(), backend: str = "auto",
                  device: str = "auto", search_timeout_s: float = 30.0,
                  write_timeout_s: float = 600.0):
+        self.ray = connect(address)
         self.root = Path(root).absolute()
         self.bundle = str(Path(bundle).absolute())
         self.count = _layout(self.root, shards)
         self.search_timeout_s, self.write_timeout_s = search_timeout_s, write_timeout_s
-        self.ray = connect(address)
         actor = self.ray.remote(Shard).options(
             max_restarts=-1, max_task_retries=-1, num_cpus=placement.num_cpus,
             num_gpus=placement.num_gpus, resources=dict(placement.resources))
