@@ -51,12 +51,14 @@ def free_port() -> int:
 @click.option("--clients", default=4, show_default=True, help="Concurrent HTTP clients.")
 @click.option("--seconds", default=60.0, show_default=True, help="Load duration.")
 @click.option("--candidates", default=0, show_default=True, help="M (0: exhaustive).")
+@click.option("--bundle", type=click.Path(path_type=Path), default=None,
+              help="Use this bundle (with a descriptor) instead of cascade.py's model.")
 @click.option("--seed", default=7, show_default=True)
 def main(workdir: Path, size: int, gallery_size: int, shards: int, clients: int,
-         seconds: float, candidates: int, seed: int) -> None:
+         seconds: float, candidates: int, bundle: Path | None, seed: int) -> None:
     """Print the load test's numbers and the last line."""
     started = time.time()
-    bundle = prepare_model(workdir, progress=False)
+    bundle = bundle or prepare_model(workdir, progress=False)
     gallery_paths, query_paths = prepare_gallery(workdir, size, 100, seed, False)
     crops = [Path(p).read_bytes() for p in gallery_paths[:gallery_size]]
     queries = [Path(p).read_bytes() for p in query_paths]

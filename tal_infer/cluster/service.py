@@ -31,7 +31,6 @@ import hashlib
 import hmac
 import ipaddress
 import json
-import logging
 import os
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Mapping
@@ -51,7 +50,6 @@ from .ray_support import connect, require_ray
 from .scope import Scope
 from .sharded import ShardedGallery
 
-log = logging.getLogger("tal_infer")
 TOKEN_ENV = "TAL_SERVE_TOKEN"
 APP_NAME = "tal-reid"
 _TOKEN_FILE_LIMIT = 4096

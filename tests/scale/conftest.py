@@ -11,6 +11,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "infer"))  # runtime_fixtures
 
 from runtime_fixtures import write_crops, write_fake_bundle  # noqa: E402
+from cluster_fixtures import gallery_names  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -29,12 +30,6 @@ def ray_cluster():
 def bundle(tmp_path_factory) -> Path:
     """A contract bundle with a global descriptor (two-stage retrieval works on it)."""
     return write_fake_bundle(tmp_path_factory.mktemp("bundles") / "fake-desc", descriptor=True)
-
-
-def gallery_names(identities: int, per_identity: int = 4, cameras: int = 4) -> list[str]:
-    """Market-style names: camera 1..cameras, a frame number that orders the crops."""
-    return [f"{pid:04d}_c{1 + j % cameras}s1_{pid * 10 + j:06d}_00.jpg"
-            for pid in range(1, identities + 1) for j in range(per_identity)]
 
 
 @pytest.fixture(scope="session")

@@ -22,7 +22,7 @@ from tal_infer.cluster.sharded import ShardedGallery
 from tal_infer.engine import ReIDEngine
 from tal_infer.retrieval import RetrievalOptions
 
-from conftest import gallery_names
+from cluster_fixtures import gallery_names
 
 PATIENT_S = 300  # bounds on waits, far above their time on a busy 2-core CI machine
 

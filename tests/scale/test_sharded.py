@@ -162,10 +162,10 @@ def test_adds_removals_and_retention_across_shards(ray_cluster, bundle, crops, t
     # crops stored by the gallery: erased with their entries, files included
     data = [Path(f).read_bytes() for f in files[20:23]]
     feats = ReIDEngine(bundle).embed_files(files[20:23]).features
-    keys = gallery.add_crops(data, [".jpg"] * 3, feats,
-                             [{"camera": 5, "timestamp": 100.0 + i} for i in range(3)])
+    seen = [{"camera": 5, "timestamp": 100.0 + i} for i in range(3)]
+    keys = gallery.add_crops(data, [".jpg"] * 3, feats, seen)
     assert len(set(keys)) == 3 and all(os.path.isfile(k) for k in keys)
-    assert gallery.add_crops(data, [".jpg"] * 3, feats, [{"camera": 5}] * 3) == keys
+    assert gallery.add_crops(data, [".jpg"] * 3, feats, seen) == keys      # the same entries
     assert sum(gallery.check().values()) == 32
     assert sorted(gallery.drop_older_than(101.5)) == sorted(keys[:2])
     assert not any(os.path.exists(k) for k in keys[:2]) and os.path.isfile(keys[2])
