@@ -6,6 +6,8 @@ binds to 127.0.0.1 unless told otherwise, and only with an access token off the 
 """
 from __future__ import annotations
 
+import signal
+import sys
 import time
 from pathlib import Path
 
@@ -58,6 +60,7 @@ def main(bundle: Path, gallery: Path, shards: int | None, host: str, port: int,
         str(gallery.absolute()), str(bundle.absolute()), shards, host, port, token,
         int(max_request_mb * 2**20), max_images, max_pixels, max_batch, batch_wait_ms / 1000)
     url = service.start(config, address)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # a service manager's stop: clean up
     click.echo(f"serving on {url} ({'access token required' if token else 'no token: loopback only'}); "
                "Ctrl-C stops")
     try:
