@@ -237,7 +237,7 @@ def main(workdir: Path, bundle: Path | None, sizes: str, candidates: str, headli
         index = GalleryIndex(workdir / f"index-{size}", engine.bundle.fingerprint,
                              engine.bundle.output_shapes, dtype=STORED_DTYPE, rebuild=True)
         index.sync(gallery_paths, lambda batch: engine.embed([read_image(p) for p in batch]),
-                   market_metadata, batch_size=64, progress=progress)
+                   market_metadata, batch_size=64)
         contents = index.load()
         queries = engine.embed_files(query_paths).features
         q_labels, g_labels = labels(query_paths), labels(contents.paths)

@@ -6,9 +6,10 @@ lazily inside it, so `import tal_plugins` works with numpy alone.
 
 Modules: reference (the plain einsum + max definition), cpu (blocked torch / numpy paths),
 kernel (the Triton kernel and its launchers), tuning (its launch-config table and per-GPU tuning
-cache), tune (the opt-in tuner, ``python -m tal_plugins.tune``), torch_op (the `tal::` PyTorch
-custom ops and backend choice), backward (gradients), shapes (shape rules), trt (the TensorRT
-plugin), ptx (fitting its PTX to TensorRT: launch arguments, ISA version).
+cache), timing (the opt-in tuning: timing candidate configs on a GPU), tune (its command line,
+``python -m tal_plugins.tune``), torch_op (the `tal::` PyTorch custom ops and backend choice),
+backward (gradients), shapes (shape rules), trt (the TensorRT plugin), ptx (fitting its PTX to
+TensorRT: launch arguments, ISA version), triton_env (whether and which sizes the kernel runs).
 """
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ code that torch.compile traces.
 
 Backends (`backend=` argument):
   auto    CUDA tensors -> the Triton kernel for `qaconv_match` on float16 / bfloat16 features
-          with C <= 256 (where Triton is installed), else the blocked torch path (cuBLAS GEMM +
+          with C <= 256 and HW <= 512 (where Triton is installed), else the blocked torch path (cuBLAS GEMM +
           max); `qaconv_responses` -> the blocked torch path; CPU tensors -> the blocked torch
           path.
   triton  the Triton kernel: CUDA tensors, or CPU tensors when TRITON_INTERPRET=1 (Triton's
@@ -19,10 +19,9 @@ Query and gallery of different dtypes are promoted to a common one. Outputs are 
 when an input is fp64: that keeps gradcheck meaningful).
 
 **Why float32 runs on the torch path on CUDA (auto).** The kernel takes fp32 features as three
-tf32 tensor-core passes; that specialization compiles for over a minute (24x8 maps, C 128,
-sm_90: 77-85 s on a 2-core CPU, against 5-20 s for fp16), which no first call may cost.
-cuBLAS's fp32 GEMM + max needs no compile and keeps fp32 accuracy; half-precision features are
-what the kernel is for. `backend="triton"` still runs it on fp32.
+tf32 tensor-core passes (near-fp32 accuracy, a compile per specialization at the first call);
+cuBLAS's fp32 GEMM + max needs no compile and keeps full fp32 accuracy; half-precision features
+are what the kernel is for. `backend="triton"` still runs it on fp32.
 
 **Why responses run on the torch path on CUDA.** `qaconv_responses` is the training op (the
 heads' batch-statistics BN needs whole response vectors), called per phase, scale and expert on
@@ -40,23 +39,25 @@ from .errors import TalError
 from . import BACKENDS, cpu
 from .backward import qaconv_backward
 from .shapes import check_match_shapes, match_output_shape, responses_output_shape
-from .triton_env import KERNEL_MAX_CHANNELS, interpreting, triton_available
+from .triton_env import KERNEL_MAX_CHANNELS, KERNEL_MAX_LOCATIONS, interpreting, triton_available
 
 KERNEL_DTYPES = ("float16", "bfloat16", "float32")  # what backend="triton" takes
 AUTO_KERNEL_DTYPES = ("float16", "bfloat16")  # what backend="auto" gives it on CUDA
 
 
 def resolve_backend(backend: str, device_type: str, dtype_name: str, channels: int,
-                    responses: bool = False) -> str:
-    """The backend that runs torch tensors of this device type, dtype and channel count, for
-    the projected op or (`responses`) the responses op: 'triton' or 'torch'; TalError for a
-    choice that cannot run here."""
+                    responses: bool = False, locations: int = 0) -> str:
+    """The backend that runs torch tensors of this device type, dtype and channel count (and
+    `locations`: the larger of HWq, HWg; 0 when not known yet), for the projected op or
+    (`responses`) the responses op: 'triton' or 'torch'; TalError for a choice that cannot run
+    here."""
     if backend not in BACKENDS:
         raise TalError(f"unknown QAConvMatch backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if backend == "numpy":
         raise TalError("QAConvMatch backend 'numpy' takes numpy arrays; torch tensors run on "
                        "'auto', 'triton' or 'torch'")
-    kernel_fits = dtype_name in KERNEL_DTYPES and channels <= KERNEL_MAX_CHANNELS
+    kernel_fits = (dtype_name in KERNEL_DTYPES and channels <= KERNEL_MAX_CHANNELS
+                   and locations <= KERNEL_MAX_LOCATIONS)
     if backend == "auto":
         use_kernel = (device_type == "cuda" and not responses and kernel_fits
                       and dtype_name in AUTO_KERNEL_DTYPES)
@@ -67,8 +68,9 @@ def resolve_backend(backend: str, device_type: str, dtype_name: str, channels: i
                            "(pip install 'tal-reid[gpu]')")
         if not kernel_fits:
             raise TalError(f"QAConvMatch backend 'triton' takes float16/bfloat16/float32 features "
-                           f"with at most {KERNEL_MAX_CHANNELS} channels, got {dtype_name} with "
-                           f"{channels}; use backend 'torch'")
+                           f"with at most {KERNEL_MAX_CHANNELS} channels and "
+                           f"{KERNEL_MAX_LOCATIONS} locations, got {dtype_name} with {channels} "
+                           f"channels and {locations or '?'} locations; use backend 'torch'")
         if device_type != "cuda" and not interpreting():
             raise TalError(f"QAConvMatch backend 'triton' needs CUDA tensors (got {device_type}); "
                            "set TRITON_INTERPRET=1 before starting Python to run the kernel in "
@@ -98,7 +100,8 @@ def _run(query, gallery, wq, wg, backend: str, responses: bool):
                        None if responses else wg.shape)
     query, gallery = _common_dtype(query, gallery)
     dtype_name = str(query.dtype).removeprefix("torch.")
-    chosen = resolve_backend(backend, query.device.type, dtype_name, query.shape[2], responses)
+    chosen = resolve_backend(backend, query.device.type, dtype_name, query.shape[2], responses,
+                             max(query.shape[1], gallery.shape[1]))
     if chosen == "torch":
         return cpu.torch_match(query, gallery, wq, wg, responses)
     from . import kernel

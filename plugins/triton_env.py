@@ -5,9 +5,11 @@ from __future__ import annotations
 import importlib.util
 import os
 
-# Channels the kernel takes: it holds [BLOCK, C] operand tiles in registers; beyond this it
-# would spill, and the blocked torch path serves instead.
+# Sizes the kernel takes (plugins/kernel.py); beyond them the blocked torch path serves. C: the
+# channel loop is unrolled into tensor-core steps; locations: the query is held as at most two
+# parts of <= 256 rows, the gallery's responses in a table that grows with HWg.
 KERNEL_MAX_CHANNELS = 256
+KERNEL_MAX_LOCATIONS = 512
 
 
 def triton_available() -> bool:

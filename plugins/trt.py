@@ -173,13 +173,17 @@ def compile_aot_kernel(dtype_name: str, sizes: tuple[int, int, int, int], target
     """(PTX fitted for TensorRT, compiled kernel, launch config) of one specialization.
 
     The boundary to plugins/kernel.py: `kernel.compile_ptx(dtype, hwq, hwg, c, p, arch=...)`
-    returns (compiled, config) with `compiled.asm["ptx"]`, `compiled.metadata.{name,
-    num_warps, shared, *_scratch_size}` and the launch config's "GALLERIES"; `kernel.grid_size`
-    turns that into the program count.
+    returns (compiled, config) with `compiled.asm["ptx"]` and `compiled.metadata.{name,
+    num_warps, shared, *_scratch_size}`; `kernel.grid_size` gives the program count. The config
+    is the launch table's for the target (the one the run-time launcher uses there), logged and
+    recorded in the manifest (`Registration.kernels`).
     """
     from . import kernel
 
     compiled, config = kernel.compile_ptx(dtype_name, *sizes, arch=target.arch)
+    log.info("%s: %s kernel for HW %dx%d, C %d, P %d on %s: launch config %s (table), %d bytes "
+             "of shared memory", PLUGIN_ID, dtype_name, *sizes, target.target_name, config,
+             compiled.metadata.shared)
     return fit_for_tensorrt(compiled.asm["ptx"], compiled.metadata, target), compiled, config
 
 
@@ -206,10 +210,13 @@ def define_plugin(trt, trtp, registration: Registration, stages_done: set[str]) 
         ptx, compiled, config = compile_aot_kernel(dtype_name, sizes, registration.target)
         registration.record({"dtype": dtype_name, "hw": [sizes[0], sizes[1]],
                              "channels": sizes[2], "projections": sizes[3],
-                             "ptx_isa": ptx_text.format_isa(ptx_text.isa_version(ptx))})
+                             "ptx_isa": ptx_text.format_isa(ptx_text.isa_version(ptx)),
+                             "launch_config": {**config.kernel_args(), "source": "table"},
+                             "threads": compiled.metadata.num_warps * 32,
+                             "shared_bytes": compiled.metadata.shared})
         n_q, n_g = query.shape_expr[0], gallery.shape_expr[0]
         launch = trtp.KernelLaunchParams()
-        launch.grid_x = kernel.grid_size(n_q, n_g, config["GALLERIES"], cdiv=trtp.cdiv)
+        launch.grid_x = kernel.grid_size(n_q, n_g, cdiv=trtp.cdiv)
         launch.block_x = compiled.metadata.num_warps * 32
         launch.shared_mem = compiled.metadata.shared
         scalars = trtp.SymIntExprs(2)  # the kernel's (n_q, n_g), between inputs and output

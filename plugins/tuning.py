@@ -1,26 +1,29 @@
-"""Launch parameters of the QAConvMatch Triton kernel: a small table instead of run-time autotuning.
+"""Launch parameters of the QAConvMatch Triton kernel: one table instead of run-time autotuning.
 
 Why: `triton.autotune` times every candidate config at the first call of every new process. On an
 H200 that cost 43-45 s per kernel specialization (issue 12), paid again by every new process and
-by every (map size, C, P, dtype, mode) a run meets, and its pick was the same in every case
-measured. So a launch config is looked up, in this order:
+by every (map size, C, P, dtype, mode) a run meets. So a launch config is looked up, in this
+order:
 
 1. the tuning cache file of this GPU (`cache_file`), written by the opt-in tuner
    (``python -m tal_plugins.tune``, or any process run with ``TAL_QACONV_AUTOTUNE=1``);
-2. the built-in table `MEASURED`: configs measured on a real GPU, with where they come from;
-3. the default rule `default_config`: the largest least-padding tile whose operand tiles stay
-   within 16 KiB each, 8 galleries per program, 4 warps, 2 stages (the measured H200 pick follows
-   from it for the model's 24x8 maps, fp16, C 128).
+2. the built-in table `TABLE`: one config per (architecture, shape class, dtype class), the same
+   for the run-time launcher and the TensorRT plan (`table_config`), each checked ahead of time
+   for shared memory within what a TensorRT plugin launch allows, registers without spills and
+   the tensor-core instructions it compiles to (benchmarks/ptx_resources.py,
+   tests/plugins/test_ptx_resources.py).
+
+There is no fallback chain: the launcher runs the config it looked up (and logs it with its
+source once), the plan records it in the manifest, and a config that does not fit is an error.
 
 A lookup is keyed by what changes the compiled kernel or its best shape (`TuningKey`): GPU
-architecture, HWq x HWg, C, the P range (P is padded to a power of two inside the kernel, so
-P in (P_PAD/2, P_PAD] compiles alike), dtype and mode. Never by Nq or Ng: they vary per batch and
-are plain run-time arguments of the kernel (see plugins/kernel.py).
+architecture, HWq x HWg, C, the P range (P_PAD/2, P_PAD], dtype and mode. Never by Nq or Ng:
+they vary per batch and are plain run-time arguments of the kernel (see plugins/kernel.py).
 
 The cache file is JSON, one per GPU model and architecture, in ``$TAL_CACHE_DIR`` or else
 ``$XDG_CACHE_HOME/tal-reid`` (``~/.cache/tal-reid``). A file that cannot be read or does not hold
-valid configs is ignored with one warning naming it, and the table and rule serve instead.
-Triton keeps its compiled kernels in its own on-disk cache (``TRITON_CACHE_DIR``, default
+valid configs is ignored with one warning naming it, and the table serves instead. Triton
+keeps its compiled kernels in its own on-disk cache (``TRITON_CACHE_DIR``, default
 ``~/.triton/cache``), so only the first process on a machine compiles a specialization.
 
 Pure Python (no torch, no triton at import): the kernel module, the tuner and the TensorRT
@@ -40,55 +43,63 @@ log = logging.getLogger("tal_plugins")
 
 CACHE_DIR_ENV = "TAL_CACHE_DIR"
 AUTOTUNE_ENV = "TAL_QACONV_AUTOTUNE"
-CACHE_FORMAT = "tal-reid/qaconv-launch/1"
+CACHE_FORMAT = "tal-reid/qaconv-launch/2"
 
 # tl.dot needs every tile dimension >= 16.
 MIN_BLOCK = 16
-# Tile shapes the default rule and the tuner choose from.
-TILE_SHAPES = ((16, 16), (32, 32), (64, 32), (32, 64), (64, 64), (128, 64), (64, 128))
-WARPS_STAGES = ((4, 2), (4, 3), (8, 2))
-GALLERIES_PER_PROGRAM = 8
-# Bytes of one [BLOCK, C] operand tile the default rule allows (fp16 64 x 128 = 16 KiB).
-DEFAULT_TILE_BYTES = 16 * 1024
+# Galleries per program: the M dimension of the kernel's projection dots (>= MIN_BLOCK).
+GALLERIES_PER_PROGRAM = 16
+# Hopper's wgmma takes M in multiples of 64 rows per warp group.
+WGMMA_ROWS = 64
+GALLERY_BLOCKS = (64, 32, 16)
+CHANNEL_BLOCKS = (16, 32, 64)
 DTYPES = ("fp16", "bf16", "fp32")
-MODES = ("match", "responses")
 
 
 @dataclass(frozen=True)
 class LaunchConfig:
-    """Tile shape, galleries per program, warps and software-pipelining stages of one launch."""
-    block_i: int
+    """Gallery block, channel step, warps, software-pipelining stages and register cap (None:
+    ptxas's choice) of one launch."""
     block_j: int
-    galleries: int = GALLERIES_PER_PROGRAM
-    num_warps: int = 4
-    num_stages: int = 2
+    block_c: int
+    num_warps: int = 8
+    num_stages: int = 1
+    maxnreg: int | None = None
 
     def kernel_args(self) -> dict[str, int]:
         """Keyword arguments of a Triton launch (constexprs upper case, compile options lower)."""
-        return {"BLOCK_I": self.block_i, "BLOCK_J": self.block_j, "GALLERIES": self.galleries,
-                "num_warps": self.num_warps, "num_stages": self.num_stages}
+        args = {"BLOCK_J": self.block_j, "BLOCK_C": self.block_c, "num_warps": self.num_warps,
+                "num_stages": self.num_stages}
+        return {**args, "maxnreg": self.maxnreg} if self.maxnreg else args
 
     @classmethod
     def from_kernel_args(cls, args: dict) -> "LaunchConfig":
         """The inverse of `kernel_args`; ValueError for anything but a launchable config."""
-        fields = ("BLOCK_I", "BLOCK_J", "GALLERIES", "num_warps", "num_stages")
-        if not isinstance(args, dict) or any(type(args.get(f)) is not int for f in fields):
-            raise ValueError(f"a launch config needs integer {', '.join(fields)}")
-        config = cls(args["BLOCK_I"], args["BLOCK_J"], args["GALLERIES"], args["num_warps"],
-                     args["num_stages"])
-        checks = [(config.block_i in (16, 32, 64, 128, 256), "BLOCK_I"),
-                  (config.block_j in (16, 32, 64, 128, 256), "BLOCK_J"),
-                  (1 <= config.galleries <= 64, "GALLERIES"),
-                  (config.num_warps in (1, 2, 4, 8, 16), "num_warps"),
-                  (1 <= config.num_stages <= 8, "num_stages")]
+        fields = ("BLOCK_J", "BLOCK_C", "num_warps", "num_stages")
+        if not isinstance(args, dict) or any(type(args.get(f)) is not int for f in fields) or (
+                args.get("maxnreg") is not None and type(args["maxnreg"]) is not int):
+            raise ValueError(f"a launch config needs integer {', '.join(fields)} (and maxnreg)")
+        config = cls(args["BLOCK_J"], args["BLOCK_C"], args["num_warps"], args["num_stages"],
+                     args.get("maxnreg"))
+        checks = [(config.block_j in GALLERY_BLOCKS, "BLOCK_J"),
+                  (config.block_c in CHANNEL_BLOCKS, "BLOCK_C"),
+                  (config.num_warps in (4, 8), "num_warps"),
+                  (1 <= config.num_stages <= 4, "num_stages"),
+                  (config.maxnreg is None or 64 <= config.maxnreg <= 255, "maxnreg")]
         bad = [name for ok, name in checks if not ok]
         if bad:
             raise ValueError(f"launch config out of range: {', '.join(bad)} in {args}")
         return config
 
+    def __str__(self) -> str:
+        cap = f", <= {self.maxnreg} registers" if self.maxnreg else ""
+        return (f"(gallery block {self.block_j}, channel step {self.block_c}, {self.num_warps} "
+                f"warps, {self.num_stages} stage{'s' if self.num_stages > 1 else ''}{cap})")
 
-# Under TRITON_INTERPRET=1 every program runs in numpy: the smallest tiles keep tests quick.
-INTERPRETER_CONFIG = LaunchConfig(16, 16, galleries=2)
+
+# Under TRITON_INTERPRET=1 every program runs in numpy: the smallest blocks keep tests quick
+# (warps and registers mean nothing there).
+INTERPRETER_CONFIG = LaunchConfig(MIN_BLOCK, MIN_BLOCK, 4, 1)
 
 
 def pow2(n: int) -> int:
@@ -98,6 +109,20 @@ def pow2(n: int) -> int:
 
 def cdiv(a: int, b: int) -> int:
     return -(-a // b)
+
+
+def query_parts(hwq: int) -> tuple[int, int]:
+    """The kernel's split of the HWq query locations into at most two power-of-two parts:
+    the largest power of two <= HWq (16 .. 256), and the rest padded to a power of two (0 when
+    there is none): 192 -> (128, 64), 48 -> (32, 16), 20 -> (16, 16), 256 -> (256, 0)."""
+    first = max(MIN_BLOCK, min(1 << (int(hwq).bit_length() - 1), 256))
+    rest = hwq - first
+    return first, (max(MIN_BLOCK, pow2(rest)) if rest > 0 else 0)
+
+
+def gallery_block(hwg: int) -> int:
+    """Gallery locations per S block: the largest of 64, 32, 16 that pads HWg least."""
+    return min(GALLERY_BLOCKS, key=lambda b: (cdiv(hwg, b) * b, -b))
 
 
 @dataclass(frozen=True)
@@ -113,13 +138,21 @@ class TuningKey:
 
     @property
     def p_range(self) -> tuple[int, int]:
-        """The P values that compile to the same kernel as this one: (P_PAD/2, P_PAD]."""
+        """The P values that share this key's config: (P_PAD/2, P_PAD]."""
         high = pow2(self.p)
         return (high // 2 + 1 if high > 1 else 1), high
 
     @property
     def mode(self) -> str:
         return "responses" if self.responses else "match"
+
+    @property
+    def shape_class(self) -> str:
+        """"wgmma" when both query parts are multiples of 64 rows and the gallery blocks are
+        64 wide (HW 64, 128, 192, 256, 320, 384 ...: Hopper's wgmma applies), else "small"."""
+        parts = [n for n in query_parts(self.hwq) if n]
+        wide = all(n % WGMMA_ROWS == 0 for n in parts) and gallery_block(self.hwg) == 64
+        return "wgmma" if wide else "small"
 
     def text(self) -> str:
         low, high = self.p_range
@@ -130,75 +163,55 @@ class TuningKey:
 
 @dataclass(frozen=True)
 class TableRow:
-    """A built-in config for every P of a (architectures, map size, C, dtypes, modes) class."""
-    archs: tuple[str, ...]
-    hw: tuple[int, int]
-    channels: int
+    """The config of every key of one (architecture, shape class, dtype class); block_j None:
+    `gallery_block` of the key's HWg."""
+    arch: str          # "sm90", or "other" for every architecture without its own rows
+    shape_class: str
     dtypes: tuple[str, ...]
-    modes: tuple[str, ...]
-    config: LaunchConfig
-    source: str
+    block_c: int
+    num_warps: int
+    maxnreg: int | None
+    why: str
 
-    def matches(self, key: TuningKey) -> bool:
-        return (key.arch in self.archs and (key.hwq, key.hwg) == self.hw
-                and key.channels == self.channels and key.dtype in self.dtypes
-                and key.mode in self.modes)
+    def config(self, key: TuningKey) -> LaunchConfig:
+        return LaunchConfig(gallery_block(key.hwg), self.block_c, self.num_warps, 1, self.maxnreg)
 
 
-MEASURED = (
-    TableRow(("sm90",), (192, 192), 128, ("fp16",), ("match",), LaunchConfig(64, 64, 8, 4, 2),
-             "triton.autotune's pick on an H200 (triton 3.6), P 1 and 65, 64 x 512 to "
-             "3,368 x 15,913 pairs (issue 12)"),
+# Checked ahead of time by benchmarks/ptx_resources.py for every specialization the runtime and
+# the TensorRT plan use (plugins/README.md has the table); not yet timed on a GPU.
+TABLE = (
+    TableRow("sm90", "wgmma", ("fp16", "bf16"), 32, 8, 128,
+             "wgmma for both query parts; no spills at 128 registers, so two programs of 8 "
+             "warps fit an SM"),
+    TableRow("sm90", "wgmma", ("fp32",), 32, 8, None,
+             "three-pass tf32 wgmma: a 128-register cap spills, so ptxas chooses"),
+    TableRow("sm90", "small", DTYPES, 32, 8, 128, "mma.sync (parts under 64 rows)"),
+    TableRow("other", "wgmma", DTYPES, 32, 8, None,
+             "mma.sync keeps operand fragments in registers: a 128-register cap spills"),
+    TableRow("other", "small", DTYPES, 32, 8, 128, "mma.sync"),
 )
 
 
-def padding_waste(hwq: int, hwg: int, block_i: int, block_j: int) -> float:
-    """Fraction of tensor-core work spent on masked (padded) tile rows and columns."""
-    used = hwq * hwg
-    return 1.0 - used / (cdiv(hwq, block_i) * block_i * cdiv(hwg, block_j) * block_j)
+def table_row(key: TuningKey) -> TableRow:
+    """The table row of `key` (every key has exactly one)."""
+    arch = key.arch if any(row.arch == key.arch for row in TABLE) else "other"
+    return next(row for row in TABLE if row.arch == arch and row.shape_class == key.shape_class
+                and key.dtype in row.dtypes)
 
 
-def tile_candidates(hwq: int, hwg: int) -> list[tuple[int, int]]:
-    """Tile shapes worth considering for a map size: least padding, then no more than 4x smaller
-    than the largest such tile (small tiles only lose operand reuse)."""
-    fitting = [(bi, bj) for bi, bj in TILE_SHAPES if bi <= pow2(hwq) and bj <= pow2(hwg)]
-    fitting = fitting or [(MIN_BLOCK, MIN_BLOCK)]
-    least = min(padding_waste(hwq, hwg, bi, bj) for bi, bj in fitting)
-    best = [t for t in fitting if padding_waste(hwq, hwg, *t) <= least + 1e-9]
-    area = max(bi * bj for bi, bj in best)
-    return [(bi, bj) for bi, bj in best if bi * bj * 4 >= area]
-
-
-def _tile_bytes(block: int, key: TuningKey) -> int:
-    return block * max(MIN_BLOCK, pow2(key.channels)) * (4 if key.dtype == "fp32" else 2)
-
-
-def default_configs(key: TuningKey) -> list[LaunchConfig]:
-    """The default rule's configs, best first: least-padding tiles from the largest whose
-    operand tiles fit DEFAULT_TILE_BYTES down to the smallest, each with 2 stages then 1.
-    Later entries are the fallbacks when a GPU lacks the shared memory for earlier ones."""
-    tiles = sorted(tile_candidates(key.hwq, key.hwg), key=lambda t: (-t[0] * t[1], -t[0]))
-    small = [t for t in tiles if max(_tile_bytes(b, key) for b in t) <= DEFAULT_TILE_BYTES]
-    ordered = small + [t for t in tiles if t not in small]
-    if (MIN_BLOCK, MIN_BLOCK) not in ordered:
-        ordered.append((MIN_BLOCK, MIN_BLOCK))
-    return [LaunchConfig(bi, bj, GALLERIES_PER_PROGRAM, 4, stages)
-            for bi, bj in ordered for stages in (2, 1)]
-
-
-def default_config(key: TuningKey) -> LaunchConfig:
-    return default_configs(key)[0]
+def table_config(key: TuningKey) -> LaunchConfig:
+    """The built-in config of `key`: what the launcher uses without a tuning cache, and what the
+    TensorRT plan is compiled with."""
+    return table_row(key).config(key)
 
 
 def tuning_candidates(key: TuningKey) -> list[LaunchConfig]:
-    """What the opt-in tuner times: every least-padding tile x (warps, stages) pair."""
-    return [LaunchConfig(bi, bj, GALLERIES_PER_PROGRAM, warps, stages)
-            for bi, bj in tile_candidates(key.hwq, key.hwg) for warps, stages in WARPS_STAGES]
-
-
-def table_config(key: TuningKey) -> LaunchConfig | None:
-    """The built-in config for `key`, or None."""
-    return next((row.config for row in MEASURED if row.matches(key)), None)
+    """What the opt-in tuner times: the table's config, then its neighbours in channel step,
+    warps and register cap (six configs, each one compile)."""
+    first = table_config(key)
+    found = [first] + [LaunchConfig(first.block_j, block_c, warps, 1, cap)
+                       for block_c in (32, 64) for warps, cap in ((8, 128), (8, None), (4, None))]
+    return list(dict.fromkeys(found))
 
 
 # ---- the per-GPU cache file ----------------------------------------------------------------
@@ -234,7 +247,7 @@ def _parse_cache(path: Path) -> dict[str, LaunchConfig]:
             raise ValueError("no 'configs' object")
         return {str(k): LaunchConfig.from_kernel_args(v) for k, v in configs.items()}
     except (OSError, UnicodeDecodeError, ValueError) as err:  # JSONDecodeError is a ValueError
-        log.warning("warning: ignoring the QAConvMatch tuning cache %s (%s); using the built-in "
+        log.warning("ignoring the QAConvMatch tuning cache %s (%s); using the built-in "
                     "launch table", path, str(err).splitlines()[0][:200])
         return {}
 
@@ -267,19 +280,11 @@ def write_cache(path: Path, device_name: str, tuned: dict[str, tuple[LaunchConfi
 # ---- lookup ----------------------------------------------------------------------------------
 
 def choose(key: TuningKey, device_name: str) -> tuple[LaunchConfig, str]:
-    """(config, where it came from: "cache" | "table" | "default") for a key on a GPU model."""
+    """(config, where it came from: "cache" | "table") for a key on a GPU model."""
     tuned = read_cache(cache_file(device_name, key.arch)).get(key.text())
     if tuned is not None:
         return tuned, "cache"
-    row = table_config(key)
-    if row is not None:
-        return row, "table"
-    return default_config(key), "default"
-
-
-def launch_candidates(first: LaunchConfig, key: TuningKey) -> list[LaunchConfig]:
-    """`first`, then the default rule's configs as fallbacks (no repeats)."""
-    return list(dict.fromkeys([first, *default_configs(key)]))
+    return table_config(key), "table"
 
 
 def autotune_requested() -> bool:

@@ -35,7 +35,6 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import torch
 from tqdm import tqdm
 
 from tal_infer.atomic import make_sibling_dir

@@ -38,7 +38,16 @@ class _Formatter(logging.Formatter):
         return message
 
 
-_handler = logging.StreamHandler()
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is when a line is emitted (a test runner or a host
+    program may swap it after `configure`)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr
+        super().emit(record)
+
+
+_handler = _StderrHandler()
 _handler.setFormatter(_Formatter())
 
 
@@ -49,11 +58,9 @@ def configure(verbosity: int = NORMAL) -> None:
     global _bars, _verbosity
     _verbosity = verbosity
     level = {QUIET: logging.WARNING, NORMAL: logging.INFO}.get(verbosity, logging.DEBUG)
-    _handler.setStream(sys.stderr)  # the stream of now (tests swap sys.stderr)
     for name in PACKAGES:
         logger = logging.getLogger(name)
         logger.setLevel(level)
-        logger.propagate = False
         if _handler not in logger.handlers:
             logger.addHandler(_handler)
     _bars = verbosity > QUIET

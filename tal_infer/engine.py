@@ -25,24 +25,28 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import Any, Iterable, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, NamedTuple, Sequence
 
 import numpy as np
 
 from .backends import open_extractor
 from .batching import MicroBatcher
 from .bundle import Bundle, find_latest_bundle, load_bundle
-from .console import bars_enabled, progress
+from .console import progress
 from .devices import resolve_device
 from .errors import TalError
 from .features import (FeatureArrays, Features, FeatureSource, num_items,
                        outputs_in_match_layout, stack_features)
-from .images import DEFAULT_MAX_PIXELS, ImageError, read_image, resize_batch, to_bgr_uint8
+from .images import (DEFAULT_MAX_PIXELS, MIN_SIDE, ImageError, read_image, resize_batch,
+                     set_decoder_pixel_limit, to_bgr_uint8)
 from .index import GalleryIndex, SyncReport, market_metadata
 from .index.in_memory import Gallery
 from .matching import Matcher, choose_match_backend, match_device, open_matcher
 from .retrieval import RetrievalOptions, RetrievalPlan, Retriever, plan_retrieval
 from .retrieval import query_cameras as camera_array
+
+if TYPE_CHECKING:
+    from .video.boxes import BoxFeatures
 
 log = logging.getLogger("tal_infer")
 
@@ -81,6 +85,7 @@ class ReIDEngine:
             raise TalError(f"batch size must be >= 1, got {batch_size}")
         if max_pixels is not None and max_pixels < 1:
             raise TalError(f"max_pixels must be >= 1 or None, got {max_pixels}")
+        set_decoder_pixel_limit(max_pixels)  # OpenCV's own limit, fixed when it first loads
         if not isinstance(model, Bundle):
             model = load_bundle(find_latest_bundle() if model is None else model, verify=verify)
         self.bundle = model
@@ -180,6 +185,15 @@ class ReIDEngine:
                        None if np.isnan(times[c]) else float(times[c]), meta[c])
                  for c, s in row] for row in found.rows]
 
+    def embed_boxes(self, frames: Any, boxes: Any, min_side: int = MIN_SIDE,
+                    outputs: Sequence[str] | None = None) -> "BoxFeatures":
+        """Features of detections cut from frames: one frame and its [n, 4] xyxy boxes, or
+        lists of both (`tal_infer.video.boxes.embed_boxes`); boxes clipped, unusable ones
+        skipped with the reason; ``outputs=[DESCRIPTOR]`` for one vector per detection."""
+        from .video.boxes import embed_boxes
+
+        return embed_boxes(self, frames, boxes, min_side, outputs)
+
     def open_index(self, directory: str | os.PathLike, rebuild: bool = False) -> GalleryIndex:
         """The gallery index in ``directory`` for this engine's bundle (`bundle_index`)."""
         return bundle_index(self.bundle, directory, rebuild)
@@ -190,8 +204,7 @@ class ReIDEngine:
         changed ones (`GalleryIndex.sync`); camera and label from Market-1501-style names."""
         return index.sync(paths, lambda batch: self.embed(
                               [read_image(p, self.max_pixels) for p in batch]),
-                          market_metadata, batch_size=self.batch_size, on_error=on_error,
-                          progress=bars_enabled())
+                          market_metadata, batch_size=self.batch_size, on_error=on_error)
 
     def batcher(self, max_batch: int | None = None, max_latency_s: float = 0.01
                 ) -> MicroBatcher[np.ndarray, Features]:

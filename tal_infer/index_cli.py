@@ -9,13 +9,13 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Callable
 
 import click
 
 from .cli_common import friendly_errors
 from .errors import TalError
-from .index import GalleryIndex, IndexRecord, RemovalReport, entry_time, record_matches
+from .index import GalleryIndex, RemovalReport, entry_time
+from .index.catalog import CAMERAS_AS_NAMED
 from .lifecycle import EntryFilter, parse_duration, parse_time
 
 EPILOG = """\b
@@ -59,7 +59,10 @@ def info(index_dir: Path) -> None:
     if records:
         cameras = sorted({r.camera for r in records if r.camera is not None})
         times = [entry_time(r) for r in records]
-        click.echo(f"cameras: {', '.join(map(str, cameras)) or 'unknown'}")
+        note = ("" if index.info().camera_numbering == CAMERAS_AS_NAMED else
+                " (numbered from 0 by an earlier version, c1 = 0; the next tal-infer --index "
+                "sync numbers them as the file names do)")
+        click.echo(f"cameras: {', '.join(map(str, cameras)) or 'unknown'}{note}")
         click.echo(f"entry times: {_when(min(times))} .. {_when(max(times))}")
 
 
@@ -68,8 +71,9 @@ def info(index_dir: Path) -> None:
 @click.option("--path", "paths", multiple=True, type=click.Path(path_type=Path),
               help="An entry's crop file (its id in the index); repeatable.")
 @click.option("--where", "where", multiple=True, metavar="KEY=VALUE",
-              help="Metadata condition (camera, label or an extra key); repeatable, all must "
-                   "hold. VALUE is read as JSON where it parses (3, \"x\"), else as text.")
+              help="Metadata condition (camera, as the file names number it: c3 is 3; label; "
+                   "or an extra key); repeatable, all must hold; an unknown key is an error. "
+                   "VALUE is read as JSON where it parses (3, true, \"x\"), else as text.")
 @click.option("--before", metavar="TIME",
               help="Entry time (timestamp, else file time) before TIME: seconds since the "
                    "epoch or an ISO 8601 date/time (UTC unless it says).")
@@ -85,9 +89,13 @@ def remove(index_dir: Path, paths: tuple[Path, ...], where: tuple[str, ...], bef
     index = GalleryIndex.open(index_dir)
     if paths:
         wanted = {os.path.abspath(p) for p in paths}
-        _erase(index, lambda rec: rec.path in wanted, delete_files, dry_run)
+        chosen = [path for path in index.load().paths if path in wanted]
+        asked = " ".join(f"--path {p}" for p in paths)
     else:
-        _erase(index, EntryFilter.parse(where, before), delete_files, dry_run)
+        chosen = [rec.path for rec in index.select(EntryFilter.parse(where, before))]
+        asked = " ".join([*(f"--where {w}" for w in where),
+                          *([f"--before {before}"] if before is not None else [])])
+    _erase(index, chosen, asked, delete_files, dry_run)
 
 
 @main.command(epilog=EPILOG)
@@ -103,7 +111,9 @@ def retain(index_dir: Path, max_age: str, now: str | None, delete_files: bool,
     """Retention window: erase entries whose time (timestamp, else file time) is older than
     --max-age."""
     cutoff = (time.time() if now is None else parse_time(now)) - parse_duration(max_age)
-    _erase(GalleryIndex.open(index_dir), EntryFilter(before=cutoff), delete_files, dry_run)
+    index = GalleryIndex.open(index_dir)
+    chosen = [rec.path for rec in index.select(EntryFilter(before=cutoff))]
+    _erase(index, chosen, f"--max-age {max_age}", delete_files, dry_run)
 
 
 @main.command(epilog=EPILOG)
@@ -118,14 +128,14 @@ def compact(index_dir: Path) -> None:
                "bytes")
 
 
-def _erase(index: GalleryIndex, select: EntryFilter | Callable[[IndexRecord], bool],
-           delete_files: bool, dry_run: bool) -> None:
-    """Crop files first (when asked), then the index: a run killed in between leaves entries
-    that the same command, run again, still selects."""
-    if isinstance(select, EntryFilter):
-        entries = select
-        select = lambda rec: record_matches(entries, rec)  # noqa: E731
-    chosen = [r.path for r in index.load().records if select(r)]
+def _erase(index: GalleryIndex, chosen: list[str], asked: str, delete_files: bool,
+           dry_run: bool) -> None:
+    """Erase the entries ``chosen`` (paths) by the options ``asked``: crop files first (when
+    asked), then the index, so a run killed in between leaves entries that the same command,
+    run again, still selects."""
+    if not chosen:
+        click.echo(f"no entry matches {asked}; nothing removed")
+        return
     if dry_run:
         for path in chosen:
             click.echo(path)

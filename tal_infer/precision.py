@@ -21,7 +21,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-# What an fp16 graph keeps in fp32 (tal_export.fold): statistics and attention are sensitive to
+# What an fp16 graph keeps in fp32 (tal_train.models.folded): statistics and attention are sensitive to
 # fp16 rounding, and the pixel shift is applied before the first conversion.
 FP32_PARTS = ("instance_norm", "dabn_attention", "dabn_mixing", "l2_normalize", "preprocess_shift")
 # onnx.TensorProto.FLOAT / FLOAT16: element types fixed by the ONNX specification.

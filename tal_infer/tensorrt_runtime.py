@@ -106,6 +106,9 @@ class TensorRTEngine:
         self.outputs = [n for n in names if n not in self.inputs]
         self.profile = {n: tuple(tuple(s) for s in self.engine.get_tensor_profile_shape(n, 0))
                         for n in self.inputs}
+        # Its own CUDA stream: on the legacy default stream TensorRT warns and adds
+        # synchronizations of its own (None on the CPU memory of the tests' stand-in).
+        self.stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
 
     def output_shapes(self) -> dict[str, list[int | None]]:
         """The engine's output shapes, None for a dynamic dimension (TensorRT says -1)."""
@@ -143,12 +146,12 @@ class TensorRTEngine:
             outs[name] = torch.empty(tuple(self.context.get_tensor_shape(name)),
                                      dtype=self.dtype(name), device=self.device)
             self.context.set_tensor_address(name, outs[name].data_ptr())
-        cuda = self.device.type == "cuda"
-        stream = torch.cuda.current_stream(self.device) if cuda else None
-        if not self.context.execute_async_v3(stream.cuda_stream if cuda else 0):
+        if self.stream is not None:  # after the copies above, queued on the current stream
+            self.stream.wait_stream(torch.cuda.current_stream(self.device))
+        if not self.context.execute_async_v3(self.stream.cuda_stream if self.stream else 0):
             raise TalError(f"TensorRT failed to run {self.path.name}")
-        if cuda:
-            stream.synchronize()
+        if self.stream is not None:
+            self.stream.synchronize()  # `keep` holds the inputs until here
         return outs
 
 

@@ -7,7 +7,13 @@ symlink to ``/dev/zero`` reads until memory runs out. So every user file is open
 regular file), checked on the open descriptor with ``fstat`` (no race with a rename between a
 check and the open), and read with a cap one byte past the limit, so an oversized file is
 named without being read whole. Callers turn `UserFileError` into their own error type
-(`ImageError`, `BundleError`) with the problem text.
+(`ImageError`, `BundleError`) with the problem text; it is also an `OSError` whose ``strerror``
+is the problem, so code that already treats unreadable files (skip lists, "cannot be read"
+messages) handles special and oversized files the same way.
+
+Size caps, one per kind of file, are the callers' constants: image files
+(`images.MAX_IMAGE_BYTES`), dataset list files (`tal_train.data.msmt17.MAX_LIST_BYTES`),
+checkpoints (`tal_train.checkpoint.MAX_CHECKPOINT_BYTES`).
 """
 from __future__ import annotations
 
@@ -19,13 +25,13 @@ from typing import BinaryIO, Iterator
 from .errors import TalError
 
 
-class UserFileError(TalError):
+class UserFileError(TalError, OSError):
     """A user file that is missing, not a regular file, unreadable or over its size cap;
-    ``problem`` is the reason without the path."""
+    ``problem`` (also ``strerror``) is the reason without the path."""
 
     def __init__(self, path: str | os.PathLike, problem: str):
         super().__init__(f"{path}: {problem}")
-        self.path, self.problem = str(path), problem
+        self.path, self.problem, self.strerror = str(path), problem, problem
 
 
 def _kind(mode: int) -> str:
@@ -49,9 +55,8 @@ def open_regular(path: str | os.PathLike, limit: int | None = None) -> Iterator[
                      | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
         raise UserFileError(path, "file not found") from None
-    except IsADirectoryError:
-        raise UserFileError(path, "is a folder, not a file") from None
-    except OSError as err:
+    except OSError as err:  # a folder (on some systems), a socket (ENXIO), no permission
+        check_regular(path)
         raise UserFileError(path, f"cannot be read ({err.strerror or err})") from None
     try:
         info = os.fstat(fd)
@@ -78,8 +83,31 @@ def read_regular(path: str | os.PathLike, limit: int | None = None) -> bytes:
         except OSError as err:
             raise UserFileError(path, f"cannot be read ({err.strerror or err})") from None
     if limit is not None and len(data) > limit:
-        raise UserFileError(path, f"is over the {limit:,}-byte limit for this kind of file")
+        raise _over_limit(path, limit)
     return data
+
+
+def iter_regular(path: str | os.PathLike, limit: int | None = None,
+                 block_size: int = 1 << 20) -> Iterator[bytes]:
+    """The bytes of a regular file of at most ``limit`` bytes in blocks (for hashing large
+    files in bounded memory); a file that grows past the limit while it is read is refused."""
+    with open_regular(path, limit) as f:
+        total = 0
+        while True:
+            try:
+                block = f.read(block_size)
+            except OSError as err:
+                raise UserFileError(path, f"cannot be read ({err.strerror or err})") from None
+            if not block:
+                return
+            total += len(block)
+            if limit is not None and total > limit:
+                raise _over_limit(path, limit)
+            yield block
+
+
+def _over_limit(path: str | os.PathLike, limit: int) -> UserFileError:
+    return UserFileError(path, f"is over the {limit:,}-byte limit for this kind of file")
 
 
 def check_regular(path: str | os.PathLike) -> os.stat_result:

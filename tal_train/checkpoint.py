@@ -24,6 +24,8 @@ Writes go to a temporary file in the same folder followed by ``os.replace``, so 
 moment leaves either the old checkpoint or the new one, never a torn file; the file gets the
 umask's mode, like any file written with ``open()``. Loading uses ``weights_only=True`` only: a
 file holding anything else is refused, and the message never suggests loading it otherwise.
+Only a regular file of at most `MAX_CHECKPOINT_BYTES` is opened (`tal_infer.user_files`): a
+FIFO given as checkpoint would block the load for ever, /dev/zero would never end.
 """
 from __future__ import annotations
 
@@ -38,10 +40,14 @@ import torch
 from tal_infer import __version__
 from tal_infer.atomic import atomic_file
 from tal_infer.errors import TalError
+from tal_infer.user_files import UserFileError, open_regular
 
 CKPT_FORMAT = "tal-reid-checkpoint"
 CKPT_VERSION = 1
 REQUIRED_KEYS = ("format", "format_version", "config", "model", "epoch")
+# The paper preset's weights take 112 MB (3 domains, torch.save), a few hundred MB with the
+# optimizer's state: 4 GiB leaves room for larger backbones and refuses what no run writes.
+MAX_CHECKPOINT_BYTES = 4 << 30
 
 
 class CheckpointError(TalError):
@@ -77,10 +83,12 @@ def save_checkpoint(path: str | os.PathLike, *, model_state: dict, config: dict,
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load and validate a checkpoint; raise CheckpointError with one clear line otherwise."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint not found")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        with open_regular(path, MAX_CHECKPOINT_BYTES) as f:
+            ckpt = torch.load(f, map_location=map_location, weights_only=True)
+    except UserFileError as err:
+        problem = "checkpoint not found" if err.problem == "file not found" else err.problem
+        raise CheckpointError(f"{path}: {problem}") from None
     except pickle.UnpicklingError as err:  # weights_only=True refused the file
         raise CheckpointError(f"{path}: {weights_only_refusal(err, 'tal-reid checkpoint')}"
                               ) from None

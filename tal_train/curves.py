@@ -37,8 +37,6 @@ def diagnostic_series(metrics: list[dict]) -> tuple[Series, Series]:
                     agreement.setdefault(f"{target} {name}", []).append((epoch, value))
     return agreement, divergence
 
-from .evaluation import target_metrics
-
 
 def plot_curves(train_log: list[dict], metrics: list[dict], path: str | Path) -> Path:
     """Top: mean loss of each phase per epoch, mAP (%) of every target and part; bottom: stream

@@ -10,6 +10,11 @@ threads that wait on each other, so a worker gets OMP_NUM_THREADS=1 unless the c
 Measured on this project's 2-core machine under load: tests/train/test_models_backbone.py took
 76 s CPU with 2 threads and 11 s with 1 (OpenMP threads spin while they wait for a core).
 
+**Seeds:** every random generator in the tests is seeded. Generators a test makes itself take
+a seed (test_seeded_randomness.py fails on one without); the global ones (numpy's legacy
+generator, `random`, torch's default generator) are reseeded before every test from its id
+(`_seeded_globals`), so a test draws the same numbers whatever ran before it on its worker.
+
 **Shared fixtures:** a session or module fixture is built once per worker process. The tests
 that use one of SHARED_FIXTURES (each costs seconds: an export, a subprocess running every
 case) get an ``xdist_group`` mark, so `--dist loadgroup` sends them to one worker, which builds
@@ -18,8 +23,11 @@ the fixture once for all of them.
 from __future__ import annotations
 
 import os
+import random
 import sys
+import zlib
 
+import numpy as np
 import pytest
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
@@ -36,6 +44,17 @@ SHARED_FIXTURES = {
     "distill_setup": "distillation",
     "ray_cluster": "ray-cluster",  # tests/scale/conftest.py: one local Ray per test session  # tests/train/test_distill.py  # tests/plugins/test_kernel_interpreter.py
 }
+
+
+@pytest.fixture(autouse=True)
+def _seeded_globals(request) -> None:
+    """The global generators, seeded from the test's id (torch's only where it is imported:
+    a test that imports it later starts from torch's fixed default seed)."""
+    seed = zlib.crc32(request.node.nodeid.encode())
+    random.seed(seed)
+    np.random.seed(seed)
+    if "torch" in sys.modules:
+        sys.modules["torch"].manual_seed(seed)
 
 
 def _cuda_device() -> str | None:

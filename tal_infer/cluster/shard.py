@@ -154,6 +154,10 @@ class Shard:
         """{key: (size, mtime_ns)} of every entry (what a resumed bulk build skips)."""
         return {r.path: (r.size, r.mtime_ns) for r in self._contents().records}
 
+    def fields(self) -> set[str]:
+        """The filter keys this shard's entries have (camera, label, extra metadata)."""
+        return {"camera", "label"}.union(*(r.extra for r in self._contents().records))
+
     def stats(self) -> dict[str, Any]:
         contents = self._contents()
         return {"folder": str(self.folder), "entries": len(contents),

@@ -137,8 +137,18 @@ class ShardedGallery:
         return self._everywhere("remove", lambda actor: actor.remove.remote(keys))
 
     def remove_where(self, entries: EntryFilter) -> list[str]:
-        """Erase the entries a filter selects, on every shard (`GalleryIndex.remove_where`)."""
-        return self._everywhere("remove", lambda actor: actor.remove_where.remote(entries))
+        """Erase the entries a filter selects, on every shard (`GalleryIndex.remove_where`).
+        A key that no entry of any shard has is refused, as one index refuses it; shards
+        whose entries lack one of the keys hold nothing it selects and are left alone."""
+        fields = self._get([a.fields.remote() for a in self.actors], self.write_timeout_s,
+                           "list fields")
+        entries.require_keys(set().union(*fields))
+        concerned = [a for a, known in zip(self.actors, fields) if set(entries.fields) <= known]
+        done = self._get([a.remove_where.remote(entries) for a in concerned],
+                         self.write_timeout_s, "remove",
+                         [n for n, known in zip(self.names, fields)
+                          if set(entries.fields) <= known])
+        return sorted(k for part in done for k in part)
 
     def drop_older_than(self, cutoff: float) -> list[str]:
         """Retention on every shard: erase entries seen before ``cutoff``."""

@@ -1,8 +1,8 @@
 """The SQLite catalog of a gallery index: what is in it, and which feature rows are valid.
 
 Tables: ``info`` (format version, model fingerprint, feature shapes and dtype, feature
-generation, committed row count; indexes written before the dtype was recorded hold float16)
-and ``items`` (one row per indexed file: path, feature row, size, mtime, content hash, camera,
+generation, committed row count, camera numbering; indexes written before the dtype was
+recorded hold float16) and ``items`` (one row per indexed file: path, feature row, size, mtime, content hash, camera,
 timestamp, label, extra metadata as JSON). Every change is one SQLite transaction, so the
 catalog is always the last committed state; the feature files never hold fewer rows than it
 says (they are made durable before the commit).
@@ -23,6 +23,11 @@ from .store import SUFFIXES
 
 FORMAT_VERSION = 1
 TABLES = frozenset({"info", "items"})
+# The ``camera_numbering`` info value of a catalog whose item metadata came from this version's
+# metadata functions: cameras as the file names number them (``c3`` = camera 3). Catalogs
+# written before numbered Market-style names from 0; the next sync renumbers them (it
+# refreshes every entry's metadata) and writes the value.
+CAMERAS_AS_NAMED = "file-name"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS info (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -59,6 +64,7 @@ class Info(NamedTuple):
     generation: int
     rows: int
     dtype: str = "float16"
+    camera_numbering: str | None = CAMERAS_AS_NAMED  # None: an older catalog (from 0)
 
 
 def connect(path: Path) -> sqlite3.Connection:
@@ -73,13 +79,17 @@ def connect(path: Path) -> sqlite3.Connection:
 
 @contextlib.contextmanager
 def transaction(con: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """One write transaction. On any failure it is rolled back, unless SQLite already did (it
+    does on some errors, e.g. a full disk); the original error is what propagates."""
     con.execute("BEGIN IMMEDIATE")
     try:
         yield con
+        con.execute("COMMIT")
     except BaseException:
-        con.execute("ROLLBACK")
+        if con.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                con.execute("ROLLBACK")
         raise
-    con.execute("COMMIT")
 
 
 def read_info(con: sqlite3.Connection) -> dict[str, str]:
@@ -98,7 +108,7 @@ def parse_info(raw: dict[str, str]) -> Info:
     try:
         shapes = {k: tuple(int(d) for d in v) for k, v in json.loads(raw["shapes"]).items()}
         info = Info(raw["fingerprint"], shapes, int(raw["generation"]), int(raw["rows"]),
-                    raw.get("dtype", "float16"))
+                    raw.get("dtype", "float16"), raw.get("camera_numbering"))
     except (KeyError, TypeError, AttributeError, ValueError) as err:
         raise ValueError(f"unreadable info table ({type(err).__name__}: {err})") from None
     if info.dtype not in SUFFIXES:
@@ -132,7 +142,8 @@ def initialize(con: sqlite3.Connection, fingerprint: str, shapes: dict[str, tupl
     con.execute("DELETE FROM items")
     write_info(con, format_version=str(FORMAT_VERSION), fingerprint=fingerprint,
                shapes=json.dumps({k: list(v) for k, v in shapes.items()}, sort_keys=True),
-               dtype=dtype, generation=str(generation), rows="0")
+               dtype=dtype, generation=str(generation), rows="0",
+               camera_numbering=CAMERAS_AS_NAMED)
 
 
 def write_info(con: sqlite3.Connection, **values: Any) -> None:

@@ -17,8 +17,6 @@ from ..errors import TalError
 from ..features import DESCRIPTOR, Features, num_items, stack_features
 from ..lifecycle import EntryFilter
 
-Snapshot = tuple["Features | None", np.ndarray, np.ndarray, np.ndarray, list]
-
 
 def _per_item(values: Any, n: int, what: str) -> list:
     """A scalar (or None) for every item, or one value per item."""
@@ -106,8 +104,11 @@ class Gallery:
         """Drop the entries the filter selects; its fields are ``camera`` and the keys of dict
         metadata (e.g. ``EntryFilter({"track": 7})``). Returns how many were removed."""
         with self._lock:
-            drop = [entries.matches(_fields(cam, meta), None if np.isnan(t) else float(t))
-                    for cam, t, meta in zip(self.cameras, self.timestamps, self.meta)]
+            fields = [_fields(cam, meta) for cam, meta in zip(self.cameras, self.meta)]
+            if fields:  # a misspelt key is an error, not a filter that matches nothing
+                entries.require_keys({"camera"}.union(*fields))
+            drop = [entries.matches(f, None if np.isnan(t) else float(t))
+                    for f, t in zip(fields, self.timestamps)]
             return self._drop(np.array(drop, dtype=bool))
 
     def drop_older_than(self, cutoff: float) -> int:

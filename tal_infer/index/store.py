@@ -14,6 +14,7 @@ reading past the end or padding the gap with zeros.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -22,7 +23,8 @@ from typing import Mapping
 
 import numpy as np
 
-from .errors import damaged
+from ..user_files import UserFileError, check_regular
+from .errors import damaged, write_error
 
 # The feature dtypes an index stores, with their files' suffix.
 SUFFIXES = {"float16": ".f16", "float32": ".f32"}
@@ -67,36 +69,48 @@ class FeatureStore:
         return self.folder(generation) / f"{key}{SUFFIXES[self.dtype_name]}"
 
     def check(self, generation: int, rows: int) -> None:
-        """Raise `IndexDamagedError` unless every feature file holds the ``rows`` committed
-        rows (a missing file holds none; bytes past them are an interrupted write's)."""
-        if rows == 0:
-            return
+        """Raise `IndexDamagedError` unless every feature file is a regular file holding the
+        ``rows`` committed rows (a missing file holds none; bytes past them are an interrupted
+        write's)."""
         for key, row_bytes in self.row_bytes.items():
             path = self.file(generation, key)
-            try:
-                size = path.stat().st_size
-            except FileNotFoundError:
-                size = None
-            if size is None or size < rows * row_bytes:
+            size = self._size(path)
+            if rows and (size is None or size < rows * row_bytes):
                 held = "is missing" if size is None else f"holds {size // row_bytes} of them"
                 raise damaged(self.root, f"the catalog commits {rows} feature rows, "
                                          f"{path.relative_to(self.root)} {held}")
 
+    def _size(self, path: Path) -> int | None:
+        """The size of a feature file, None when there is none; `IndexDamagedError` when it is
+        not a regular file (a FIFO would block a read, a device never end it)."""
+        if not os.path.lexists(path):
+            return None
+        try:
+            return check_regular(path).st_size
+        except UserFileError as err:
+            raise damaged(self.root, f"{path.relative_to(self.root)} {err.problem}") from None
+
     def append(self, generation: int, committed: int, arrays: Mapping[str, np.ndarray]) -> None:
-        """Durably write ``arrays`` as rows ``committed..``; visible once the catalog commits."""
+        """Durably write ``arrays`` as rows ``committed..``; visible once the catalog commits.
+        A failed write (a full disk) is cut off again, giving its space back, and raised as
+        one line (`write_error`)."""
         self.check(generation, committed)
         folder = self.folder(generation)
-        if not folder.is_dir():
-            folder.mkdir()
-            _sync_folder(self.root)
-        for key, array in arrays.items():
-            with open(self.file(generation, key), "ab+") as f:
-                f.truncate(committed * self.row_bytes[key])  # drop an interrupted write (only)
-                f.seek(0, os.SEEK_END)
-                f.write(np.ascontiguousarray(array, dtype=self.dtype).tobytes())
-                f.flush()
-                _fsync(f.fileno())
-        _sync_folder(folder)
+        try:
+            if not folder.is_dir():
+                folder.mkdir()
+                _sync_folder(self.root)
+            for key, array in arrays.items():
+                with open(self.file(generation, key), "ab+") as f:
+                    f.truncate(committed * self.row_bytes[key])  # an interrupted write (only)
+                    f.seek(0, os.SEEK_END)
+                    f.write(np.ascontiguousarray(array, dtype=self.dtype).tobytes())
+                    f.flush()
+                    _fsync(f.fileno())
+            _sync_folder(folder)
+        except OSError as err:
+            self._cut_to(generation, committed)
+            raise write_error(self.root, "feature files", err) from None
 
     def open(self, generation: int, rows: int) -> dict[str, np.ndarray]:
         """Read-only memory maps ``[rows, *shape]`` of the committed rows (no copy).
@@ -105,7 +119,7 @@ class FeatureStore:
         generation: the caller decides) and `IndexDamagedError` for a short one.
         """
         for key in self.shapes:
-            if rows and not self.file(generation, key).is_file():
+            if rows and not os.path.lexists(self.file(generation, key)):
                 raise FileNotFoundError(self.file(generation, key))
         self.check(generation, rows)
         maps = {}
@@ -119,19 +133,32 @@ class FeatureStore:
 
     def write_generation(self, generation: int, source: Mapping[str, np.ndarray],
                          order: np.ndarray) -> None:
-        """Durably write a new generation holding ``source[key][order]`` for every key."""
+        """Durably write a new generation holding ``source[key][order]`` for every key. A
+        failed write (a full disk) deletes the partial generation and is raised as one line
+        (`write_error`)."""
         folder = self.folder(generation)
         _remove_tree(folder)  # a leftover of an interrupted compaction
-        folder.mkdir()
-        for key in self.shapes:
-            with open(self.file(generation, key), "wb") as f:
-                for start in range(0, len(order), _COPY_ROWS):
-                    rows = source[key][order[start:start + _COPY_ROWS]]
-                    f.write(np.ascontiguousarray(rows, dtype=self.dtype).tobytes())
-                f.flush()
-                _fsync(f.fileno())
-        _sync_folder(folder)
-        _sync_folder(self.root)
+        try:
+            folder.mkdir()
+            for key in self.shapes:
+                with open(self.file(generation, key), "wb") as f:
+                    for start in range(0, len(order), _COPY_ROWS):
+                        rows = source[key][order[start:start + _COPY_ROWS]]
+                        f.write(np.ascontiguousarray(rows, dtype=self.dtype).tobytes())
+                    f.flush()
+                    _fsync(f.fileno())
+            _sync_folder(folder)
+            _sync_folder(self.root)
+        except OSError as err:
+            _remove_tree(folder)
+            raise write_error(self.root, "feature files", err) from None
+
+    def _cut_to(self, generation: int, rows: int) -> None:
+        """Best effort after a failed append: the files back to their ``rows`` committed rows
+        (otherwise the next append cuts them)."""
+        for key, row_bytes in self.row_bytes.items():
+            with contextlib.suppress(OSError):
+                os.truncate(self.file(generation, key), rows * row_bytes)
 
     def generations(self) -> list[int]:
         """The generation numbers of the feature folders present."""
@@ -145,7 +172,13 @@ class FeatureStore:
             if generation != keep:
                 _remove_tree(self.folder(generation))
 
-    def is_own_entry(self, entry: Path) -> bool:
-        """Whether a folder entry is a generation folder holding only feature files."""
-        return (entry.is_dir() and _GENERATION.match(entry.name) is not None
-                and all(f.suffix in SUFFIXES.values() and f.is_file() for f in entry.iterdir()))
+    def total_bytes(self) -> int:
+        """Bytes of every feature file in the folder (all generations present)."""
+        return sum(f.stat().st_size for g in self.generations()
+                   for f in self.folder(g).iterdir() if f.suffix in SUFFIXES.values())
+
+
+def is_generation_folder(entry: Path) -> bool:
+    """Whether a folder entry is a generation folder holding only feature files."""
+    return (entry.is_dir() and _GENERATION.match(entry.name) is not None
+            and all(f.suffix in SUFFIXES.values() and f.is_file() for f in entry.iterdir()))

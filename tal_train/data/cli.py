@@ -86,7 +86,9 @@ def synthesize_cmd(out: Path, identities: int, domains: int, cameras: int, image
 @main.command("synthesize-video", epilog="""\b
 Examples:
   tal-data synthesize-video data/video
-  tal-data synthesize-video data/video --cameras 3 --identities 10 --frames 200""")
+  tal-data synthesize-video data/video --cameras 3 --identities 10 --frames 200
+  tal-data synthesize-video data/mtmc --cameras 4 --identities 30 --frames 480 \\
+           --visits 2 --visit-frames 48""")
 @click.argument("out", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--cameras", default=VideoConfig.cameras, show_default=True, type=int,
               help="Cameras (one MOTChallenge sequence each).")
@@ -96,17 +98,24 @@ Examples:
               help="Frames per camera.")
 @click.option("--frame-size", default="320x240", show_default=True,
               type=SizeType("WIDTHxHEIGHT", "320x240"), help="Frame size WIDTHxHEIGHT.")
+@click.option("--visits", default=VideoConfig.visits, show_default=True, type=int,
+              help="Passes of each person through each camera (more than 1: people leave and "
+                   "re-enter).")
+@click.option("--visit-frames", default=VideoConfig.visit_frames, show_default=True, type=int,
+              help="Frames per visit (0: FRAMES / (2 x VISITS), visits overlapping in time "
+                   "across cameras; short visits pass the cameras one after the other).")
 @seed_option
 @overwrite_option
 @verbosity_options
 @friendly_errors
-def synthesize_video_cmd(out: Path, cameras: int, identities: int, frames: int, frame_size: tuple[int, int],
+def synthesize_video_cmd(out: Path, cameras: int, identities: int, frames: int,
+                         frame_size: tuple[int, int], visits: int, visit_frames: int,
                          seed: int, overwrite: bool) -> None:
     """Write synthetic multi-camera video to OUT: per camera a MOTChallenge-style sequence
     (OUT/cam1/img1/*.jpg, det/det.txt, gt/gt.txt) with the same people in every camera."""
     w, h = frame_size
     config = VideoConfig(cameras=cameras, identities=identities, frames=frames,
-                         frame_size=(h, w), seed=seed)
+                         frame_size=(h, w), seed=seed, visits=visits, visit_frames=visit_frames)
     folders = synthesize_video(out, config, overwrite=overwrite, progress=console.bars_enabled())
     click.echo(f"wrote {len(folders)} camera sequences of {frames} frames to {out}")
 

@@ -14,10 +14,14 @@ import os
 from pathlib import Path
 
 from tal_infer.errors import DataError
+from tal_infer.user_files import UserFileError, read_regular
 
 from .records import Dataset, ImageRecord
 
 VERSIONS = {"V1": ("train", "test"), "V2": ("mask_train_v2", "mask_test_v2")}
+# A list line is about 45 bytes: 64 MiB is over a million lines, ten times MSMT17's largest
+# list (82,161 gallery images).
+MAX_LIST_BYTES = 64 << 20
 LISTS = {"train": ("list_train.txt", "list_val.txt"), "query": ("list_query.txt",),
          "gallery": ("list_gallery.txt",)}
 
@@ -31,23 +35,29 @@ def msmt17_version(root: Path) -> str | None:
 
 
 def read_list(list_path: Path, image_dir: Path) -> list[ImageRecord]:
-    if not list_path.is_file():
-        raise DataError(f"{list_path}: missing MSMT17 list file '{list_path.name}'")
+    """The records of one list file (a regular UTF-8 file of at most `MAX_LIST_BYTES`)."""
+    try:
+        text = read_regular(list_path, MAX_LIST_BYTES).decode("utf-8")
+    except UserFileError as err:
+        if err.problem == "file not found":
+            raise DataError(f"{list_path}: missing MSMT17 list file '{list_path.name}'") from None
+        raise DataError(str(err)) from None
+    except UnicodeDecodeError as err:
+        raise DataError(f"{list_path}: not a UTF-8 text file (byte {err.start})") from None
     records = []
-    with open(list_path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            fields = line.split()
-            try:
-                rel, pid = fields[0], int(fields[1])
-                camid = int(os.path.basename(rel).split("_")[2]) - 1
-            except (IndexError, ValueError):
-                raise DataError(f"{list_path}:{lineno}: malformed line {line.strip()!r}, expected "
-                                "'<pid>/<pid>_<idx>_<camera>_<date>_<frame>_<n>.jpg <pid>'") from None
-            if camid < 0:
-                raise DataError(f"{list_path}:{lineno}: camera number must start at 01 in {rel!r}")
-            records.append(ImageRecord(str(image_dir / rel), pid, camid, "msmt17"))
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        fields = line.split()
+        try:
+            rel, pid = fields[0], int(fields[1])
+            camid = int(os.path.basename(rel).split("_")[2]) - 1
+        except (IndexError, ValueError):
+            raise DataError(f"{list_path}:{lineno}: malformed line {line.strip()!r}, expected "
+                            "'<pid>/<pid>_<idx>_<camera>_<date>_<frame>_<n>.jpg <pid>'") from None
+        if camid < 0:
+            raise DataError(f"{list_path}:{lineno}: camera number must start at 01 in {rel!r}")
+        records.append(ImageRecord(str(image_dir / rel), pid, camid, "msmt17"))
     return records
 
 

@@ -1,9 +1,12 @@
 """Training and evaluation image pipelines (paper Sec. 4.1: "random flipping, cropping, color
 jittering").
 
-Images are read with OpenCV, converted BGR -> RGB, resized bilinearly to (H, W) (the same
-cv2.INTER_LINEAR resize the runtime applies before its graph), augmented (training only) and
-normalized with the model's mean/std into a float tensor [3, H, W]. Random draws use torch's
+Images are read by the runtime's decoder (`tal_infer.images.read_image`: the same pixels,
+conversions and pixel limit as at inference: regular files only, header and decoder pixel
+limits, gray/BGRA/16-bit converted its way, no EXIF rotation), converted BGR -> RGB, resized
+bilinearly to (H, W) (the same cv2.INTER_LINEAR resize the runtime applies before its graph),
+augmented (training only) and normalized with the model's mean/std into a float tensor
+[3, H, W]. Random draws use torch's
 generator, so `torch.manual_seed` and DataLoader worker seeding make them reproducible.
 
 Augmentation sets (``--augment``, `AUGMENTATIONS`):
@@ -32,7 +35,7 @@ import cv2
 import numpy as np
 import torch
 
-from tal_infer.errors import DataError
+from tal_infer.images import read_image
 
 from .protocols import TrainRecord
 from .records import ImageRecord
@@ -59,11 +62,9 @@ AUGMENTATIONS: dict[str, Augment | None] = {
 
 
 def read_rgb(path: str, size: tuple[int, int]) -> np.ndarray:
-    """uint8 RGB [H, W, 3] of the image at `path`, resized bilinearly to `size` = (H, W)."""
-    bgr = cv2.imread(path, cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise DataError(f"{path}: cannot read image (missing, empty or not an image)")
-    rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    """uint8 RGB [H, W, 3] of the image at `path`, resized bilinearly to `size` = (H, W);
+    `ImageError` (a `DataError`) naming the file when it cannot be used."""
+    rgb = cv2.cvtColor(read_image(path), cv2.COLOR_BGR2RGB)
     return cv2.resize(rgb, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
 
 

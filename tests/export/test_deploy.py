@@ -213,3 +213,31 @@ def test_triton_repository(tmp_path, fp32_bundle):
     assert "needs TensorRT 10.13.0.35 in the server and a GPU of compute capability 9.0" in readme
     assert "32 queries x 1024 gallery items per request" in readme
     assert "PTX for sm_90a, ISA 8.4" in readme
+
+
+def test_trt_without_fp16_gives_an_fp16_bundle(tmp_path, tiny_checkpoint, monkeypatch):
+    """--trt implies --fp16 (its help says so): the graphs, the manifest and the engines'
+    build all get float16, with the TensorRT build itself stood in (TensorRT cannot be
+    installed here)."""
+    built = []
+
+    def fake_build(folder, extractor_onnx, matcher_onnx, manifest, max_batch, max_gallery,
+                   ptx_isa=None):
+        built.append(manifest["dtype"])
+        for plan in ("extractor.plan", "matcher.plan"):
+            (folder / plan).write_bytes(b"stand-in plan")
+        return {"version": "stand-in", "precision": manifest["dtype"]}
+
+    monkeypatch.setattr(tensorrt_build, "check_trt_options", lambda ptx_isa: None)
+    monkeypatch.setattr(tensorrt_build, "build_engines", fake_build)
+    out = export_bundle(tiny_checkpoint, tmp_path / "out", trt=True, verify=False,
+                        progress=False)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert built == ["float16"] and manifest["dtype"] == "float16"
+    assert manifest["precision"]["weights"] == "float16"
+    assert manifest["tensorrt"] == {"version": "stand-in", "precision": "float16"}
+    import onnx
+
+    graph = onnx.load(str(out / "extractor.onnx"))
+    assert {o.type.tensor_type.elem_type for o in graph.graph.output} == \
+        {onnx.TensorProto.FLOAT16}

@@ -9,7 +9,6 @@ the L2 normalization in fp16 3.3e-3 -- inside any bound that does not flake.
 """
 from __future__ import annotations
 
-import random
 from collections import defaultdict
 
 import torch
@@ -45,7 +44,7 @@ def _only(dtypes: list[torch.dtype], count: int, dtype: torch.dtype, what: str) 
 
 
 def test_fp16_fold_keeps_every_fp32_island_and_stays_close():
-    seed = random.SystemRandom().randrange(2**16)
+    seed = 41  # fixed: every run draws the same model
     print(f"model seed {seed}")
     model = randomized_model(seed=seed)
     images = torch.randint(0, 256, (4, *model.config.image_size, 3), dtype=torch.uint8)

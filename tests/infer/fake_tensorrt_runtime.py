@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import importlib.machinery
 import types
 from pathlib import Path
 
@@ -136,6 +137,7 @@ CALLS: dict[str, list] = {}
 
 def fake_tensorrt_runtime(version: str = "10.13.0.35") -> types.ModuleType:
     trt = types.ModuleType("tensorrt")
+    trt.__spec__ = importlib.machinery.ModuleSpec("tensorrt", None)  # find_spec() reads it
     trt.__version__ = version
     trt.Logger = type("Logger", (), {"WARNING": 2, "__init__": lambda self, level: None})
     trt.Runtime, trt.TensorIOMode = Runtime, TensorIOMode

@@ -156,3 +156,28 @@ def write_crops(folder: Path, names: list[str], seed: int = 0) -> list[Path]:
 QUERY_NAMES = [f"{pid:04d}_c1s1_{pid * 10:06d}_00.jpg" for pid in (1, 2, 3, 4)]
 GALLERY_NAMES = ([f"{pid:04d}_c2s1_{pid * 10 + 1:06d}_0{j}.jpg" for pid in (1, 2, 3, 4, 5)
                   for j in range(2)] + ["0000_c3s1_000001_00.jpg", "0001_c1s1_000002_00.jpg"])
+
+
+_ISOLATED = """
+import sys, importlib.abc
+class _Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] in {{"torch", "tal_train", "tal_export"}}:
+            raise ModuleNotFoundError(f"blocked for this test: {{name}}")
+sys.meta_path.insert(0, _Block())
+from {module} import main
+try:
+    main(sys.argv[1:])
+except SystemExit as exit:
+    assert not exit.code, exit.code
+leaked = sorted(m for m in sys.modules if m.split('.')[0] in {{"torch", "tal_train", "tal_export"}})
+assert not leaked, leaked
+print("isolated run ok")
+"""
+
+
+def isolated_cli(module: str) -> str:
+    """A ``python -c`` script that runs ``module``'s click ``main`` with argv where torch,
+    tal_train and tal_export cannot be imported, fails if any of them got loaded, and prints
+    "isolated run ok": the runtime on a machine without torch or the training code."""
+    return _ISOLATED.format(module=module)

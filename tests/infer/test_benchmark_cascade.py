@@ -8,10 +8,11 @@ import re
 import sys
 from pathlib import Path
 
-import pytest
 from click.testing import CliRunner
 
-pytest.importorskip("faiss")
+from optional_modules import require
+
+require("faiss")
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "benchmarks"))  # the scripts, importable as they import each other
 import cascade  # noqa: E402

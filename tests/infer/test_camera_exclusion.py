@@ -1,5 +1,6 @@
 """Same-camera exclusion with unknown cameras (-1) on both sides: a pair is left out exactly when
-``(q == g) & (q >= 0)``, so an unknown camera is never excluded, whichever side it is on.
+``(q == g) & (q >= 0)``, so an unknown camera is never excluded, whichever side it is on; in
+exhaustive ranking and in two-stage retrieval's stage 1 alike.
 
 Expected masks are written out by hand here, never computed with the function under test.
 """
@@ -9,10 +10,12 @@ import numpy as np
 
 from tal_infer import Gallery, ReIDEngine
 from tal_infer.bundle import load_bundle
+from tal_infer.candidates import CandidateSearch
 from tal_infer.features import feature_chunks
 from tal_infer.scoring import Scorer, exclude_same_camera, rank_gallery
 
-from runtime_fixtures import random_features
+from optional_modules import require
+from runtime_fixtures import person_crop, random_features
 
 Q_CAMS = np.array([0, 1, -1, 2])
 G_CAMS = np.array([0, 1, -1, 0, 2, -1, 3])
@@ -38,7 +41,7 @@ def test_exclusion_mask_written_out():
 
 def test_streaming_ranking_keeps_exactly_the_allowed_columns(fake_bundle):
     bundle = load_bundle(fake_bundle)
-    rng = np.random.default_rng()
+    rng = np.random.default_rng(1)
     q, g = random_features(bundle, 4, rng), random_features(bundle, 7, rng)
     scorer = Scorer(bundle)
     full = scorer.scores(q, g)
@@ -53,7 +56,7 @@ def test_streaming_ranking_keeps_exactly_the_allowed_columns(fake_bundle):
 
 def test_engine_match_keeps_unknown_cameras_on_both_sides(fake_bundle):
     engine = ReIDEngine(fake_bundle, backend="onnxruntime", device="cpu")
-    rng = np.random.default_rng()
+    rng = np.random.default_rng(2)
     q, g = random_features(engine.bundle, 4, rng), random_features(engine.bundle, 7, rng)
     gallery = Gallery()
     ids = gallery.add(g, camera=[None if c < 0 else int(c) for c in G_CAMS])
@@ -62,3 +65,38 @@ def test_engine_match_keeps_unknown_cameras_on_both_sides(fake_bundle):
     for qi, row in enumerate(hits):
         assert sorted(m.id for m in row) == [ids[c] for c in np.flatnonzero(~EXCLUDED[qi])], qi
         assert all(m.camera is None for m in row if m.id in (ids[2], ids[5]))
+
+
+def unit_rows(n: int, d: int, rng: np.random.Generator) -> np.ndarray:
+    x = rng.standard_normal((n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_stage_one_keeps_exactly_the_allowed_columns():
+    require("faiss")
+    rng = np.random.default_rng(17)
+    gallery, queries = unit_rows(7, 16, rng), unit_rows(4, 16, rng)
+    search = CandidateSearch(gallery)
+    everything = search.search(queries, 7, exclude=(Q_CAMS, G_CAMS))
+    for qi, cols in enumerate(everything):
+        assert sorted(cols.tolist()) == np.flatnonzero(~EXCLUDED[qi]).tolist(), qi
+    sims = queries @ gallery.T
+    for qi, cols in enumerate(search.search(queries, 2, exclude=(Q_CAMS, G_CAMS))):
+        allowed = np.flatnonzero(~EXCLUDED[qi])
+        assert cols.tolist() == allowed[np.argsort(-sims[qi, allowed])][:2].tolist(), qi
+
+
+def test_engine_two_stage_match_keeps_unknown_cameras_on_both_sides(fake_bundle_v2):
+    require("faiss")
+    engine = ReIDEngine(fake_bundle_v2, backend="onnxruntime", device="cpu")
+    rng = np.random.default_rng(18)
+    q = engine.embed([person_crop(i, rng) for i in range(4)])  # maps and the descriptor
+    g = engine.embed([person_crop(i % 3, rng) for i in range(7)])
+    gallery = Gallery()
+    ids = gallery.add(g, camera=[None if c < 0 else int(c) for c in G_CAMS])
+    query_cameras = [None if c < 0 else int(c) for c in Q_CAMS]
+    for prerank in (0, 7):  # the DI pre-rank's stage 1 too
+        hits = engine.match(q, gallery, k=7, query_cameras=query_cameras, candidates=7,
+                            prerank=prerank)
+        for qi, row in enumerate(hits):
+            assert sorted(m.id for m in row) == [ids[c] for c in np.flatnonzero(~EXCLUDED[qi])]

@@ -8,7 +8,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import cv2
@@ -23,6 +22,8 @@ from tal_infer.engine import bundle_index
 from tal_infer.metrics import evaluate_scores
 
 from runtime_fixtures import write_crops, write_fake_bundle
+
+HERE = Path(__file__).resolve().parent
 
 
 def run(*args: object) -> Result:
@@ -109,11 +110,18 @@ def test_index_of_another_model_is_refused_or_rebuilt(fake_bundle, crop_folders,
 
 
 def _committed_rows(index: Path) -> int:
-    try:
-        with sqlite3.connect(f"file:{index / 'index.sqlite'}?mode=ro", uri=True) as con:
-            return con.execute("SELECT COUNT(*) FROM items").fetchone()[0]
-    except sqlite3.Error:
-        return 0
+    with sqlite3.connect(f"file:{index / 'index.sqlite'}?mode=ro", uri=True) as con:
+        return con.execute("SELECT COUNT(*) FROM items").fetchone()[0]
+
+
+KILLED_CLI = """
+import sys
+sys.path.insert(0, {here!r})
+import crash_points
+crash_points.install(int(sys.argv[1]))
+from tal_infer.cli import main
+main(sys.argv[2:])
+"""
 
 
 @pytest.mark.slow
@@ -122,18 +130,13 @@ def test_killed_index_build_resumes_to_a_clean_build(fake_bundle, tmp_path):
     write_crops(tmp_path / "g", names, seed=3)
     write_crops(tmp_path / "q", names[:2], seed=4)
     folders = (tmp_path / "q", tmp_path / "g")
-    cmd = [sys.executable, "-c", "from tal_infer.cli import main; main()",
-           *map(str, base(fake_bundle, folders, "--index", tmp_path / "idx", "--batch", "1"))]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 60
-    while _committed_rows(tmp_path / "idx") < 20 and time.monotonic() < deadline \
-            and proc.poll() is None:
-        time.sleep(0.005)
-    assert proc.poll() is None, "the build finished before it could be killed"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    args = [*map(str, base(fake_bundle, folders, "--index", tmp_path / "idx", "--batch", "1"))]
+    # SIGKILL at the 120th durability step (crash_points.py): some tens of batches in
+    killed = subprocess.run([sys.executable, "-c", KILLED_CLI.format(here=str(HERE)), "120",
+                             *args], capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     partial = _committed_rows(tmp_path / "idx")
-    assert 20 <= partial < 240
+    assert 10 <= partial < 240
     res = run(*base(fake_bundle, folders, "--index", tmp_path / "idx", "--batch", "1"))
     assert res.exit_code == 0 and f"{240 - partial} added" in res.stderr, res.stderr
     res = run(*base(fake_bundle, folders, "--index", tmp_path / "clean", "--batch", "1"))

@@ -4,20 +4,27 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
-import random
+import re
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from click.testing import CliRunner
+
+from tal_infer.cli import main as tal_infer
 from tal_infer.errors import DataError
 from tal_infer.images import ImageError
 from tal_infer.index import (GalleryIndex, GalleryIndexError, IndexMismatchError,
                              market_metadata)
+from tal_infer.naming import BadNameError, parse_market_name
+
+from runtime_fixtures import GALLERY_NAMES, QUERY_NAMES, write_crops
 
 SHAPES = {"ds_res4": (2, 6, 4), "di_res4": (6, 4)}
 HERE = Path(__file__).resolve().parent
@@ -141,9 +148,10 @@ def test_metadata_from_names_and_from_a_function(tmp_path):
     _, _ = build(tmp_path / "idx", files + [other])
     records = {Path(r.path).name: r for r in GalleryIndex(tmp_path / "idx", "model-a",
                                                           SHAPES).load().records}
-    assert (records[files[2].name].camera, records[files[2].name].label) == (2, 2)
+    # cameras as the names number them: 0002_c3s1_000002_00.jpg is camera 3
+    assert (records[files[2].name].camera, records[files[2].name].label) == (3, 2)
     assert (records[other.name].camera, records[other.name].label) == (None, None)
-    assert market_metadata(str(files[1])) == {"camera": 1, "label": 1}
+    assert market_metadata(str(files[1])) == {"camera": 2, "label": 1}
 
     def meta(path):
         return {"camera": np.int64(4), "timestamp": 12.5, "label": "alice", "track": 9}
@@ -177,7 +185,7 @@ def test_on_error_skip_and_fail(tmp_path):
     report = index.sync(files + [missing], extract_features, batch_size=3, on_error="skip")
     assert [p for p, _ in report.skipped] == sorted([str(files[2]), str(missing)])
     assert dict(report.skipped)[str(files[2])].startswith("not a readable image")
-    assert "cannot be read" in dict(report.skipped)[str(missing)]
+    assert dict(report.skipped)[str(missing)] == "file not found"
     assert report.added == 6 and len(index.load()) == 6
     assert_consistent(tmp_path / "idx")
 
@@ -191,8 +199,108 @@ def test_on_error_skip_and_fail(tmp_path):
     with pytest.raises(ImageError, match="not a readable image"):
         other.sync(files, extract_features, batch_size=2)
     assert other.load().paths == sorted(str(p) for p in files[:2])  # first batch committed
-    with pytest.raises(DataError, match=r"0009_c1s1_000099_00.jpg: cannot be read"):
+    with pytest.raises(DataError, match=r"0009_c1s1_000099_00.jpg: file not found"):
         other.sync([missing], extract_features)
+
+
+HUGE = "99999999999999999999"  # fits no integer column (SQLite, numpy int64)
+
+
+def test_a_huge_number_in_a_name_is_a_bad_name_not_a_crash(tmp_path):
+    files = make_gallery(tmp_path / "g", 4)
+    huge_pid = tmp_path / "g" / f"{HUGE}_c1s1_000001_00.jpg"
+    huge_cam = tmp_path / "g" / f"0001_c{HUGE}s1_000002_00.jpg"
+    huge_pid.write_bytes(b"a crop")
+    huge_cam.write_bytes(b"another crop")
+    index = GalleryIndex(tmp_path / "idx", "model-a", SHAPES)
+    with pytest.raises(DataError) as err:
+        index.sync(files + [huge_pid], extract_features)
+    assert str(err.value) == (f"{huge_pid}: bad file name: identity number {HUGE} is out of "
+                              "range (at most 2,147,483,647)")
+    report = index.sync(files + [huge_pid, huge_cam], extract_features, on_error="skip")
+    assert [p for p, _ in report.skipped] == sorted([str(huge_pid), str(huge_cam)])
+    assert dict(report.skipped)[str(huge_cam)].startswith("bad file name: camera number")
+    assert index.load().paths == sorted(map(str, files))
+    assert_consistent(tmp_path / "idx")
+
+
+@pytest.mark.parametrize("meta, words", [
+    ({"camera": 2**70}, f"bad metadata: camera {2**70} does not fit a 64-bit integer"),
+    ({"label": -2**64}, f"bad metadata: label {-2**64} does not fit a 64-bit integer"),
+    ({"timestamp": float("nan")}, "bad metadata: timestamp nan is not a finite time"),
+    ({"camera": "left"}, "bad metadata: camera 'left' must be a whole number"),
+])
+def test_metadata_the_catalog_cannot_hold_is_refused_or_skipped(tmp_path, meta, words):
+    files = make_gallery(tmp_path / "g", 3)
+    index = GalleryIndex(tmp_path / "idx", "model-a", SHAPES)
+    odd = lambda path: meta if path == str(files[1]) else {}  # noqa: E731
+    with pytest.raises(DataError, match=re.escape(f"{files[1]}: {words}")):
+        index.sync(files, extract_features, odd)
+    report = index.sync(files, extract_features, odd, on_error="skip")
+    assert [p for p, _ in report.skipped] == [str(files[1])]
+    assert index.load().paths == [str(files[0]), str(files[2])]
+
+
+def test_market_names_give_the_camera_as_written_and_counted_from_0():
+    parsed = parse_market_name("0002_c3s1_000451_03.jpg")
+    assert (parsed.pid, parsed.camera, parsed.camid, parsed.sequence, parsed.frame) == (
+        2, 3, 2, 1, 451)
+    assert parse_market_name("-1_c1_000002.jpg")[:2] == (-1, 1)
+    assert parse_market_name("0002_c0s1_000451_03.jpg") is None  # no camera 0 in the layout
+    assert parse_market_name("cam7_frame12.png") is None
+    assert parse_market_name(f"{2**31 - 1}_c{2**31 - 1}_1.jpg")[:2] == (2**31 - 1, 2**31 - 1)
+    with pytest.raises(BadNameError, match=r"camera number 2147483648 is out of range"):
+        parse_market_name(f"0001_c{2**31}_1.jpg")
+
+
+def test_a_fifo_in_the_gallery_is_refused_or_skipped_without_blocking(tmp_path):
+    files = make_gallery(tmp_path / "g", 3)
+    fifo = tmp_path / "g" / "0009_c1s1_000099_00.jpg"
+    os.mkfifo(fifo)
+    index = GalleryIndex(tmp_path / "idx", "model-a", SHAPES)
+    outcome = {}
+
+    def sync(on_error):
+        try:
+            outcome[on_error] = index.sync(files + [fifo], extract_features, on_error=on_error)
+        except DataError as err:
+            outcome[on_error] = err
+
+    for on_error in ("fail", "skip"):
+        worker = threading.Thread(target=sync, args=(on_error,), daemon=True)
+        worker.start()
+        worker.join(30)
+        assert not worker.is_alive(), f"sync blocked on a FIFO (on_error={on_error})"
+    assert str(outcome["fail"]) == (f"{fifo}: is a named pipe (FIFO); only regular files are "
+                                    "read")
+    assert outcome["skip"].skipped == [(str(fifo), "is a named pipe (FIFO); only regular "
+                                                   "files are read")]
+    assert index.load().paths == sorted(map(str, files))
+
+
+def test_tal_infer_refuses_or_skips_a_name_with_a_huge_number(fake_bundle, tmp_path):
+    queries = write_crops(tmp_path / "q", QUERY_NAMES[:2], seed=1)[0].parent
+    gallery = write_crops(tmp_path / "g", GALLERY_NAMES[:4], seed=2)
+    bad = gallery[0].parent / f"{HUGE}_c1s1_000001_00.jpg"
+    bad.write_bytes(gallery[0].read_bytes())
+    args = ["--gallery", gallery[0].parent, "--queries", queries, "--model", fake_bundle,
+            "--quiet", "--device", "cpu", "--index", tmp_path / "idx"]
+    run = lambda *extra: CliRunner().invoke(tal_infer, [str(a) for a in (*args, *extra)])  # noqa: E731
+    refused = run()
+    assert refused.exit_code == 2 and "Traceback" not in refused.output
+    errors = [line for line in refused.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: {bad}: bad file name: identity number {HUGE} is out of range "
+                      "(at most 2,147,483,647)"]
+    skipped = run("--on-error", "skip")
+    assert skipped.exit_code == 0, skipped.output
+    assert f"  {bad}: bad file name: identity number" in skipped.stderr
+    assert GalleryIndex.open(tmp_path / "idx").load().paths == sorted(map(str, gallery))
+    bad.rename(bad.with_name(f"0001_c{HUGE}s1_000001_00.jpg"))  # camera exclusion, no index
+    res = CliRunner().invoke(tal_infer, [str(a) for a in (*args[:-2], "--exclude-same-camera")])
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: 0001_c{HUGE}s1_000001_00.jpg: bad file name: camera number "
+                      f"{HUGE} is out of range (at most 2,147,483,647)"]
 
 
 def test_load_maps_features_without_copy(tmp_path):
@@ -242,44 +350,41 @@ def test_second_writer_is_refused(tmp_path):
 # -- crash safety: a real subprocess, killed with SIGKILL ------------------------------------
 
 CHILD = """
-import sys, time
+import os, signal, sys
 sys.path.insert(0, {here!r})
 import crash_points
 from test_index import SHAPES, extract_features
 from tal_infer.index import GalleryIndex
 
 index_dir, list_file = sys.argv[1], sys.argv[2]
-kill_at, delay = int(sys.argv[3]), float(sys.argv[4])
+kill_at, kill_in_batch = int(sys.argv[3]), int(sys.argv[4])
 crash_points.install(kill_at)
+batches = 0
 
 def extract(paths):
-    time.sleep(delay)
+    global batches
+    batches += 1
+    if batches == kill_in_batch:
+        os.kill(os.getpid(), signal.SIGKILL)
     return extract_features(paths)
 
 paths = open(list_file).read().split("\\n")
-print("ready", flush=True)
 GalleryIndex(index_dir, "model-a", SHAPES).sync(paths, extract, batch_size=3)
 """
 
 
-def run_child(index_dir: Path, files: list[Path], kill_at: int = 0, delay: float = 0.0,
-              kill_after: float | None = None) -> int:
-    """Sync in a fresh interpreter, SIGKILLed at its kill_at-th step (after each fsync, before
-    and after each folder removal, before and after each commit) or after kill_after seconds.
-    Returns the exit code (-9 when killed)."""
+def run_child(index_dir: Path, files: list[Path], kill_at: int = 0,
+              kill_in_batch: int = 0) -> int:
+    """Sync in a fresh interpreter, SIGKILLed at its kill_at-th durability step (after each
+    fsync, before and after each folder removal, before and after each commit;
+    crash_points.py) or while extracting its kill_in_batch-th batch; 0: never. Returns the
+    exit code (-9 when killed)."""
     list_file = index_dir.parent / f"{index_dir.name}.txt"
     list_file.write_text("\n".join(str(p) for p in files))
-    proc = subprocess.Popen(
+    proc = subprocess.run(
         [sys.executable, "-c", CHILD.format(here=str(HERE)), str(index_dir), str(list_file),
-         str(kill_at), str(delay)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    if kill_after is not None:
-        assert proc.stdout.readline() == "ready\n"
-        try:
-            proc.wait(kill_after)
-        except subprocess.TimeoutExpired:
-            proc.send_signal(signal.SIGKILL)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode in (0, -signal.SIGKILL), err[-2000:]
+         str(kill_at), str(kill_in_batch)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode in (0, -signal.SIGKILL), proc.stderr[-2000:]
     return proc.returncode
 
 
@@ -297,16 +402,19 @@ def test_build_killed_repeatedly_resumes_to_a_clean_build(tmp_path):
     assert_same_contents(target, tmp_path / "clean")
 
 
-def test_build_killed_at_random_times_resumes_to_a_clean_build(tmp_path):
-    files = make_gallery(tmp_path / "g", 18)
+def test_build_killed_while_extracting_resumes_to_a_clean_build(tmp_path):
+    """Killed inside extract_fn (between durability steps, where a kill by a timer lands
+    most often): the batches committed before stay, the rest is extracted on resume."""
+    files = make_gallery(tmp_path / "g", 18)  # 6 batches of 3
     build(tmp_path / "clean", files)
     target = tmp_path / "killed"
-    rng = random.Random(0)
-    codes = [run_child(target, files, delay=0.02, kill_after=rng.uniform(0.0, 0.08))
-             for _ in range(4)]
-    assert -signal.SIGKILL in codes
-    assert_consistent(target)
-    run_child(target, files)
+    committed = []
+    for kill_in_batch in (3, 1, 2):  # each run resumes, then is killed in a later batch
+        assert run_child(target, files, kill_in_batch=kill_in_batch) == -signal.SIGKILL
+        assert_consistent(target)
+        committed.append(len(contents(target)[0]))
+    assert committed == [6, 6, 9]  # 2 batches, none more, 1 more
+    assert run_child(target, files) == 0
     assert_same_contents(target, tmp_path / "clean")
 
 

@@ -2,15 +2,22 @@
 and `rebuild=True` starts it over, but only in a folder holding nothing but index files."""
 from __future__ import annotations
 
+import os
+import re
 import shutil
 import sqlite3
+import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
+
+from tal_infer.cli import main as tal_infer
 
 from tal_infer.index import (GalleryIndex, GalleryIndexError, IndexDamagedError,
                              IndexMismatchError)
+from tal_infer.index.contents import _non_finite_rows
 from tal_infer.index.store import FeatureStore
 
 from test_index import (SHAPES, CountingExtractor, assert_same_contents, build, contents,
@@ -103,6 +110,10 @@ def test_bytes_past_the_committed_rows_are_an_interrupted_write_not_damage(built
      "cannot use the index catalog index.sqlite (file is not a database)"),
     (lambda ix: sql(ix, "UPDATE items SET row = 9 WHERE row = 2"),
      "items name feature rows 0..9 of 7 committed"),
+    (lambda ix: sql(ix, "UPDATE items SET row = 7 WHERE row = 2"),  # one past the last row
+     "items name feature rows 0..7 of 7 committed"),
+    (lambda ix: sql(ix, "UPDATE items SET row = -1 WHERE row = 2"),
+     "items name feature rows -1..6 of 7 committed"),
     (lambda ix: sql(ix, "UPDATE items SET row = 1 WHERE row = 2"),
      "1 items share a feature row"),
     (lambda ix: sql(ix, "UPDATE info SET value = 'seven' WHERE key = 'rows'"),
@@ -172,17 +183,110 @@ def test_an_sqlite_file_of_another_program_is_not_initialized(tmp_path):
     assert snapshot_bytes(folder) == before
 
 
-def test_a_failed_feature_write_is_one_line_and_the_index_stays_usable(built, monkeypatch):
+def poison(index: Path, row: int, key: str = "di_res4", value=np.nan) -> None:
+    """Overwrite one value of a stored row (a flipped bit, a bad disk block)."""
+    path = feature_file(index, key)
+    data = bytearray(path.read_bytes())
+    at = row * ROW_BYTES[key] + 6
+    data[at:at + 2] = np.array([value], "<f2").tobytes()
+    path.write_bytes(bytes(data))
+
+
+def test_non_finite_stored_features_name_the_damaged_entries(built):
     index, files = built
-    records, _ = contents(index)
+    contents_ = GalleryIndex(index, "model-a", SHAPES).load()
+    by_row = {int(r): rec.path for r, rec in zip(contents_.rows, contents_.records)}
+    poison(index, 2)
+    poison(index, 5, "ds_res4", np.inf)
+    loaded = GalleryIndex(index, "model-a", SHAPES).load()  # not read yet: opening stays cheap
+    want = (rf"index is damaged: features-0/di_res4.f16 holds NaN or infinite values for 1 "
+            rf"entries \({re.escape(by_row[2])}\)")
+    with pytest.raises(IndexDamagedError, match=want):
+        list(loaded.iter_chunks(3))
+    column = [rec.path for rec in loaded.records].index(by_row[5])
+    with pytest.raises(IndexDamagedError, match=rf"ds_res4.f16 holds NaN or infinite values for "
+                                                rf"1 entries \({re.escape(by_row[5])}\)"):
+        loaded.take([0, column])
+    fine = [i for i, rec in enumerate(loaded.records) if rec.path not in (by_row[2], by_row[5])]
+    assert len(loaded.take(fine)["di_res4"]) == 5  # the other entries stay usable
 
-    def disk_full(self, generation, committed, arrays):
-        raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(FeatureStore, "append", disk_full)
-    with pytest.raises(GalleryIndexError, match=r"cannot write features \(No space left on "
-                                                r"device\)$"):
-        GalleryIndex(index, "model-a", SHAPES).sync(
-            files + [market_file(files[0].parent, 30)], extract_features)
-    monkeypatch.undo()
-    assert contents(index)[0] == records
+@pytest.mark.parametrize("dtype", ["<f2", "<f4", "<f8"])
+def test_the_bit_level_check_finds_exactly_the_non_finite_rows(dtype):
+    values = np.random.default_rng(4).standard_normal((50, 7, 3)).astype(dtype)
+    values[3, 1, 2], values[10, 0, 0], values[11, 6, 2] = np.nan, np.inf, -np.inf
+    values[20, 0, 0], values[21, 0, 0] = np.finfo(dtype).max, -np.finfo(dtype).max  # finite
+    values[22, 0, 0] = np.finfo(dtype).smallest_subnormal
+    assert np.flatnonzero(_non_finite_rows(values)).tolist() == [3, 10, 11]
+    assert np.flatnonzero(_non_finite_rows(values[::-1])).tolist() == [38, 39, 46]  # a view
+
+
+def test_tal_infer_on_an_index_with_nan_features_is_one_line(fake_bundle, crop_folders,
+                                                            tmp_path):
+    queries, gallery = crop_folders
+    args = [str(a) for a in ("--gallery", gallery, "--queries", queries, "--model", fake_bundle,
+                             "--quiet", "--device", "cpu", "--index", tmp_path / "idx")]
+    assert CliRunner().invoke(tal_infer, args).exit_code == 0
+    records = GalleryIndex.open(tmp_path / "idx").load()
+    victim = records.records[3].path
+    path = sorted((tmp_path / "idx").glob("features-*/*.f32"))[0]
+    row_bytes = path.stat().st_size // len(records)
+    data = bytearray(path.read_bytes())
+    at = int(records.rows[3]) * row_bytes
+    data[at:at + 4] = np.array([np.nan], "<f4").tobytes()
+    path.write_bytes(bytes(data))
+    res = CliRunner().invoke(tal_infer, args)
+    assert res.exit_code == 2 and "Traceback" not in res.output, res.output
+    errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and f"holds NaN or infinite values for 1 entries ({victim})" in \
+        errors[0], res.stderr
+
+
+def _within(seconds: float, fn, *args):
+    """fn(*args) in a daemon thread: its result or exception, or AssertionError if it blocks."""
+    outcome = {}
+
+    def call():
+        try:
+            outcome["value"] = fn(*args)
+        except BaseException as err:  # noqa: BLE001 - handed to the test
+            outcome["error"] = err
+
+    worker = threading.Thread(target=call, daemon=True)
+    worker.start()
+    worker.join(seconds)
+    assert not worker.is_alive(), f"{fn.__name__} blocked"
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
+def test_special_files_in_an_index_are_refused_without_blocking(built, tmp_path):
+    index, files = built
+    opened = GalleryIndex(index, "model-a", SHAPES)
+    data = feature_file(index)
+    data.unlink()
+    os.mkfifo(data)
+    with pytest.raises(IndexDamagedError, match=r"features-0/di_res4.f16 is a named pipe \(FIFO\)"
+                                                r"; only regular files are read"):
+        _within(30, opened.load)
+    data.unlink()
+    data.symlink_to("/dev/zero")
+    with pytest.raises(IndexDamagedError, match=r"features-0/di_res4.f16 is a device"):
+        _within(30, opened.load)
+
+    build(tmp_path / "fifo-catalog", files)
+    catalog_file = tmp_path / "fifo-catalog" / "index.sqlite"
+    catalog_file.unlink()
+    os.mkfifo(catalog_file)
+    with pytest.raises(IndexDamagedError, match=r"index.sqlite is a named pipe \(FIFO\)"):
+        _within(30, GalleryIndex, tmp_path / "fifo-catalog", "model-a", SHAPES)
+    rebuilt = _within(30, lambda: GalleryIndex(tmp_path / "fifo-catalog", "model-a", SHAPES,
+                                               rebuild=True))
+    assert len(rebuilt.load()) == 0 and catalog_file.is_file()
+
+    lock = index / "lock"
+    lock.unlink()
+    os.mkfifo(lock)
+    with pytest.raises(GalleryIndexError, match=r"idx/lock: is a named pipe \(FIFO\)"):
+        _within(30, opened.compact)

@@ -6,6 +6,7 @@ import hashlib
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -20,8 +21,8 @@ from tal_infer.index import GalleryIndex, GalleryIndexError
 from tal_infer.index_cli import main as tal_index
 from tal_infer.lifecycle import EntryFilter, parse_duration, parse_time
 
-from test_index import (HERE, SHAPES, assert_consistent, assert_same_contents, build, contents,
-                        extract_features, features_for_digest, make_gallery)
+from test_index import (HERE, SHAPES, CountingExtractor, assert_consistent, assert_same_contents,
+                        build, contents, extract_features, features_for_digest, make_gallery)
 
 T0 = 1_700_000_000.0  # timestamps of the metadata function below: T0 + 100 * i
 
@@ -232,6 +233,53 @@ def test_tal_index_bad_input_is_one_line(tmp_path, args, words):
     assert len(errors) == 1 and words in errors[0] and "Traceback" not in res.output
 
 
+def test_cameras_are_numbered_as_in_the_file_names(tmp_path):
+    """c3 in a name is camera 3 in `tal-index info` and `--where camera=3` (the README's
+    example), as users read the names."""
+    files = make_gallery(tmp_path / "g", 9)  # file i is camera i % 3 + 1 (c1, c2, c3)
+    build(tmp_path / "idx", files)
+    res = tal_index_run("info", tmp_path / "idx")
+    assert res.exit_code == 0 and "cameras: 1, 2, 3\n" in res.output, res.output
+    res = tal_index_run("remove", tmp_path / "idx", "--where", "camera=3", "--delete-files")
+    assert res.exit_code == 0 and "removed 3 entries (6 left)" in res.output, res.output
+    c3 = [f for f in files if "_c3s1_" in f.name]
+    assert len(c3) == 3 and not any(f.exists() for f in c3)
+    assert all(f.exists() for f in files if f not in c3)
+    left = GalleryIndex.open(tmp_path / "idx").load().paths
+    assert {Path(p).name.split("_")[1][:2] for p in left} == {"c1", "c2"}
+
+
+def _as_written_before(index: Path) -> None:
+    """The catalog as the version that numbered cameras from 0 wrote it."""
+    with sqlite3.connect(index / "index.sqlite") as con:
+        con.execute("UPDATE items SET camera = camera - 1")
+        con.execute("DELETE FROM info WHERE key = 'camera_numbering'")
+
+
+def test_an_index_with_cameras_numbered_from_0_is_renumbered_by_the_next_sync(tmp_path):
+    files = make_gallery(tmp_path / "g", 9)
+    build(tmp_path / "idx", files)
+    _as_written_before(tmp_path / "idx")
+    before = index_bytes(tmp_path / "idx")
+    res = tal_index_run("remove", tmp_path / "idx", "--where", "camera=2", "--delete-files")
+    assert res.exit_code == 2 and all(f.exists() for f in files)
+    errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "numbers cameras from 0" in errors[0], res.output
+    assert "tal-infer --index" in errors[0]
+    assert index_bytes(tmp_path / "idx") == before
+    res = tal_index_run("info", tmp_path / "idx")
+    assert res.exit_code == 0 and "cameras: 0, 1, 2 (numbered from 0" in res.output
+    res = tal_index_run("remove", tmp_path / "idx", "--where", "label=1", "--dry-run")
+    assert res.exit_code == 0 and "would remove 2 entries" in res.output  # not a camera filter
+
+    extractor = CountingExtractor()
+    report = GalleryIndex(tmp_path / "idx", "model-a", SHAPES).sync(files, extractor)
+    assert extractor.seen == [] and report.unchanged == 9  # metadata only, no extraction
+    assert "cameras: 1, 2, 3\n" in tal_index_run("info", tmp_path / "idx").output
+    res = tal_index_run("remove", tmp_path / "idx", "--where", "camera=2")
+    assert res.exit_code == 0 and "removed 3 entries (6 left)" in res.output
+
+
 def test_open_reads_the_model_from_the_index_itself(tmp_path):
     files = make_gallery(tmp_path / "g", 3)
     indexed(tmp_path / "idx", files)
@@ -244,7 +292,7 @@ def test_open_reads_the_model_from_the_index_itself(tmp_path):
 # -- the in-memory Gallery -------------------------------------------------------------------
 
 def test_gallery_remove_where_and_drop_older_than():
-    rng = np.random.default_rng()
+    rng = np.random.default_rng(1)
     feats = {"di_res4": rng.standard_normal((6, 4, 3)).astype(np.float32)}
     gallery = Gallery()
     ids = gallery.add(feats, camera=[0, 1, 1, 2, None, 1], timestamp=[5, 6, 7, 8, 9, None],
@@ -255,3 +303,91 @@ def test_gallery_remove_where_and_drop_older_than():
     assert left.tolist() == [ids[3], ids[4], ids[5]]
     np.testing.assert_array_equal(features["di_res4"], feats["di_res4"][[3, 4, 5]])
     assert cams.tolist() == [2, -1, 1] and meta == [None, {"track": 1}, "x"]
+
+
+# -- times must be finite ----------------------------------------------------------------
+
+@pytest.mark.parametrize("args, words", [
+    (["remove", "{idx}", "--before", "nan"], "'nan' is not a time"),
+    (["remove", "{idx}", "--before", "inf"], "'inf' is not a time"),
+    (["remove", "{idx}", "--before", "-Infinity"], "'-Infinity' is not a time"),
+    (["retain", "{idx}", "--max-age", "1d", "--now", "nan"], "'nan' is not a time"),
+    (["retain", "{idx}", "--max-age", "1d", "--now", "1e400"], "'1e400' is not a time"),
+    (["retain", "{idx}", "--max-age", "9" * 400 + "d"], "is not a duration"),
+])
+def test_non_finite_times_are_one_line_and_erase_nothing(tmp_path, args, words):
+    files = make_gallery(tmp_path / "g", 3)
+    indexed(tmp_path / "idx", files)
+    before = index_bytes(tmp_path / "idx")
+    res = tal_index_run(*[a.format(idx=tmp_path / "idx") for a in args], "--delete-files")
+    assert res.exit_code == 2, res.output
+    errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and words in errors[0] and "Traceback" not in res.output
+    assert all(f.exists() for f in files)
+    assert index_bytes(tmp_path / "idx") == before
+
+
+@pytest.mark.parametrize("cutoff", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_cutoffs_are_refused_by_the_api(tmp_path, cutoff):
+    files = make_gallery(tmp_path / "g", 3)
+    index = indexed(tmp_path / "idx", files)
+    with pytest.raises(TalError, match="finite"):
+        index.drop_older_than(cutoff)
+    with pytest.raises(TalError, match="finite"):
+        EntryFilter({"camera": 1}, before=cutoff)
+    gallery = Gallery()
+    gallery.add({"di_res4": np.zeros((2, 4, 3), np.float32)}, timestamp=[1.0, 2.0])
+    with pytest.raises(TalError, match="finite"):
+        gallery.drop_older_than(cutoff)
+    assert len(index.load()) == 3 and len(gallery) == 2
+
+
+# -- --where: every condition holds, values keep their type, keys must exist ----------------
+
+def test_repeated_where_keys_must_agree():
+    assert EntryFilter.parse(["camera=3", "camera=3"]).fields == {"camera": 3}
+    with pytest.raises(TalError, match=r"--where camera=1 and camera=2: an entry has one "
+                                       r"camera, so both cannot hold"):
+        EntryFilter.parse(["camera=1", "label=4", "camera=2"])
+
+
+def test_values_compare_with_their_type():
+    flag = EntryFilter({"label": True})
+    assert flag.matches({"label": True}, None)
+    assert not flag.matches({"label": 1}, None) and not flag.matches({"label": 1.0}, None)
+    assert not EntryFilter({"label": 1}).matches({"label": True}, None)
+    assert not EntryFilter({"label": 0}).matches({"label": False}, None)
+    assert EntryFilter({"label": 17}).matches({"label": 17.0}, None)  # the same number
+    assert not EntryFilter({"label": "17"}).matches({"label": 17}, None)
+
+
+@pytest.mark.parametrize("where, words", [
+    (["lable=17"], "unknown filter key 'lable' (the entries have camera, label, track)"),
+    (["camera=1", "trak=t1"], "unknown filter key 'trak'"),
+])
+def test_unknown_where_keys_are_refused_naming_the_known_ones(tmp_path, where, words):
+    files = make_gallery(tmp_path / "g", 6)
+    index = indexed(tmp_path / "idx", files)
+    before = index_bytes(tmp_path / "idx")
+    args = [a for w in where for a in ("--where", w)]
+    res = tal_index_run("remove", tmp_path / "idx", *args, "--delete-files")
+    assert res.exit_code == 2, res.output
+    errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and words in errors[0], res.output
+    assert all(f.exists() for f in files) and index_bytes(tmp_path / "idx") == before
+    with pytest.raises(TalError, match="unknown filter key"):
+        index.remove_where(EntryFilter.parse(where))
+
+
+def test_a_filter_that_matches_nothing_says_so(tmp_path):
+    files = make_gallery(tmp_path / "g", 6)
+    indexed(tmp_path / "idx", files)
+    res = tal_index_run("remove", tmp_path / "idx", "--where", "label=true")
+    assert res.exit_code == 0, res.output
+    assert res.output.splitlines() == ["no entry matches --where label=true; nothing removed"]
+    res = tal_index_run("remove", tmp_path / "idx", "--path", tmp_path / "g" / "x.jpg")
+    assert res.output.splitlines() == [f"no entry matches --path {tmp_path / 'g' / 'x.jpg'}; "
+                                       "nothing removed"]
+    res = tal_index_run("retain", tmp_path / "idx", "--max-age", "2w", "--now", T0)
+    assert res.output.splitlines() == ["no entry matches --max-age 2w; nothing removed"]
+    assert len(GalleryIndex.open(tmp_path / "idx").load()) == 6

@@ -8,24 +8,10 @@ import sys
 
 import numpy as np
 
+from runtime_fixtures import isolated_cli
 from tal_infer import ReIDEngine
 
-SCRIPT = """
-import sys, importlib.abc
-class _Block(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name.split('.')[0] in {"torch", "tal_train", "tal_export"}:
-            raise ModuleNotFoundError(f"blocked for this test: {name}")
-sys.meta_path.insert(0, _Block())
-from tal_infer.cli import main
-try:
-    main(sys.argv[1:])
-except SystemExit as exit:
-    assert not exit.code, exit.code
-leaked = sorted(m for m in sys.modules if m.split('.')[0] in {"torch", "tal_train", "tal_export"})
-assert not leaked, leaked
-print("isolated run ok")
-"""
+SCRIPT = isolated_cli("tal_infer.cli")
 
 
 def _isolated_scores(bundle, folders, out):

@@ -48,7 +48,7 @@ def _reference_scores(bundle, q, g) -> np.ndarray:
 
 def test_scores_equal_einsum_reference_on_fresh_features(fake_bundle):
     bundle = load_bundle(fake_bundle)
-    rng = np.random.default_rng()
+    rng = np.random.default_rng(1)
     q, g = random_features(bundle, 5, rng), random_features(bundle, 9, rng)
     got = Scorer(bundle).scores(q, g)
     want = _reference_scores(bundle, q, g)
@@ -58,7 +58,7 @@ def test_scores_equal_einsum_reference_on_fresh_features(fake_bundle):
 
 def test_chunked_streaming_topk_equals_full_sort(fake_bundle):
     bundle = load_bundle(fake_bundle)
-    rng = np.random.default_rng()
+    rng = np.random.default_rng(2)
     q, g = random_features(bundle, 4, rng), random_features(bundle, 23, rng)
     scorer = Scorer(bundle)
     full = scorer.scores(q, g)
@@ -133,7 +133,7 @@ def test_cuda_scores_equal_cpu_scores(fake_bundle):
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device")
     bundle = load_bundle(fake_bundle)
-    rng = np.random.default_rng()
+    rng = np.random.default_rng(3)
     q, g = random_features(bundle, 6, rng), random_features(bundle, 40, rng)
     want = Scorer(bundle).scores(q, g)
     got = Scorer(bundle, "cuda").scores(q, g)

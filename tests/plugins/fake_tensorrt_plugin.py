@@ -1,407 +1,329 @@
-"""A strict stand-in for `tensorrt` + `tensorrt.plugin` (TensorRT 10.9-11.x), for CPU tests.
+"""NVIDIA's own `tensorrt.plugin` over a stand-in of TensorRT's compiled core, for CPU tests.
 
-TensorRT cannot be installed here. This stand-in applies the rules TensorRT's Python plugin
-layer applies (its `_validate.py`, `_lib.py`, `_tensor.py`, `_plugin_class.py` and the
-quickly-deployable-plugins sample, read at tags v10.9.0 to v11.1) so that a plugin definition
-it accepts would also be accepted by TensorRT:
+TensorRT's Python plugin layer (`tensorrt.plugin`: `_validate.py`, `_tensor.py`,
+`_plugin_class.py`, `_autotune.py`, `_top_level.py`, `_lib.py`, ...) is plain Python that ships
+in the `tensorrt-cu12-bindings` wheel, beside the compiled core (`tensorrt.so`, which needs
+TensorRT's libraries and a GPU). The tests load those sources unchanged from two releases:
 
-* `register(id)`: "namespace::name" without dots, not a reserved namespace, not defined twice
-  ("already has a defintion", TensorRT's spelling); every argument annotated with a real class
-  (a string annotation is no class), tensor arguments first, no defaults; the return annotated
-  `TensorDesc` or `tuple[TensorDesc, ...]`.
-* `autotune(id)`: arguments = the registered inputs, then `outputs`; annotations, where given,
-  consistent; return annotation `AutoTuneCombination` or `list[...]` if given.
-* `aot_impl(id)`: arguments = the registered inputs, `outputs`, `tactic`; the return annotation
-  is mandatory: `tuple[str | bytes, str | bytes, KernelLaunchParams, SymExprs subclass]`.
-* Values: `KernelLaunchParams` has only grid/block/shared_mem fields, `SymIntExprs` a fixed
-  length, `cdiv` refuses two ints, a symbolic dimension refuses `bool()` (TensorRT 11).
+* the newest 10.x the `trt` extra allows, installed by the `test` extra
+  (`tensorrt-cu12-bindings`, package `tensorrt_bindings`; nothing imports it as `tensorrt`);
+* the oldest, 10.9.0.34, which `.ci/run` installs into `.cache/tensorrt-bindings-10.9.0.34/`
+  (pip cannot install two versions of one package in an environment):
+  ``pip install --no-deps --target .cache/tensorrt-bindings-10.9.0.34 tensorrt-cu12-bindings==10.9.0.34``.
 
-`FakeAotBuild` then does what an engine build does with a registered AOT plugin: shape and type
-inference through the `register` function (first with placeholder dimensions), `autotune`,
-`aot_impl` per type combination with type checks of what it returns, and it evaluates the
-launch parameters for concrete batch sizes. `launch_arguments` says how many arguments TensorRT
-passes to the kernel: the input tensors, the extra scalars, the outputs.
+What they cannot give is stood in for here, and only that:
+
+* `core_module`: the compiled core's names the plugin layer uses. Shape arithmetic
+  (`IExprBuilder`, `IDimensionExpr`) builds symbolic expressions as TensorRT's builder does,
+  folding constants, so a test can evaluate the launch parameters of a built kernel for
+  concrete batch sizes; the plugin base classes, enums and descriptors are plain records.
+* `AotBuild`: what TensorRT's C++ builder does with an AOT plugin, in its order: the creator
+  from the plugin registry (as the ONNX parser finds it), output types with placeholder shapes,
+  output shapes with the expression builder, the format combinations of `autotune` (after the
+  shapes), `configure_plugin`, the tactic, `get_launch_params`, `get_kernel`.
 """
 from __future__ import annotations
 
-import inspect
-import re
+import enum
+import importlib
+import importlib.util
+import operator
 import sys
 import types
-import typing
 from dataclasses import dataclass
+from pathlib import Path
 
-RESERVED_NAMESPACES = {"", "trt", "tensorrt", "std"}
-TYPE_NAMES = {"FP32", "FP16", "BF16", "INT8", "INT32", "INT64", "BOOL", "UINT8", "FP8", "INT4",
-              "FP4"}
+import numpy as np
 
-
-class DataType:
-    def __init__(self, name: str):
-        self.name = name
-
-    def __repr__(self):
-        return f"DataType.{self.name}"
+ROOT = Path(__file__).resolve().parents[2]
+OLDEST, NEWEST = "10.9.0.34", "10.16.1.11"  # the `trt` extra: tensorrt>=10.9,<11
 
 
-class ShapeExpr:
-    """A shape dimension: a build-time constant, a dynamic one (carrying the value the test
-    evaluates it with), or a placeholder (dtype inference, no value at all)."""
+def plugin_sources(version: str) -> Path | None:
+    """The folder of NVIDIA's `tensorrt.plugin` sources of `version`, or None where they are
+    not installed (the newest: the test extra; the oldest: .cache, see the module doc)."""
+    cached = ROOT / ".cache" / f"tensorrt-bindings-{version}"
+    roots = [cached]
+    spec = importlib.util.find_spec("tensorrt_bindings")  # finds, does not import
+    from importlib import metadata
 
-    def __init__(self, value: int | None = None, constant: bool = True):
-        self.value, self._constant = value, constant and value is not None
+    try:
+        installed = metadata.version("tensorrt-cu12-bindings")
+    except metadata.PackageNotFoundError:
+        installed = None
+    if spec is not None and installed == version:
+        roots.insert(0, Path(spec.submodule_search_locations[0]).parent)
+    for root in roots:
+        folder = root / "tensorrt_bindings" / "plugin"
+        if (folder / "_lib.py").is_file():
+            return folder
+    return None
 
-    @property
-    def is_fake(self) -> bool:
-        return self.value is None
 
-    @property
+# ---- the compiled core ---------------------------------------------------------------------
+
+DimensionOperation = enum.Enum("DimensionOperation",
+                               "SUM PROD MAX MIN SUB EQUAL LESS FLOOR_DIV CEIL_DIV")
+_OPERATIONS = {"SUM": operator.add, "PROD": operator.mul, "MAX": max, "MIN": min,
+               "SUB": operator.sub, "EQUAL": lambda a, b: int(a == b),
+               "LESS": lambda a, b: int(a < b), "FLOOR_DIV": operator.floordiv,
+               "CEIL_DIV": lambda a, b: -(-a // b)}
+
+
+class IDimensionExpr:
+    """A symbolic integer: a constant, a named run-time size, or an operation on two."""
+
+    def __init__(self, value: int | None = None, name: str | None = None, op=None, args=()):
+        self.value, self.name, self.op, self.args = value, name, op, args
+
     def is_constant(self) -> bool:
-        if self.is_fake:
-            raise RuntimeError("Not accessible for fake 'ShapeExpr's")
-        return self._constant
+        return self.value is not None
 
-    def constant_value(self) -> int:
-        if not self.is_constant:
-            raise RuntimeError("Not accessible for non-constant integer expressions")
+    def get_constant_value(self) -> int:
+        if self.value is None:
+            raise RuntimeError("not a constant expression")
         return self.value
 
-    def _op(self, other, fn):
-        if isinstance(other, float):
-            raise ValueError("Float symbolic expressions are not supported")
-        other = other if isinstance(other, ShapeExpr) else ShapeExpr(other)
-        if self.is_fake or other.is_fake:
-            return ShapeExpr()
-        return ShapeExpr(fn(self.value, other.value), self._constant and other._constant)
+    def evaluate(self, sizes: dict[str, int]) -> int:
+        """The value for concrete run-time `sizes` (test helper; TensorRT does this at run time)."""
+        if self.value is not None:
+            return self.value
+        if self.name is not None:
+            return sizes[self.name]
+        return _OPERATIONS[self.op.name](*(a.evaluate(sizes) for a in self.args))
 
-    def __add__(self, other):
-        return self._op(other, lambda a, b: a + b)
-
-    def __mul__(self, other):
-        return self._op(other, lambda a, b: a * b)
-
-    def __floordiv__(self, other):
-        return self._op(other, lambda a, b: a // b)
-
-    def __bool__(self):
-        raise RuntimeError("Cannot evaluate symbolic expression as boolean")
+    def __repr__(self):
+        return str(self.value) if self.value is not None else self.name or f"{self.op.name}{self.args}"
 
 
-class SymInt32(ShapeExpr):
-    def __init__(self, value=1):
-        if isinstance(value, ShapeExpr):
-            super().__init__(value.value, value._constant)
-        elif isinstance(value, int):
-            super().__init__(value)
-        else:
-            raise ValueError(f"Unsupported type: '{type(value)}'")
+class IExprBuilder:
+    def constant(self, value: int) -> IDimensionExpr:
+        if not isinstance(value, int):
+            raise TypeError(f"constant() takes an int, got {type(value)}")
+        return IDimensionExpr(value)
+
+    def operation(self, op: DimensionOperation, first: IDimensionExpr,
+                  second: IDimensionExpr) -> IDimensionExpr:
+        if not isinstance(first, IDimensionExpr) or not isinstance(second, IDimensionExpr):
+            raise TypeError(f"operation() takes IDimensionExprs, got {type(first)}, {type(second)}")
+        if first.is_constant() and second.is_constant():  # the builder folds constants
+            return IDimensionExpr(_OPERATIONS[op.name](first.value, second.value))
+        return IDimensionExpr(op=op, args=(first, second))
 
 
-class SymExprs:
-    def __init__(self, length: int):
-        self._exprs = [None] * length
-
-    def __len__(self):
-        return len(self._exprs)
-
-    def __getitem__(self, i):
-        return self._exprs[i]
-
-    def __iter__(self):
-        return iter(self._exprs)
-
-    def __setitem__(self, i, value):
-        if i >= len(self._exprs):
-            raise IndexError("Index out of range")
-        if not isinstance(value, (ShapeExpr, int)):
-            raise ValueError(f"Value should be int or SymIntExpr. Got '{type(value)}'")
-        self._exprs[i] = value if isinstance(value, ShapeExpr) else SymInt32(value)
+class DimsExprs(list):
+    def __init__(self, length: int = 0):
+        super().__init__([None] * length)
 
 
-class ShapeExprs(SymExprs):
-    @classmethod
-    def from_tuple(cls, dims):
-        out = cls(len(dims))
-        for i, d in enumerate(dims):
-            out[i] = d
-        return out
+class Dims(tuple):
+    MAX_DIMS = 8
+
+    def __new__(cls, value=()):
+        return super().__new__(cls, [0] * value if isinstance(value, int) else value)
 
 
-class SymIntExprs(SymExprs):
+class DataType(enum.Enum):
+    FLOAT, HALF, INT8, INT32, BOOL, UINT8, FP8, BF16, INT64, INT4, FP4 = range(11)
+
+
+class TensorFormat(enum.Enum):
+    LINEAR, CHW2, HWC8, CHW4, CHW16, CHW32, DHWC8, CDHW32, HWC, DLA_LINEAR, DLA_HWC4, HWC16, \
+        DHWC = range(13)
+
+
+PluginFieldType = enum.Enum("PluginFieldType", "FLOAT16 FLOAT32 FLOAT64 INT8 INT16 INT32 CHAR "
+                            "DIMS UNKNOWN BF16 INT64 FP8 INT4 FP4")
+PluginArgType = enum.Enum("PluginArgType", "INT")
+PluginArgDataType = enum.Enum("PluginArgDataType", "INT8 INT16 INT32")
+QuickPluginCreationRequest = enum.Enum("QuickPluginCreationRequest",
+                                       "UNKNOWN PREFER_JIT PREFER_AOT STRICT_JIT STRICT_AOT")
+TensorRTPhase = enum.Enum("TensorRTPhase", "BUILD RUNTIME")
+
+
+class PluginField:
+    def __init__(self, name: str = "", data=None, type=PluginFieldType.UNKNOWN):
+        self.name, self.data, self.type = name, data, type
+
+
+class PluginFieldCollection(list):
     pass
 
 
-class TensorDesc:
-    def __init__(self, shape_expr: ShapeExprs | None = None, dtype: DataType | None = None):
-        self.shape_expr, self.dtype = shape_expr, dtype
-
-
-class KernelLaunchParams:
-    FIELDS = ("grid_x", "grid_y", "grid_z", "block_x", "block_y", "block_z", "shared_mem")
-
-    def __init__(self):
-        for name in self.FIELDS:
-            self.__dict__[name] = SymInt32(0 if name == "shared_mem" else 1)
-
-    def __setattr__(self, name, value):
-        if name not in self.FIELDS:
-            raise AttributeError(f"KernelLaunchParams object has no attribute '{name}'")
-        self.__dict__[name] = SymInt32(value)
-
-
-class AutoTuneCombination:
-    def __init__(self, io_types: str, layouts: str = "LINEAR", tactics=None):
-        self.io_types = [s.strip() for s in io_types.split(",")]
-        self.layouts = [s.strip() for s in layouts.split(",")]
-        if len(self.layouts) not in (1, len(self.io_types)):
-            raise AssertionError("layouts must be one for all I/O or one per I/O")
-        alternatives = {len(t.split("|")) for t in self.io_types if "|" in t}
-        if len(alternatives) > 1 or any("|" in t and "*" in t for t in self.io_types):
-            raise ValueError(f"Type/Format combinations {self.io_types} contain illegal "
-                             "dependent lengths")
-        for name in re.split(r"[|*]", "|".join(self.io_types)):
-            if name not in TYPE_NAMES:
-                raise ValueError(f"unknown TensorRT data type {name!r}")
-
-    def type_combinations(self) -> list[list[str]]:
-        """The dependent ('|') alternatives, position by position."""
-        count = max(len(t.split("|")) for t in self.io_types)
-        return [[t.split("|")[i] if "|" in t else t for t in self.io_types]
-                for i in range(count)]
-
-
-def cdiv(first, second):
-    if isinstance(first, int) and isinstance(second, int):
-        raise ValueError("Both arguments cannot be 'int's")
-    first = first if isinstance(first, ShapeExpr) else ShapeExpr(first)
-    return first._op(second, lambda a, b: -(-a // b))
-
-
-def from_shape_expr(shape_expr, dtype: DataType) -> TensorDesc:
-    if isinstance(shape_expr, tuple):
-        shape_expr = ShapeExprs.from_tuple(shape_expr)
-    if not isinstance(shape_expr, ShapeExprs):
-        raise TypeError(f"shape_expr must be a tuple or ShapeExprs, got {type(shape_expr)}")
-    return TensorDesc(shape_expr, dtype)
+class PluginTensorDesc:
+    def __init__(self, dims=(), type=DataType.FLOAT, format=TensorFormat.LINEAR, scale=1.0):
+        self.dims, self.type, self.format, self.scale = Dims(dims), type, format, scale
 
 
 @dataclass
-class PluginDef:
-    plugin_id: str
-    register_func: typing.Callable
-    inputs: list[str]
-    num_outputs: int
-    autotune_func: typing.Callable | None = None
-    aot_impl_func: typing.Callable | None = None
+class DynamicPluginTensorDesc:
+    desc: PluginTensorDesc
+    min: Dims
+    max: Dims
 
 
-def _is_class(annotation, base) -> bool:
-    return inspect.isclass(annotation) and issubclass(annotation, base)
-
-
-def _check_schema(kind: str, func, expected: list[str]) -> inspect.Signature:
-    sig = inspect.signature(func)
-    if list(sig.parameters) != expected:
-        raise ValueError(f"Signature of the {kind} function '{sig}' does not match the expected "
-                         f"input arg schema: ({', '.join(expected)})")
-    return sig
-
-
-def _check_outputs_annotation(sig: inspect.Signature) -> None:
-    annotation = sig.parameters["outputs"].annotation
-    if annotation is inspect.Parameter.empty:
-        return
-    if typing.get_origin(annotation) is not tuple or not all(
-            _is_class(a, TensorDesc) for a in typing.get_args(annotation) if a is not Ellipsis):
-        raise ValueError(f"'outputs' should be of type Tuple[TensorDesc]. Received {annotation}.")
-
-
-def _check_str_or_bytes(annotation, index: int) -> None:
-    options = (typing.get_args(annotation)
-               if typing.get_origin(annotation) in (typing.Union, types.UnionType)
-               else (annotation,))
-    if any(a not in (str, bytes) for a in options):
-        raise ValueError(f"Return annotation for argument at {index} is '{annotation}'. "
-                         "Expected 'str' or 'bytes'.")
-
-
-class PluginModule(types.ModuleType):
-    """`tensorrt.plugin` with the decorators' checks; `registry` maps ids to PluginDefs.
-    `fail_next` = a stage name whose next decoration raises (as a TensorRT error would)."""
+class _Interface:
+    """Base classes the plugin layer derives from (nanobind classes in the compiled core)."""
 
     def __init__(self):
-        super().__init__("tensorrt.plugin")
-        self.registry: dict[str, PluginDef] = {}
-        self.fail_next: str | None = None
-        for obj in (TensorDesc, KernelLaunchParams, SymExprs, SymIntExprs, ShapeExprs, SymInt32,
-                    ShapeExpr, AutoTuneCombination, cdiv, from_shape_expr):
-            setattr(self, obj.__name__, obj)
-
-    def _maybe_fail(self, stage: str) -> None:
-        if self.fail_next == stage:
-            self.fail_next = None
-            raise ValueError(f"injected failure in {stage}")
-
-    def _registered(self, plugin_id: str) -> PluginDef:
-        if plugin_id not in self.registry:
-            raise ValueError(f"Plugin {plugin_id} is not registered. Did you register it with "
-                             "tensorrt.plugin.register API?")
-        return self.registry[plugin_id]
-
-    def register(self, plugin_id: str, lazy_register: bool = False):
-        def decorator(func):
-            namespace, name = plugin_id.split("::")
-            if "." in namespace or "." in name or namespace in RESERVED_NAMESPACES:
-                raise ValueError(f"invalid plugin id {plugin_id!r}")
-            if plugin_id in self.registry:
-                raise ValueError(f"'_Op' already has a defintion for '{name}'")
-            sig = inspect.signature(func)
-            inputs = []
-            for arg, param in sig.parameters.items():
-                if param.annotation is inspect.Parameter.empty:
-                    raise ValueError(f"Argument {arg} does not have a type annotation.")
-                if param.default is not inspect.Parameter.empty:
-                    raise ValueError(f"Argument {arg} has a default value.")
-                if not inspect.isclass(param.annotation):  # e.g. a postponed string annotation
-                    raise TypeError("issubclass() arg 1 must be a class")
-                if not issubclass(param.annotation, TensorDesc):
-                    raise ValueError(f"attribute {arg} is not supported by this stand-in")
-                inputs.append(arg)
-            ret = sig.return_annotation
-            if ret is inspect.Parameter.empty:
-                raise ValueError("No return annotation found for register function.")
-            outputs = typing.get_args(ret) if typing.get_origin(ret) is tuple else (ret,)
-            if not all(_is_class(o, TensorDesc) for o in outputs):
-                raise ValueError(f"Return argument is of type {ret}. Return types can only be "
-                                 "TensorDesc or Tuple[TensorDesc].")
-            self._maybe_fail("register")
-            self.registry[plugin_id] = PluginDef(plugin_id, func, inputs, len(outputs))
-            return func
-        return decorator
-
-    def autotune(self, plugin_id: str):
-        def decorator(func):
-            plugin = self._registered(plugin_id)
-            sig = _check_schema("autotune", func, [*plugin.inputs, "outputs"])
-            _check_outputs_annotation(sig)
-            ret = sig.return_annotation
-            if ret is not inspect.Parameter.empty:
-                items = typing.get_args(ret) if typing.get_origin(ret) is list else (ret,)
-                if not all(_is_class(a, AutoTuneCombination) for a in items):
-                    raise ValueError(f"Return argument is of type {ret}.")
-            self._maybe_fail("autotune")
-            plugin.autotune_func = func
-            return func
-        return decorator
-
-    def aot_impl(self, plugin_id: str):
-        def decorator(func):
-            plugin = self._registered(plugin_id)
-            sig = _check_schema("aot_impl", func, [*plugin.inputs, "outputs", "tactic"])
-            _check_outputs_annotation(sig)
-            ret = sig.return_annotation
-            if ret is inspect.Parameter.empty:
-                raise ValueError(f"No return annotation found for aot_impl function. Received "
-                                 f"signature {sig}.")
-            args = typing.get_args(ret)
-            if typing.get_origin(ret) is not tuple or len(args) != 4:
-                raise ValueError(f"Return annotation is {ret}. Expected tuple[str | bytes, "
-                                 "str | bytes, KernelLaunchParams, SymIntExprs].")
-            _check_str_or_bytes(args[0], 0)
-            _check_str_or_bytes(args[1], 1)
-            if not _is_class(args[2], KernelLaunchParams):
-                raise ValueError(f"Argument at index 2 of return annotation is '{args[2]}'.")
-            if not _is_class(args[3], SymExprs):
-                raise ValueError(f"Argument at index 3 of return annotation is '{args[3]}'.")
-            self._maybe_fail("aot_impl")
-            plugin.aot_impl_func = func
-            return func
-        return decorator
+        pass
 
 
-def fake_tensorrt(version: str = "10.13.0.35") -> tuple[types.ModuleType, PluginModule]:
-    """(tensorrt, tensorrt.plugin) stand-ins; `install` puts them in sys.modules."""
+class Logger:
+    INTERNAL_ERROR, ERROR, WARNING, INFO, VERBOSE = range(5)
+
+    def __init__(self, min_severity=WARNING):
+        self.min_severity = min_severity
+
+    def log(self, severity, message):
+        pass
+
+
+class PluginRegistry:
+    """`trt.get_plugin_registry()`: creators by (name, version, namespace)."""
+
+    def __init__(self):
+        self.creators = {}
+
+    def register_creator(self, creator, namespace: str) -> bool:
+        self.creators[(creator.name, creator.plugin_version, namespace)] = creator
+        return True
+
+    def get_creator(self, name: str, version: str, namespace: str = ""):
+        return self.creators.get((name, version, namespace))
+
+
+def core_module(version: str) -> types.ModuleType:
+    """A `tensorrt` module with the compiled core's names that `tensorrt.plugin` uses."""
     trt = types.ModuleType("tensorrt")
     trt.__version__ = version
-    trt.float32, trt.float16 = DataType("FLOAT"), DataType("HALF")
-    trtp = PluginModule()
+    trt.__path__ = []  # a package, so that `tensorrt.plugin` can be imported below it
+    for name in ("IPluginV3", "IPluginV3QuickCore", "IPluginV3QuickBuild",
+                 "IPluginV3QuickRuntime", "IPluginV3QuickAOTBuild", "IPluginCreatorV3Quick",
+                 "ISymExpr", "ITensor"):
+        setattr(trt, name, type(name, (_Interface,), {}))
+    for obj in (DimensionOperation, IDimensionExpr, IExprBuilder, DimsExprs, Dims, DataType,
+                TensorFormat, PluginFieldType, PluginArgType, PluginArgDataType,
+                QuickPluginCreationRequest, TensorRTPhase, PluginField, PluginFieldCollection,
+                PluginTensorDesc, DynamicPluginTensorDesc, Logger):
+        setattr(trt, obj.__name__, obj)
+    trt.float32, trt.float16, trt.bfloat16 = DataType.FLOAT, DataType.HALF, DataType.BF16
+    trt.int8, trt.int32, trt.int64 = DataType.INT8, DataType.INT32, DataType.INT64
+    registry = PluginRegistry()
+    trt.get_plugin_registry = lambda: registry
+    trt.nptype = lambda dtype: {DataType.FLOAT: np.float32, DataType.HALF: np.float16,
+                                DataType.INT32: np.int32, DataType.INT64: np.int64}[dtype]
+    return trt
+
+
+def load(monkeypatch, version: str, folder: Path) -> tuple[types.ModuleType, types.ModuleType]:
+    """(tensorrt, tensorrt.plugin): NVIDIA's plugin sources from `folder` over `core_module`,
+    in sys.modules for the test (monkeypatch undoes it)."""
+    trt = core_module(version)
+    for name in [n for n in sys.modules if n == "tensorrt" or n.startswith("tensorrt.")]:
+        monkeypatch.delitem(sys.modules, name)
+    for path in folder.glob("_*.py"):  # the submodules the package imports: gone after the test
+        monkeypatch.setitem(sys.modules, f"tensorrt.plugin.{path.stem}", None)
+        del sys.modules[f"tensorrt.plugin.{path.stem}"]
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    spec = importlib.util.spec_from_file_location("tensorrt.plugin", folder / "__init__.py",
+                                                  submodule_search_locations=[str(folder)])
+    trtp = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "tensorrt.plugin", trtp)
     trt.plugin = trtp
+    spec.loader.exec_module(trtp)  # imports its submodules (tensorrt.plugin._lib, ...)
     return trt, trtp
 
 
-def install(monkeypatch, trt, trtp) -> None:
-    monkeypatch.setitem(sys.modules, "tensorrt", trt)
-    monkeypatch.setitem(sys.modules, "tensorrt.plugin", trtp)
-
-
-DTYPES = {"FP16": "HALF", "FP32": "FLOAT"}
-
+# ---- what TensorRT's builder does with an AOT plugin ---------------------------------------
 
 @dataclass
 class AotKernel:
-    """What TensorRT keeps of one aot_impl call: the kernel and its evaluated launch."""
-    types: list[str]
+    """One kernel TensorRT would embed, with its launch evaluated for concrete sizes."""
+    types: list[DataType]
     name: str
     ptx: str
     grid: tuple[int, int, int]
     block: tuple[int, int, int]
     shared_mem: int
     extra_args: list[int]
-    launch_arguments: int
+    extra_arg_types: list
+    launch_arguments: int  # what the kernel is launched with: inputs, extra scalars, outputs
 
 
-class FakeAotBuild:
-    """Run a registered AOT plugin as an engine build does, for input shapes whose dynamic
-    dimensions are ShapeExpr(value, constant=False)."""
+class _Record:
+    """An attribute bag standing in for the core's launch-parameter and extra-argument setters."""
 
-    def __init__(self, trtp: PluginModule, plugin_id: str):
-        self.plugin = trtp._registered(plugin_id)
-        if self.plugin.aot_impl_func is None:
-            raise ValueError(f"Plugin '{plugin_id}' does not have either a AOT or JIT "
-                             "implementation.")
+    def __init__(self):
+        self.items = {}
 
-    def run(self, shapes: list[list[ShapeExpr | int]], tactic: int = 0) -> list[AotKernel]:
-        plugin = self.plugin
-        placeholders = [TensorDesc(ShapeExprs.from_tuple([ShapeExpr()] * len(s)), None)
-                        for s in shapes]
-        outputs = plugin.register_func(*placeholders)  # output dtype inference
-        if not isinstance(outputs, tuple):
-            outputs = (outputs,)
-        combos = [c for combo in (plugin.autotune_func(*placeholders, outputs)
-                                  if plugin.autotune_func else [])
-                  for c in combo.type_combinations()]
+    def __setitem__(self, index, value):
+        self.items[index] = value
+
+
+class AotBuild:
+    """Build an AOT plugin layer as TensorRT does: `inputs` are (dtype, dims) per input, a dim
+    an int (build-time constant) or a name (a run-time size)."""
+
+    def __init__(self, trt, plugin_id: str, request="STRICT_AOT"):
+        namespace, name = plugin_id.split("::")
+        creator = trt.get_plugin_registry().get_creator(name, "1", namespace)
+        if creator is None:
+            raise ValueError(f"no plugin creator registered for {plugin_id}")
+        self.trt = trt
+        self.plugin = creator.create_plugin(name, namespace, trt.PluginFieldCollection([]),
+                                            trt.TensorRTPhase.BUILD,
+                                            getattr(trt.QuickPluginCreationRequest, request))
+        self.plugin = self.plugin.get_capability_interface(None)
+
+    def run(self, inputs: list[tuple[DataType, list]], sizes: dict[str, int],
+            bounds: tuple[int, int] = (1, 4096)) -> list[AotKernel]:
+        plugin, builder = self.plugin, IExprBuilder()
+        types_ = [dtype for dtype, _ in inputs]
+        out_types = plugin.get_output_data_types(types_, [len(d) for _, d in inputs])
+        exprs = []
+        for _, dims in inputs:
+            expr = DimsExprs(len(dims))
+            for j, d in enumerate(dims):
+                expr[j] = builder.constant(d) if isinstance(d, int) else IDimensionExpr(name=d)
+            exprs.append(expr)
+        out_exprs = plugin.get_output_shapes(exprs, [], builder)
+
+        def dynamic(dims_exprs, dtype):
+            dims = [e.value if e.is_constant() else -1 for e in dims_exprs]
+            low = [d if d >= 0 else bounds[0] for d in dims]
+            high = [d if d >= 0 else bounds[1] for d in dims]
+            return DynamicPluginTensorDesc(PluginTensorDesc(dims, dtype), Dims(low), Dims(high))
+
+        in_out = [dynamic(e, t) for e, t in zip(exprs, types_)]
+        in_out += [dynamic(e, t) for e, t in zip(out_exprs, out_types)]
+        flat = plugin.get_supported_format_combinations(in_out, len(inputs))
+        width = len(in_out)
+        combos = [flat[i:i + width] for i in range(0, len(flat), width)]
         kernels = []
-        for types_ in combos:
-            inputs = [TensorDesc(ShapeExprs.from_tuple(s), DataType(DTYPES[t]))
-                      for s, t in zip(shapes, types_)]
-            outs = plugin.register_func(*inputs)
-            outs = outs if isinstance(outs, tuple) else (outs,)
-            for out, t in zip(outs, types_[len(inputs):]):
-                if out.dtype.name != DTYPES[t]:
-                    raise ValueError(f"output type {out.dtype} is not the combination's {t}")
-            kernels.append(self._aot(inputs, outs, types_, tactic))
+        for combo in combos:  # every combination the plugin offers, as a build would time
+            descs = [DynamicPluginTensorDesc(PluginTensorDesc(d.desc.dims, c.type, c.format),
+                                             d.min, d.max) for d, c in zip(in_out, combo)]
+            plugin.configure_plugin(descs[:len(inputs)], descs[len(inputs):])
+            for tactic in plugin.get_valid_tactics() or [0]:
+                plugin.set_tactic(tactic)
+                kernels.append(self._kernel(exprs, descs, len(inputs), builder, sizes))
         return kernels
 
-    def _aot(self, inputs, outputs, types_, tactic) -> AotKernel:
-        name, ptx, launch, extra = self.plugin.aot_impl_func(*inputs, outputs, tactic)
-        if not isinstance(name, (str, bytes)) or not isinstance(ptx, (str, bytes)):
-            raise TypeError("Kernel name and PTX must be a 'str' or 'bytes'")
-        if not isinstance(launch, KernelLaunchParams):
-            raise TypeError(f"Launch params must be a 'tensorrt.plugin.KernelLaunchParams'. "
-                            f"Got: {type(launch)}.")
-        if not isinstance(extra, SymExprs) or not all(isinstance(a, SymInt32) for a in extra):
-            raise TypeError("Extra args must be a 'tensorrt.plugin.SymIntExprs' of SymInt32")
-        value = (lambda e: e.value)
-        return AotKernel(list(types_), name if isinstance(name, str) else name.decode(),
+    def _kernel(self, exprs, descs, num_inputs, builder, sizes) -> AotKernel:
+        launch, extra = _Record(), _Record()
+        self.plugin.get_launch_params(exprs, descs, num_inputs, launch, extra, builder)
+        name, ptx = self.plugin.get_kernel([d.desc for d in descs[:num_inputs]],
+                                           [d.desc for d in descs[num_inputs:]])
+
+        def value(sym):
+            return sym.expr.evaluate(sizes)
+
+        args = [extra.items[i] for i in range(extra.nbSymExprs)]
+        return AotKernel([d.desc.type for d in descs],
+                         name if isinstance(name, str) else name.decode(),
                          ptx if isinstance(ptx, str) else ptx.decode(),
                          tuple(value(getattr(launch, f"grid_{a}")) for a in "xyz"),
                          tuple(value(getattr(launch, f"block_{a}")) for a in "xyz"),
-                         value(launch.shared_mem), [value(a) for a in extra],
-                         len(inputs) + len(extra) + len(outputs))
-
-
-def dims(*values) -> list[ShapeExpr]:
-    """Shape dimensions: ints are build-time constants, ("dyn", n) dynamic with run-time n."""
-    return [ShapeExpr(v[1], constant=False) if isinstance(v, tuple) else ShapeExpr(v)
-            for v in values]
-
+                         value(launch.shared_mem), [value(a) for a in args],
+                         [a.dtype for a in args], len(descs) + len(args))

@@ -1,9 +1,8 @@
 """The compiled Triton kernel and the training op on a CUDA device (skipped without one).
 
 Every case is one kernel specialization (Triton compiles per map size, C, P range, dtype and
-mode, never per Nq or Ng): nine compiles, 90 s together for sm_90 on a loaded 2-core CPU, no
-autotuning. fp32 runs at small sizes only: the three-pass tf32 kernel at 24x8 maps, C 128
-compiles for over a minute (why backend="auto" sends fp32 to cuBLAS).
+mode, never per Nq or Ng), no autotuning; each compile takes seconds (benchmarks/ptx_resources.py
+compiles the same kernels for sm_90a and sm_80 on the CPU).
 """
 from __future__ import annotations
 
@@ -128,15 +127,15 @@ def test_training_responses_run_without_a_kernel_compile(inputs, amp):
 
 
 def test_tuner_times_candidates_and_writes_the_cache(tmp_path, monkeypatch):
-    from tal_plugins.tune import tune_key
+    from tal_plugins.timing import tune_key
 
     monkeypatch.setenv(tuning.CACHE_DIR_ENV, str(tmp_path))
     monkeypatch.setattr(tuning, "_READ", {})
     index = torch.cuda.current_device()
     name, arch = kernel.device_identity(index)
-    key = tuning.TuningKey(arch, 16, 16, 16, 1, "fp16")  # 3 candidates: one 16x16 tile
+    key = tuning.TuningKey(arch, 16, 16, 16, 1, "fp16")
     result = tune_key(key, index, queries=4, galleries=16)
-    assert len(result.timings) == len(tuning.tuning_candidates(key)) == 3
+    assert len(result.timings) == len(tuning.tuning_candidates(key)) == 6
     assert result.best_ms > 0 and result.best in tuning.tuning_candidates(key)
     assert tuning.cache_file(name, arch).is_file()
     tuning._READ.clear()

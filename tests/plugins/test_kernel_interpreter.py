@@ -39,7 +39,7 @@ def test_kernel_matches_reference_in_interpreter(case, interpreter_results):
 
 
 def test_kernel_aot_compiles_to_ptx_for_tensorrt():
-    from tal_plugins import kernel
+    from tal_plugins import kernel, tuning
 
     compiled, config = kernel.compile_ptx("fp16", 48, 48, 64, 3, arch=80)
     ptx = compiled.asm["ptx"]
@@ -51,37 +51,36 @@ def test_kernel_aot_compiles_to_ptx_for_tensorrt():
     kinds = re.findall(r"\.param \.(u64|u32)", params)
     assert kinds[:7] == ["u64"] * 4 + ["u32"] * 2 + ["u64"]
     assert compiled.metadata.shared <= kernel.PORTABLE_SHARED_BYTES
-    assert "mma.sync" in ptx  # tensor-core MMA for the S tiles on sm_80
-    assert config["BLOCK_I"] == config["BLOCK_J"] == 16  # 48 = 3 x 16: no padded tile rows
+    assert "mma.sync" in ptx  # tensor-core MMA for the S blocks on sm_80
+    # the table's config, as the run-time launcher would take it on this architecture
+    assert config == tuning.table_config(tuning.TuningKey("sm80", 48, 48, 64, 3, "fp16"))
+    assert config.block_j == 16  # 48 = 3 x 16: no padded gallery columns
 
 
 def test_kernel_compiles_responses_variant():
     from tal_plugins import kernel
 
     compiled, _ = kernel.compile_ptx("bf16", 20, 33, 24, 1, arch=90, responses=True)
-    assert "wgmma" in compiled.asm["ptx"] or "mma" in compiled.asm["ptx"]
+    assert "mma" in compiled.asm["ptx"]
 
 
-@pytest.mark.parametrize("hw", [32, 48, 128, 192])
-def test_default_tiles_leave_no_padding_for_model_sizes(hw):
-    from tal_plugins import tuning
+def test_plan_refuses_a_kernel_over_its_shared_memory_cap():
+    from tal_infer.errors import TalError
+    from tal_plugins import kernel
 
-    tiles = tuning.tile_candidates(hw, hw)
-    assert tiles
-    assert all(tuning.padding_waste(hw, hw, bi, bj) == 0 for bi, bj in tiles)
-    key = tuning.TuningKey("sm90", hw, hw, 128, 1, "fp16")
-    assert {(c.block_i, c.block_j) for c in tuning.tuning_candidates(key)} == set(tiles)
-    first = tuning.default_config(key)
-    assert (first.block_i, first.block_j) in tiles
+    with pytest.raises(TalError, match=r"needs \d+ bytes of shared memory, over the 1024 a "
+                                       r"TensorRT plugin launch allows"):
+        kernel.compile_ptx("fp16", 48, 48, 64, 3, arch=80, max_shared=1024)
 
 
-def test_tile_candidates_for_sizes_without_exact_tiles():
-    from tal_plugins import kernel, tuning
+def test_sizes_beyond_the_kernel_are_refused_in_one_line():
+    from tal_infer.errors import TalError
+    from tal_plugins import kernel
 
-    # 20 and 35 have no power-of-two divisor >= 16: the least padded tiles are kept.
-    tiles = tuning.tile_candidates(20, 35)
-    assert tiles == [(16, 16)]
-    assert kernel.grid_size(5, 17, 8) == 5 * 3
+    with pytest.raises(TalError, match=r"at most 512 locations per map, got C = 128, HW = 768 x "
+                                       r"192; use the torch backend"):
+        kernel.shape_constants(768, 192, 128, 1, "fp16", False, 64)
+    assert kernel.grid_size(5, 17) == 5 * 2  # 16 galleries per program
 
 
 def test_compiles_go_through_tritons_on_disk_cache_in_its_configured_folder(tmp_path):

@@ -1,35 +1,54 @@
-"""The TensorRT plugin without TensorRT (which cannot be installed here; CI does not exercise
-TensorRT). The plugin is defined against a strict stand-in of `tensorrt.plugin` that applies
-TensorRT's own rules (fake_tensorrt_plugin.py) and then built as an engine build would: the
-real kernel is compiled to PTX for sm_90a with the installed Triton, and the PTX TensorRT
-would embed is checked against how TensorRT launches it (parameter list, ISA version; ptxas
-assembles it).
+"""The TensorRT plugin without TensorRT (which cannot run here; CI does not exercise it).
+The plugin is defined through NVIDIA's own `tensorrt.plugin` sources (the oldest and newest
+10.x the `trt` extra allows) over a stand-in of TensorRT's compiled core, and built as
+TensorRT's builder builds an AOT plugin (fake_tensorrt_plugin.py): the real kernel is compiled
+to PTX for sm_90a with the installed Triton, and the PTX TensorRT would embed is checked against
+how TensorRT launches it (parameter list, ISA version; ptxas assembles it).
 
-No postponed annotations here: the stand-in, like TensorRT, inspects annotation objects."""
+No postponed annotations here: TensorRT's validator inspects annotation objects."""
 import importlib.util
 import inspect
 import math
 import re
+import sys
 from types import SimpleNamespace
 
 import pytest
 
 from tal_infer.errors import TalError
 from tal_plugins import ptx as ptx_text
-from tal_plugins import trt
+from tal_plugins import trt, tuning
 
-from fake_tensorrt_plugin import FakeAotBuild, dims, fake_tensorrt, install
+import fake_tensorrt_plugin as nvidia
 
-# query [Nq, HW, C], gallery [Ng, HW, C], wq / wg [HW, P] with dynamic Nq = 5, Ng = 17
-SHAPES = [dims(("dyn", 5), 48, 64), dims(("dyn", 17), 48, 64), dims(48, 3), dims(48, 3)]
 SM90 = trt.AotTarget(90, (8, 4), "test")
+PLUGIN = "tal::QAConvMatch"
 
 
-def define(target=SM90, trt_pair=None):
-    fake_trt, trtp = trt_pair or fake_tensorrt()
-    registration = trt.Registration(target)
-    trt.define_plugin(fake_trt, trtp, registration, set())
-    return trtp, registration
+@pytest.fixture(params=[nvidia.OLDEST, nvidia.NEWEST])
+def tensorrt(request, monkeypatch):
+    """(tensorrt, tensorrt.plugin) of one release: NVIDIA's plugin layer over the core stand-in,
+    with a fresh registry and trt.register() as in a new process on a GPU of capability 9.0."""
+    folder = nvidia.plugin_sources(request.param)
+    if folder is None:
+        pytest.skip(f"NVIDIA's tensorrt.plugin sources {request.param} are not installed: pip "
+                    f"install --no-deps --target .cache/tensorrt-bindings-{request.param} "
+                    f"tensorrt-cu12-bindings=={request.param}")
+    modules = nvidia.load(monkeypatch, request.param, folder)
+    monkeypatch.setattr(trt, "_STAGES_DONE", set())
+    monkeypatch.setattr(trt, "_REGISTRATION", None)
+    monkeypatch.setattr(trt, "_current_arch", lambda: 90)
+    return modules
+
+
+def registry() -> dict:
+    return sys.modules["tensorrt.plugin._lib"].QDP_REGISTRY
+
+
+def qaconv_inputs(trt_module, dtype, hw=48, c=64, p=3) -> list:
+    """query [Nq, HW, C], gallery [Ng, HW, C], wq / wg [HW, P]; Nq and Ng dynamic."""
+    return [(dtype, ["nq", hw, c]), (dtype, ["ng", hw, c]),
+            (trt_module.DataType.FLOAT, [hw, p]), (trt_module.DataType.FLOAT, [hw, p])]
 
 
 @pytest.fixture(scope="module")
@@ -42,38 +61,29 @@ def raw_kernel():
     return compiled
 
 
-# -- the stand-in is as strict as TensorRT ------------------------------------------------------
+# -- NVIDIA's rules, as the plugin relies on them -------------------------------------------------
 
 def _describe(query: "TensorDesc") -> "TensorDesc":  # noqa: F821  (string annotations)
     return query
 
 
-def test_stand_in_rejects_what_tensorrt_rejects():
-    fake_trt, trtp = fake_tensorrt()
+def test_tensorrt_rules_reject_what_the_plugin_avoids(tensorrt):
+    trt_module, trtp = tensorrt
     with pytest.raises(TypeError, match="must be a class"):
-        trtp.register("tal::strings")(_describe)
+        trtp.register("tal::strings")(_describe)  # why trt.py has no postponed annotations
 
     def describe(query: trtp.TensorDesc) -> trtp.TensorDesc:
         return query
 
     trtp.register("tal::op")(describe)
-    with pytest.raises(ValueError, match="already has a defintion"):
+    with pytest.raises(ValueError, match="already has a defintion"):  # why registration is staged
         trtp.register("tal::op")(describe)
-    with pytest.raises(ValueError, match="reserved|invalid"):
-        trtp.register("trt::op")(describe)
 
-    def aot_without_annotation(query, outputs, tactic):  # today's plugins/trt.py did this
+    def aot_without_annotation(query, outputs, tactic):
         return None
 
     with pytest.raises(ValueError, match="No return annotation found for aot_impl function"):
         trtp.aot_impl("tal::op")(aot_without_annotation)
-
-    def aot_wrong_names(query, outputs) -> tuple[str, str, trtp.KernelLaunchParams,
-                                                 trtp.SymIntExprs]:
-        return None
-
-    with pytest.raises(ValueError, match="does not match the expected input arg schema"):
-        trtp.aot_impl("tal::op")(aot_wrong_names)
 
     def aot_wrong_return(query, outputs, tactic) -> tuple[str, str, int, trtp.SymIntExprs]:
         return None
@@ -84,38 +94,56 @@ def test_stand_in_rejects_what_tensorrt_rejects():
         trtp.cdiv(4, 2)
     with pytest.raises(AttributeError):
         trtp.KernelLaunchParams().threads = 128
+    # Extra kernel arguments must be SymInt32: SymIntExprs stores a plain int as a SymIntExpr,
+    # which the build then refuses (why trt.py wraps Nq and Ng in SymInt32).
+    scalars = trtp.SymIntExprs(1)
+    scalars[0] = 5
+    assert type(scalars[0]) is not trtp.SymInt32
 
 
-# -- item 1: TensorRT accepts the definition; a build gets kernels it can launch ----------------
+# -- TensorRT accepts the definition; a build gets kernels it can launch --------------------------
 
-def test_plugin_definition_follows_tensorrt_rules_and_builds():
+def test_plugin_builds_under_tensorrts_rules_with_the_table_config(tensorrt):
     pytest.importorskip("triton")
-    trtp, registration = define()
-    plugin = trtp.registry["tal::QAConvMatch"]
-    assert plugin.inputs == ["query", "gallery", "wq", "wg"] and plugin.num_outputs == 1
+    trt_module, trtp = tensorrt
+    registration = trt.Registration(SM90)
+    trt.define_plugin(trt_module, trtp, registration, set())
+    plugin = registry()[PLUGIN]
+    assert plugin.input_tensor_names == ["query", "gallery", "wq", "wg"]
+    assert plugin.num_outputs == 1
     annotation = inspect.signature(plugin.aot_impl_func).return_annotation
     assert str(annotation).startswith("tuple[str | bytes, str | bytes")
 
-    kernels = FakeAotBuild(trtp, "tal::QAConvMatch").run(SHAPES)
-    assert [k.types for k in kernels] == [["FP16", "FP16", "FP32", "FP32", "FP32"],
-                                         ["FP32", "FP32", "FP32", "FP32", "FP32"]]
+    build = nvidia.AotBuild(trt_module, PLUGIN)
+    kernels = build.run(qaconv_inputs(trt_module, trt_module.DataType.HALF), {"nq": 5, "ng": 17})
+    half, single = trt_module.DataType.HALF, trt_module.DataType.FLOAT
+    assert [k.types for k in kernels] == [[half, half, single, single, single], [single] * 5]
     for k in kernels:
         name, params = ptx_text.entry_params(k.ptx)
         assert name == k.name
-        # item 2: TensorRT passes inputs, extra scalars, outputs -- nothing else
+        # TensorRT passes inputs, extra scalars, outputs -- nothing else
         assert len(params) == k.launch_arguments == 7
         assert [p.is_pointer for p in params] == [True] * 4 + [False] * 2 + [True]
-        # item 3: the ISA is capped to the target's limit; the target is the build GPU's
+        # the ISA is capped to the target's limit; the target is the build GPU's
         assert ptx_text.isa_version(k.ptx) == (8, 4)
         assert re.search(r"^\.target sm_90a\b", k.ptx, re.M)
-        assert k.grid == (5 * math.ceil(17 / 8), 1, 1)  # one program per query x 8 galleries
-        assert k.block == (128, 1, 1) and k.shared_mem <= 48 * 1024
-        assert k.extra_args == [5, 17]  # the kernel's (n_q, n_g)
+        assert k.grid == (5 * math.ceil(17 / 16), 1, 1)  # one program per query x 16 galleries
+        assert k.block == (256, 1, 1) and k.shared_mem <= 48 * 1024
+        assert k.extra_args == [5, 17]  # the kernel's (n_q, n_g), int32
+        assert [t.name for t in k.extra_arg_types] == ["INT32", "INT32"]
     assert [(k["dtype"], k["ptx_isa"]) for k in registration.kernels] == [("fp16", "8.4"),
                                                                           ("fp32", "8.4")]
+    # The plan's launch config is the table's, as the run-time launcher takes it on sm90; the
+    # manifest records it with its source, threads and shared memory.
+    for record, k in zip(registration.kernels, kernels):
+        key = tuning.TuningKey("sm90", 48, 48, 64, 3, record["dtype"])
+        assert record["launch_config"] == {**tuning.table_config(key).kernel_args(),
+                                           "source": "table"}
+        assert tuning.choose(key, "any GPU without a tuning cache")[0] == tuning.table_config(key)
+        assert (record["threads"], record["shared_bytes"]) == (k.block[0], k.shared_mem)
 
 
-# -- item 2: Triton's scratch parameters ---------------------------------------------------------
+# -- Triton's scratch parameters ------------------------------------------------------------------
 
 def test_scratch_parameters_are_removed_only_when_unused(raw_kernel):
     raw = raw_kernel.asm["ptx"]
@@ -142,7 +170,7 @@ def test_kernel_with_another_argument_layout_is_refused(raw_kernel):
         trt.fit_for_tensorrt(swapped, raw_kernel.metadata, SM90)
 
 
-# -- item 3: PTX ISA version ----------------------------------------------------------------------
+# -- PTX ISA version -------------------------------------------------------------------------------
 
 def test_ptx_isa_is_capped_and_still_assembles(raw_kernel):
     raw = raw_kernel.asm["ptx"]
@@ -171,37 +199,33 @@ def test_ptx_isa_limit_from_option_or_driver():
         trt.aot_target(90, "eight")
 
 
-# -- item 8: registration ------------------------------------------------------------------------
+# -- registration --------------------------------------------------------------------------------
 
-@pytest.fixture()
-def fresh_process(monkeypatch):
-    """trt.register as in a new process, with the stand-in installed and a GPU of capability 9.0."""
-    fake_trt, trtp = fake_tensorrt()
-    install(monkeypatch, fake_trt, trtp)
-    monkeypatch.setattr(trt, "_STAGES_DONE", set())
-    monkeypatch.setattr(trt, "_REGISTRATION", None)
-    monkeypatch.setattr(trt, "_current_arch", lambda: 90)
-    return fake_trt, trtp
-
-
-def test_failed_registration_can_be_retried(fresh_process):
+def test_failed_registration_can_be_retried(tensorrt, monkeypatch):
     pytest.importorskip("triton")
-    _, trtp = fresh_process
-    trtp.fail_next = "aot_impl"  # TensorRT rejects the last step once
+    trt_module, trtp = tensorrt
+    real = trtp.aot_impl
+    failures = []
+
+    def aot_impl_failing_once(plugin_id):
+        if not failures:
+            failures.append(plugin_id)
+            raise ValueError("injected failure in aot_impl")
+        return real(plugin_id)
+
+    monkeypatch.setattr(trtp, "aot_impl", aot_impl_failing_once)  # TensorRT rejects it once
     with pytest.raises(ValueError, match="injected failure in aot_impl"):
         trt.register(ptx_isa="8.4")
     registration = trt.register(ptx_isa="8.4")  # no "already has a definition"
     assert trt.register(ptx_isa="8.4") is registration
     assert registration.target == trt.AotTarget(90, (8, 4), "--ptx-isa 8.4")
-    plugin = trtp.registry["tal::QAConvMatch"]
+    plugin = registry()[PLUGIN]
     assert plugin.autotune_func is not None and plugin.aot_impl_func is not None
     with pytest.raises(TalError, match="already registered in this process for sm_90a"):
         trt.register(ptx_isa="8.0")
 
 
-def test_registration_problems_are_one_line_before_tensorrt_is_touched(fresh_process,
-                                                                       monkeypatch):
-    _, trtp = fresh_process
+def test_registration_problems_are_one_line_before_tensorrt_is_touched(tensorrt, monkeypatch):
     monkeypatch.setattr(trt, "triton_available", lambda: False)
     with pytest.raises(TalError, match=r"compiles its kernel with Triton, which is not "
                                        r"installed \(pip install 'tal-reid\[gpu\]'\)"):
@@ -209,12 +233,14 @@ def test_registration_problems_are_one_line_before_tensorrt_is_touched(fresh_pro
     monkeypatch.setattr(trt, "triton_available", lambda: True)
     with pytest.raises(TalError, match="PTX ISA >= 8.0"):
         trt.register(ptx_isa="7.5")
-    assert trtp.registry == {}  # nothing half-registered
+    assert registry() == {}  # nothing half-registered
 
 
 def test_tensorrt_older_than_10_9_is_refused(monkeypatch):
-    fake_trt, trtp = fake_tensorrt("10.8.0.43")
-    install(monkeypatch, fake_trt, trtp)
+    folder = nvidia.plugin_sources(nvidia.NEWEST) or nvidia.plugin_sources(nvidia.OLDEST)
+    if folder is None:
+        pytest.skip("NVIDIA's tensorrt.plugin sources are not installed")
+    nvidia.load(monkeypatch, "10.8.0.43", folder)
     with pytest.raises(TalError, match=r"TensorRT 10.8.0.43 is too old .* >= 10.9"):
         trt.register()
 
@@ -228,13 +254,20 @@ def test_register_without_tensorrt_is_a_clear_error():
 
 # -- shapes and the ONNX node ---------------------------------------------------------------------
 
-def test_kernel_specialization_needs_build_time_sizes():
-    sizes = trt.kernel_specialization(dims(("dyn", 4), 192, 128), dims(("dyn", 9), 96, 128),
-                                      dims(192, 65), dims(96, 65))
+def test_kernel_specialization_needs_build_time_sizes(tensorrt):
+    _, trtp = tensorrt
+    builder = nvidia.IExprBuilder()
+
+    def dims(*values):
+        return [trtp.ShapeExpr(nvidia.IDimensionExpr(name=v) if isinstance(v, str)
+                               else builder.constant(v)) for v in values]
+
+    sizes = trt.kernel_specialization(dims("nq", 192, 128), dims("ng", 96, 128), dims(192, 65),
+                                      dims(96, 65))
     assert sizes == (192, 96, 128, 65)
     with pytest.raises(TalError, match="query HW must be fixed"):
-        trt.kernel_specialization(dims(("dyn", 4), ("dyn", 192), 128), dims(("dyn", 9), 96, 128),
-                                  dims(192, 65), dims(96, 65))
+        trt.kernel_specialization(dims("nq", "hw", 128), dims("ng", 96, 128), dims(192, 65),
+                                  dims(96, 65))
     with pytest.raises(TalError, match="C = 128 channels but gallery has C = 64"):
         trt.kernel_specialization([4, 192, 128], [9, 96, 64], [192, 65], [96, 65])
 

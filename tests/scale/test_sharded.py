@@ -157,6 +157,8 @@ def test_adds_removals_and_retention_across_shards(ray_cluster, bundle, crops, t
     assert sum(gallery.check().values()) == 40
     assert gallery.add_files(files[:10], metadata=[{"label": 99}] * 10).updated == 0
     assert sorted(gallery.remove_where(EntryFilter({"label": 99}))) == sorted(files[:10])
+    with pytest.raises(TalError, match="unknown filter key 'site'"):
+        gallery.remove_where(EntryFilter({"site": "north"}))      # no shard's entries have it
     assert gallery.remove([files[10], "/nowhere.jpg"]) == [files[10]]
     assert sum(gallery.check().values()) == 29
     # crops stored by the gallery: erased with their entries, files included

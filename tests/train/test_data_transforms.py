@@ -2,12 +2,17 @@
 reference, augmentation switches, and a clear error for unreadable files."""
 from __future__ import annotations
 
+import struct
+import zlib
+
 import cv2
 import numpy as np
 import pytest
 import torch
 
+from tal_infer import images
 from tal_infer.errors import DataError
+from tal_infer.images import read_image
 from tal_train.data.protocols import TrainRecord
 from tal_train.data.records import ImageRecord
 from tal_train.data.transforms import (Augment, EvalImages, TrainImages, augment_image, read_rgb,
@@ -92,5 +97,55 @@ def test_augment_reproducible_with_torch_seed(image_file):
 def test_unreadable_image_names_the_file(tmp_path):
     bad = tmp_path / "0001_c1s1_000001_01.jpg"
     bad.write_bytes(b"")
-    with pytest.raises(DataError, match=r"0001_c1s1_000001_01\.jpg: cannot read image"):
+    with pytest.raises(DataError) as info:
         EvalImages([ImageRecord(str(bad), 1, 0, "d")], SIZE, MEAN, STD)[0]
+    assert str(info.value) == f"{bad}: empty file (0 bytes)"
+
+
+def _ordinary_8_bit_files(folder):
+    """(path, file) of the 8-bit kinds detector crops come in: colour and gray JPEG, colour,
+    gray and BGRA PNG, BMP, TIFF, lossy and lossless WebP."""
+    rng = np.random.default_rng(5)
+    colour = cv2.GaussianBlur(rng.integers(0, 256, (50, 22, 3), dtype=np.uint8), (3, 3), 0)
+    alpha = rng.integers(0, 256, (50, 22, 1), dtype=np.uint8)
+    cases = [("c.jpg", colour, []), ("g.jpg", colour[..., 1], []), ("c.png", colour, []),
+             ("g.png", colour[..., 0], []), ("a.png", np.concatenate([colour, alpha], 2), []),
+             ("c.bmp", colour, []), ("c.tif", colour, []),
+             ("c.webp", colour, [cv2.IMWRITE_WEBP_QUALITY, 80]),
+             ("l.webp", colour, [cv2.IMWRITE_WEBP_QUALITY, 101])]
+    for name, image, params in cases:
+        cv2.imwrite(str(folder / name), image, params)
+    return [str(folder / name) for name, _, _ in cases]
+
+
+def test_training_tensors_are_unchanged_by_the_runtime_decoder(tmp_path):
+    """Training reads through tal_infer.images.read_image now; for ordinary 8-bit files the
+    tensors equal, bit for bit, those of the former cv2.imread(IMREAD_COLOR) path."""
+    paths = _ordinary_8_bit_files(tmp_path)
+    for path in paths:
+        former = cv2.imread(path, cv2.IMREAD_COLOR)
+        resized = cv2.resize(cv2.cvtColor(former, cv2.COLOR_BGR2RGB), (SIZE[1], SIZE[0]),
+                             interpolation=cv2.INTER_LINEAR)
+        x, _ = EvalImages([ImageRecord(path, 1, 0, "d")], SIZE, MEAN, STD)[0]
+        torch.testing.assert_close(x, to_tensor(resized, MEAN, STD), rtol=0, atol=0,
+                                   msg=path)
+
+
+def test_training_sees_the_runtime_pixels_and_pixel_limit(tmp_path):
+    """One decoder: a 16-bit file gives training the runtime's 8-bit pixels, and a file above
+    the runtime's pixel limit is refused by training too, with the runtime's message."""
+    deep = np.random.default_rng(6).integers(0, 65536, (50, 22, 3), dtype=np.uint16)
+    cv2.imwrite(str(tmp_path / "deep.png"), deep)
+    want = cv2.resize(cv2.cvtColor(read_image(tmp_path / "deep.png"), cv2.COLOR_BGR2RGB),
+                      (SIZE[1], SIZE[0]), interpolation=cv2.INTER_LINEAR)
+    np.testing.assert_array_equal(read_rgb(str(tmp_path / "deep.png"), SIZE), want)
+
+    bomb = tmp_path / "0001_c1s1_000001_01.png"
+    png = bytearray(cv2.imencode(".png", np.zeros((16, 16), np.uint8))[1].tobytes())
+    png[16:24] = struct.pack(">II", 30000, 30000)  # IHDR: width, height, then its checksum
+    png[29:33] = struct.pack(">I", zlib.crc32(bytes(png[12:29])))
+    bomb.write_bytes(bytes(png))
+    with pytest.raises(DataError) as info:
+        TrainImages([TrainRecord(str(bomb), 1, 0, 0)], SIZE, MEAN, STD)[0]
+    assert str(info.value) == (f"{bomb}: image too large (30000x30000 = 900,000,000 pixels; "
+                               f"the limit is {images.DEFAULT_MAX_PIXELS:,}, see --max-pixels)")

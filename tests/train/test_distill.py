@@ -2,10 +2,15 @@
 leaves the model untouched, and round-trips through the checkpoint."""
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
+from click.testing import CliRunner
 
+from tal_export.distill_cli import main as distill_cli
 from tal_infer.images import list_images
+from tal_train import distill
 from tal_train.checkpoint import load_checkpoint, save_checkpoint
 from tal_train.data.synthetic import SyntheticConfig, synthesize
 from tal_train.distill import (DistillOptions, _item_shapes, _teacher_block, add_descriptor,
@@ -79,6 +84,51 @@ def test_head_round_trips_through_the_checkpoint(distill_setup, tmp_path):
     again = load_descriptor(loaded, model)
     for key, value in head.state_dict().items():
         assert torch.equal(again.state_dict()[key], value)
-    maps = {k: torch.randn(3, *s) for k, s in _item_shapes(model).items()}
+    gen = torch.Generator().manual_seed(0)
+    maps = {k: torch.randn(3, *s, generator=gen) for k, s in _item_shapes(model).items()}
     torch.testing.assert_close(again(maps), head(maps))
     assert torch.allclose(again(maps).norm(dim=1), torch.ones(3))
+
+
+class _BlockLog:
+    """Records the crops of every teacher block (`_teacher_block` calls, in order: the
+    training blocks, then the held-out block)."""
+
+    def __init__(self, monkeypatch):
+        self.blocks: list[list[str]] = []
+        real = distill._teacher_block
+
+        def teacher_block(model, paths, device):
+            self.blocks.append([str(p) for p in paths])
+            return real(model, paths, device)
+
+        monkeypatch.setattr(distill, "_teacher_block", teacher_block)
+
+
+def test_held_out_crops_never_reach_training(distill_setup, monkeypatch):
+    model, train, _ = distill_setup
+    log = _BlockLog(monkeypatch)
+    options = DistillOptions(dim=8, reduced=4, hidden=16, blocks=3, block_size=48,
+                             steps_per_block=1, batch_size=16)
+    _, report = distill_descriptor(model, train, options)
+    *trained, held_out = log.blocks
+    assert len(trained) == 3 and all(len(b) == 48 for b in trained)
+    assert len(held_out) == len(set(held_out)) == report["holdout_images"] == 48
+    assert not set(held_out) & set().union(*trained)  # recall is measured on unseen crops
+    assert set(held_out) | set().union(*trained) <= set(map(str, train))
+
+
+def test_tal_distill_uses_the_block_size_it_is_given(distill_setup, monkeypatch, tmp_path):
+    model, train, _ = distill_setup
+    ckpt = save_checkpoint(tmp_path / "ckpt.pth", model_state=model.state_dict(),
+                           config=model.config.to_dict(), epoch=1, run_name="r")
+    log = _BlockLog(monkeypatch)
+    res = CliRunner().invoke(distill_cli, [str(ckpt), "--images", os.path.commonpath(train),
+                                           "--block-size", "40", "--blocks", "2",
+                                           "--steps-per-block", "1", "--dim", "8",
+                                           "--device", "cpu", "--quiet"])
+    assert res.exception is None or isinstance(res.exception, SystemExit), res.exception
+    assert [len(b) for b in log.blocks] == [40, 40, 40]  # two training blocks, the held-out one
+    assert "descriptor top-20 of 40 crops" in res.output, res.output
+    stored = load_checkpoint(ckpt)["descriptor"]["distillation"]
+    assert stored["options"]["block_size"] == 40 and stored["holdout_images"] == 40

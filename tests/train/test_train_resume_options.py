@@ -9,7 +9,9 @@ import torch
 from click.testing import CliRunner
 
 from tal_infer.errors import TalError
+from tal_train import engine
 from tal_train.cli import main as cli_main
+from tal_train.data.transforms import AUGMENTATIONS
 from tal_train.engine import resume_options
 
 from test_train_engine import data_root  # noqa: F401  (module-scoped fixture)
@@ -72,3 +74,23 @@ def test_equal_values_in_any_spelling_are_accepted(trained, data_root):  # noqa:
         resume_options(ckpt, image_size=[128, 64])
     with pytest.raises(TalError, match=r"--pretrained \(default\) -> none"):
         resume_options(ckpt, pretrained="none")
+
+
+@pytest.mark.parametrize("chosen_by", [["--recipe", "qaconv-gs"], ["--augment", "qaconv"]])
+def test_resume_keeps_the_qaconv_augmentation(data_root, tmp_path, monkeypatch,  # noqa: F811
+                                              chosen_by):
+    """The official augmentation, from the recipe or chosen explicitly on the tiny preset
+    (whose default is the standard set), is what the resumed epochs train with."""
+    used = []
+    real = engine.TrainImages
+    monkeypatch.setattr(engine, "TrainImages", lambda *a, **kw: (
+        used.append(kw["augment"]), real(*a, **kw))[1])
+    out = tmp_path / "run"
+    res = CliRunner().invoke(cli_main, [*command(data_root, out, *chosen_by), "--epochs", "1"])
+    assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(cli_main, ["--resume", str(out / "ckpt.pth"), "--epochs", "2",
+                                        "--quiet"])  # as the README resumes: nothing else
+    assert res.exit_code == 0, res.output
+    assert used == [AUGMENTATIONS["qaconv"]] * 2  # the first run, then the resumed one
+    saved = torch.load(out / "ckpt.pth", weights_only=True)
+    assert saved["epoch"] == 2 and saved["train_args"]["augment"] == "qaconv"

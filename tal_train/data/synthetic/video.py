@@ -1,8 +1,11 @@
 """Synthetic multi-camera video in the MOTChallenge layout, for cross-camera linking examples.
 
 The same identities (same `PersonSpec`s and renderer as the image generator) walk through every
-camera in turn: identity i visits camera c at frames ``offset_i + c * lag`` .. ``+ visit`` (it
-leaves one field of view, then appears in the next). In each camera a visit is a lateral walk
+camera in turn: identity i's k-th visit (camera ``k % cameras``, round ``k // cameras``) runs
+from frame ``offset_i + k * lag`` for ``visit_frames`` frames (it leaves one field of view, then
+appears in the next; with ``visits`` > 1 it comes back to every camera, so it leaves and
+re-enters). With ``visit_frames`` below ``lag`` the visits do not overlap in time (cameras with
+disjoint fields of view); by default they do (half the frames per visit). In each camera a visit is a lateral walk
 (side view) or a walk towards / away from the camera (front / back view), with a perspective
 size that grows with the feet's image row. Each camera has its own domain style (background
 family, colour cast, blur, noise, JPEG quality), so linking across cameras is a real domain
@@ -44,6 +47,8 @@ class VideoConfig:
     frame_size: tuple[int, int] = (240, 320)  # H, W
     seed: int = 0
     fps: int = 25
+    visits: int = 1         # passes of each person through each camera (> 1: re-entries)
+    visit_frames: int = 0   # frames per visit; 0: frames // (2 * visits)
 
     def validate(self) -> None:
         h, w = self.frame_size
@@ -51,6 +56,8 @@ class VideoConfig:
             raise TalError("--cameras and --identities must be at least 1")
         if self.frames < 8:
             raise TalError("--frames must be at least 8")
+        if self.visits < 1 or self.visit_frames < 0:
+            raise TalError("--visits must be at least 1 and --visit-frames at least 0")
         if h < 64 or w < 64:
             raise TalError("--frame-size must be at least 64x64")
 
@@ -84,22 +91,24 @@ class _Visit:
 
 
 def _visits(cfg: VideoConfig, i: int) -> list[_Visit]:
-    """Identity i's visit to every camera; starts and lanes are spread over the identities so
+    """Identity i's visits (camera k % cameras for the k-th); starts and lanes are spread over the identities so
     that people overlap now and then, not all the time."""
     rng = np.random.default_rng([cfg.seed, 0x71, i])
-    length = max(8, cfg.frames // 2)
+    count = cfg.cameras * cfg.visits
+    length = max(8, cfg.visit_frames or cfg.frames // (2 * cfg.visits))
     span = max(0, cfg.frames - length)
-    lag = span // max(1, cfg.cameras)
-    free = span - lag * (cfg.cameras - 1)
+    lag = span // max(1, count)
+    free = span - lag * (count - 1)
     offset = round(free * i / max(1, cfg.identities - 1))
     visits = []
-    for c in range(cfg.cameras):
+    for k in range(count):
+        c = k % cfg.cameras
         lane = (np.random.default_rng([cfg.seed, 0x76, c]).permutation(cfg.identities)[i]
                 + rng.uniform(0.25, 0.75)) / cfg.identities
         lateral = rng.random() < 0.6
         direction = int(rng.choice([-1, 1]))
         x = (-0.15 if direction > 0 else 1.15) if lateral else 0.1 + 0.8 * lane
-        visits.append(_Visit(offset + c * lag, length, "lateral" if lateral else "depth",
+        visits.append(_Visit(offset + k * lag, length, "lateral" if lateral else "depth",
                              direction, x, 0.62 + 0.35 * lane, rng.uniform(0, 2 * math.pi)))
     return visits
 
@@ -146,7 +155,7 @@ def _render_camera(cfg: VideoConfig, c: int, folder: Path, specs: list[PersonSpe
     gt = []
     for f in range(cfg.frames):
         img = plate.copy()
-        here = [(vs[c], i) for i, vs in enumerate(visits)]
+        here = [(v, i) for i, vs in enumerate(visits) for v in vs[c::cfg.cameras]]
         present = [(v.at(f, cfg.frame_size), i) for v, i in here
                    if v.start <= f < v.start + v.length]
         for (cx, feet, height, view, phase), i in sorted(present, key=lambda p: p[0][1]):
