@@ -80,36 +80,44 @@ def read_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIX
         data = read_regular(path, MAX_IMAGE_BYTES)
     except UserFileError as err:
         raise ImageError(path, err.problem) from None
+    return decode_image(data, path, max_pixels)
+
+
+def decode_image(data: bytes, source: str | os.PathLike,
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Decode an encoded image (the bytes of a file, or of a request) as BGR uint8 HxWx3 with
+    the checks of `read_image`; ``source`` names it in the `ImageError` (never its bytes)."""
     if not data:
-        raise ImageError(path, "empty file (0 bytes)")
-    _check_declared_size(path, data, max_pixels)
+        raise ImageError(source, "empty file (0 bytes)")
+    _check_declared_size(source, data, max_pixels)
     cv2 = _opencv(max_pixels)
     with _captured_stderr() as messages:
         try:
             image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
         except cv2.error as err:  # its size limits (validateInputImageSize) or a codec failure
             if "CV_IO_MAX_IMAGE" in str(err):
-                raise ImageError(path, "image too large (its decoder found more pixels than "
+                raise ImageError(source, "image too large (its decoder found more pixels than "
                                        f"OpenCV's limit, {OPENCV_PIXEL_LIMIT}; see "
                                        "--max-pixels)") from None
             image = None
     if image is None:
-        raise ImageError(path, "not a readable image (corrupt, truncated or not an image file)")
+        raise ImageError(source, "not a readable image (corrupt, truncated or not an image file)")
     damage = next((m for m in messages if m.startswith(DAMAGED_DATA_WARNINGS)), None)
     if damage:
-        raise ImageError(path, f"damaged image data (the decoder says: {damage})")
+        raise ImageError(source, f"damaged image data (the decoder says: {damage})")
     for message in messages:
-        log.warning("%s: decoder warning: %s", path, message)
-    return to_bgr_uint8(image, name=str(path))
+        log.warning("%s: decoder warning: %s", source, message)
+    return to_bgr_uint8(image, name=str(source))
 
 
-def _check_declared_size(path: Path, data: bytes, max_pixels: int | None) -> None:
+def _check_declared_size(source: str | os.PathLike, data: bytes,
+                         max_pixels: int | None) -> None:
     try:
         width, height = declared_size(data)
     except HeaderError as err:
-        raise ImageError(path, f"not a readable image ({err})") from None
+        raise ImageError(source, f"not a readable image ({err})") from None
     if max_pixels is not None and width * height > max_pixels:
-        raise ImageError(path, f"image too large ({width}x{height} = {width * height:,} "
+        raise ImageError(source, f"image too large ({width}x{height} = {width * height:,} "
                                f"pixels; the limit is {max_pixels:,}, see --max-pixels)")
 
 

@@ -165,3 +165,55 @@ def _dead_rows(contents) -> int:
 
 def _when(seconds: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(seconds))
+
+
+@main.command(epilog="""\b
+Examples:
+  tal-index build galleries/city --bundle export/demo --images cams/ --shards 4 --workers 2
+  tal-index build galleries/city --bundle export/demo --list new-crops.txt   # add more
+  tal-index build galleries/city --bundle export/demo --images cams/ --address ray://head:10001
+""")
+@click.argument("gallery", type=click.Path(path_type=Path))
+@click.option("--bundle", required=True, type=click.Path(path_type=Path),
+              help="The exported model (every Ray node reads it at this path).")
+@click.option("--images", "folders", multiple=True, type=click.Path(path_type=Path),
+              help="A folder of crops (searched recursively); repeatable.")
+@click.option("--list", "lists", multiple=True, type=click.Path(path_type=Path),
+              help="A text file naming one crop file per line; repeatable.")
+@click.option("--shards", type=int, default=None,
+              help="Number of shards of a new gallery (an existing one keeps its own).")
+@click.option("--workers", type=int, default=1, show_default=True,
+              help="Extraction workers (one extractor each, loaded once).")
+@click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option("--gpus-per-worker", type=float, default=0.0, show_default=True,
+              help="GPUs each worker reserves (0: CPU workers).")
+@click.option("--address", default=None,
+              help="Ray cluster to join (ray://head:10001); default RAY_ADDRESS, else a local "
+                   "Ray on this machine.")
+@friendly_errors
+def build(gallery: Path, bundle: Path, folders: tuple[Path, ...], lists: tuple[Path, ...],
+          shards: int | None, workers: int, batch_size: int, gpus_per_worker: float,
+          address: str | None) -> None:
+    """Bulk-index crop files into a sharded gallery on Ray (Ray Data workers extract, one
+    actor per shard writes its index folder). Rerunning it extracts only what is missing, so
+    a killed build resumes."""
+    from .cluster.bulk import build as bulk_build
+    from .cluster.sharded import ShardedGallery
+    from .images import list_images
+    from .user_files import read_regular
+
+    paths = [str(p) for folder in folders for p in list_images(folder)]
+    for listing in lists:
+        text = read_regular(listing, 2**30).decode("utf-8", "replace")
+        paths += [line.strip() for line in text.splitlines() if line.strip()]
+    if not paths:
+        raise TalError("nothing to index: give --images FOLDER or --list FILE")
+    sharded = ShardedGallery(gallery, bundle, shards, address=address)
+    report = bulk_build(sharded, paths, workers=workers, batch_size=batch_size,
+                        gpus_per_worker=gpus_per_worker)
+    click.echo(f"{gallery}: {report.extracted} crops extracted in {report.seconds:.1f} s "
+               f"({report.crops_per_s:.1f} crops/s), {report.present} already indexed, "
+               f"{len(report.skipped)} skipped; {sum(sharded.check().values())} entries in "
+               f"{sharded.count} shards")
+    for path, reason in report.skipped:
+        click.echo(f"skipped {path}: {reason}", err=True)

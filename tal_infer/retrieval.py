@@ -13,6 +13,7 @@ memory or a gallery index snapshot). Each value of the plan is decided in one pl
 | top-k, candidates M, camera exclusion, re-ranking | `plan_retrieval` (checked) |
 | stage-1 search (kind, device) | `plan_retrieval` (`CandidateOptions`) |
 | DI pre-rank width for a gallery of N | `RetrievalPlan.prerank_width` |
+| pair-stable scores of the top-k (sharded search) | `Retriever._stable` |
 
 Exhaustive mode scores every gallery entry in chunks (`tal_infer.scoring.rank_gallery`);
 two-stage mode (``candidates=M``) shortlists by descriptor with FAISS, narrows by the DI
@@ -24,7 +25,7 @@ as a matrix.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -41,6 +42,7 @@ log = logging.getLogger("tal_infer")
 Cameras = tuple[np.ndarray, np.ndarray]  # (query cameras, gallery cameras); -1 = unknown
 PRERANK_FACTOR = 10  # default pre-rank width, in multiples of M (docs/scale.md, measured)
 PRERANK_MAX_SHARE = 0.05  # ... and at most this share of the gallery
+STABLE_WIDTH = 2  # stable scores: the top k are chosen from the block scores' top 2k
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,7 @@ class RetrievalOptions:
     candidate_search: str = "exact"  # stage-1 FAISS index (`candidates.SEARCH_KINDS`)
     exclude_same_camera: bool = False
     rerank: bool = False            # k-reciprocal re-ranking
+    stable_scores: bool = False     # top-k scores computed per pair (`Retriever._stable`)
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,7 @@ class RetrievalPlan:
     streams: tuple[str, ...]
     matcher: str
     device: str
+    stable_scores: bool = False
 
     def prerank_width(self, gallery_size: int) -> int:
         """How many descriptor candidates the DI pre-rank narrows to M (0: none). Auto:
@@ -121,13 +125,17 @@ def plan_retrieval(options: RetrievalOptions, matcher: Matcher, descriptor_dim: 
                            f"candidates, got {options.prerank}")
         if options.prerank:
             check_streams([PRERANK_STREAM], matcher.streams)
+    if options.stable_scores and options.rerank:
+        raise TalError("stable scores are matching scores; re-ranked scores are not: ask for "
+                       "one of them")
     stage1 = None
     if m:
         load_faiss()
         require_descriptor([DESCRIPTOR] if descriptor_dim else [])
         stage1 = CandidateOptions(options.candidate_search, device=device)
     return RetrievalPlan(options.topk, m, options.prerank, stage1, options.exclude_same_camera,
-                         options.rerank, tuple(matcher.streams), matcher.name, matcher.device)
+                         options.rerank, tuple(matcher.streams), matcher.name, matcher.device,
+                         options.stable_scores)
 
 
 @dataclass
@@ -162,9 +170,36 @@ class Retriever:
             return Retrieval([[] for _ in range(nq)], empty if keep_scores else None,
                              empty if full_ranking else None)
         log.debug("%s", self.plan.describe(ng))
+        if self.plan.stable_scores:
+            wider = Retriever(self.matcher, replace(self.plan, topk=STABLE_WIDTH
+                                                    * self.plan.topk, stable_scores=False))
+            found = wider.retrieve(queries, gallery, cameras, stage1=stage1,
+                                   keep_scores=keep_scores, full_ranking=full_ranking)
+            found.rows = self._stable(queries, gallery, found.rows)
+            return found
         if self.plan.candidates:
             return self._two_stage(queries, gallery, exclude, stage1, keep_scores, full_ranking)
         return self._exhaustive(queries, gallery, exclude, keep_scores, full_ranking)
+
+    def _stable(self, queries: Features, gallery: FeatureSource,
+                rows: list[list[tuple[int, float]]]) -> list[list[tuple[int, float]]]:
+        """The top-k of ``rows`` (`STABLE_WIDTH` x k per query, by block scores) with each
+        score recomputed for its pair alone, ties by lower column.
+
+        Why: BLAS sums a GEMM in an order that depends on the block's shape, so a pair's
+        score differs in the last bits (~1e-7) with the other entries of its matching block;
+        a shard's blocks hold other entries than one index's. A pair scored alone has one
+        shape, so its score depends on the pair only, and shards and one index agree bit
+        for bit. Exact unless more than (`STABLE_WIDTH` - 1) x k entries lie within float32
+        rounding of the k-th score (as many copies of one crop)."""
+        keys = self.matcher.keys
+        stable = []
+        for i, row in enumerate(rows):
+            query = {k: v[i:i + 1] for k, v in queries.items()}
+            scored = [(c, float(self.matcher.scores(query, gallery.take([c], keys))[0, 0]))
+                      for c, _ in row]
+            stable.append(sorted(scored, key=lambda cs: (-cs[1], cs[0]))[:self.plan.topk])
+        return stable
 
     def scores(self, queries: Features, gallery: FeatureSource) -> np.ndarray:
         """float32 ``[Nq, Ng]``, the gallery streamed in chunks."""

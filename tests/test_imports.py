@@ -146,7 +146,7 @@ def test_a_broken_module_is_reported_with_its_traceback(tmp_path, monkeypatch):
 # Command modules (click entry points): what they import is free, nothing imports them.
 COMMANDS = {"tal_train.cli", "tal_train.__main__", "tal_train.data.cli", "tal_export.cli",
             "tal_export.distill_cli", "tal_export.demo", "tal_infer.cli", "tal_infer.index_cli",
-            "tal_infer.video.cli", "tal_plugins.tune"}
+            "tal_infer.video.cli", "tal_infer.serve_cli", "tal_plugins.tune"}
 TORCH_BACKEND = "tal_infer.torch_extractor"  # the one runtime module that may use model code
 
 
