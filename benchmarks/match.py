@@ -53,6 +53,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from tal_infer.cli_common import friendly_errors  # noqa: E402
 from tal_infer.errors import TalError  # noqa: E402
 from tal_infer.features import match_layout  # noqa: E402
+from tal_infer.matching import choose_match_backend  # noqa: E402
+from tal_infer.precision import FLOAT16, FLOAT32  # noqa: E402
 from tal_plugins import qaconv_match, qaconv_responses  # noqa: E402
 
 # name: (Nq, Ng); feature maps are 24 x 8 (HW 192), C 128 as in the paper's 384 x 128 input.
@@ -189,12 +191,19 @@ def bench_size(name: str, device: str, widths: list[int], repeats: int) -> list[
         gen = torch.Generator(device="cpu").manual_seed(p)
         w = (torch.randn(2 * hw, p, generator=gen) / hw).to(device)
         wq, wg = w[:hw].contiguous(), w[hw:].contiguous()
+        # the row the runtime's `--matcher auto` runs here says so (tal_infer.matching decides)
+        auto = choose_match_backend("auto", device, FLOAT16 if device == "cuda" else FLOAT32,
+                                    CHANNELS)
+        mark = {backend: " (--matcher auto)" if backend == auto else ""
+                for backend in ("triton", "torch", "numpy")}
+        ours = "triton" if device == "cuda" else "torch"
         methods = {"official: einsum + max, chunked": lambda a, b: official_match(prob[:a], gal[:b], w),
-                   "ours: " + ("triton kernel" if device == "cuda" else "blocked torch"):
-                       lambda a, b: qaconv_match(q[:a], g[:b], wq, wg)}
+                   ("ours: triton kernel" if device == "cuda" else "ours: blocked torch")
+                   + mark[ours]: lambda a, b: qaconv_match(q[:a], g[:b], wq, wg)}
         if device == "cpu":
             qn, gn, wqn, wgn = (t.numpy() for t in (q, g, wq, wg))
-            methods["ours: blocked numpy"] = lambda a, b: qaconv_match(qn[:a], gn[:b], wqn, wgn)
+            methods["ours: blocked numpy (runtime without torch)" + mark["numpy"]] = (
+                lambda a, b: qaconv_match(qn[:a], gn[:b], wqn, wgn))
         results = {}
         for label, run in methods.items():
             first = first_call_seconds(functools.partial(run, 8, 8), device)

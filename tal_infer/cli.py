@@ -22,7 +22,8 @@ from .matching import MATCH_BACKENDS
 from .metrics import UndefinedMetricsError, evaluate_scores
 from .output_paths import check_apart, check_output_file, check_output_folder, writing
 from .retrieval import RetrievalOptions
-from .search import GalleryFiles, SearchResult, embed_gallery, search, write_ranks
+from .search import (GalleryFiles, SearchResult, embed_gallery, search, vet_names,
+                     write_ranks)
 
 log = logging.getLogger("tal_infer")
 EPILOG = """\b
@@ -141,8 +142,9 @@ def main(gallery_dir: Path, query_dir: Path, model: Path | None, topk: int, out:
                  "--index": index_dir},
                 {"model bundle": engine.bundle.path, "gallery folder": gallery_dir,
                  "query folder": query_dir})
-    query_paths, gallery_paths = ([os.path.abspath(p) for p in list_images(d)]
-                                  for d in (query_dir, gallery_dir))
+    (query_paths, bad_queries), (gallery_paths, bad_gallery) = (
+        vet_names([os.path.abspath(p) for p in list_images(d)], on_error)
+        for d in (query_dir, gallery_dir))
     index = None
     if index_dir is not None:
         with _rebuild_hint():
@@ -164,7 +166,7 @@ def main(gallery_dir: Path, query_dir: Path, model: Path | None, topk: int, out:
         _print_top1(queries.paths, gallery.paths, result.rows)
     if report_dir is not None:
         _write_report(report_dir, engine, queries, gallery, result, report_queries)
-    _log_skipped(queries.skipped + gallery.skipped)
+    _log_skipped(bad_queries + queries.skipped + bad_gallery + gallery.skipped)
 
 
 @contextlib.contextmanager

@@ -29,7 +29,7 @@ import numpy as np
 from .engine import Embedded, ReIDEngine
 from .features import FeatureArrays, FeatureSource
 from .index import GalleryIndex, SyncReport
-from .naming import parse_market_name
+from .naming import BadNameError, parse_market_name
 from .retrieval import RetrievalPlan
 
 log = logging.getLogger("tal_infer")
@@ -82,6 +82,24 @@ def search(engine: ReIDEngine, plan: RetrievalPlan, queries: Embedded, gallery: 
                                             keep_scores=keep_scores,
                                             full_ranking=identities is not None)
     return SearchResult(found.rows, found.scores, identities, found.ranking)
+
+
+def vet_names(paths: Sequence[str], on_error: str = "fail"
+              ) -> tuple[list[str], list[tuple[str, str]]]:
+    """The paths whose Market-style names are usable, and (path, reason) for those that are
+    not (an identity or camera number out of range), checked before any extraction so a bad
+    name costs nothing: with ``on_error="fail"`` the first one is a `BadNameError`."""
+    kept, skipped = [], []
+    for path in paths:
+        try:
+            parse_market_name(Path(path).name)
+        except BadNameError as err:
+            if on_error == "fail":
+                raise BadNameError(path, err.problem) from None
+            skipped.append((path, err.problem))
+            continue
+        kept.append(path)
+    return kept, skipped
 
 
 def file_identities(paths: Sequence[str]) -> Labels | None:

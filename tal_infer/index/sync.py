@@ -21,6 +21,7 @@ import numpy as np
 from ..errors import DataError, TalError
 from ..console import progress
 from ..hashing import file_sha256
+from ..images import MAX_IMAGE_BYTES
 from ..naming import parse_market_name
 from ..user_files import check_regular
 from . import catalog
@@ -128,7 +129,8 @@ class Sync:
             st = check_regular(path)  # a FIFO would block the hash for ever
             same = known is not None and (st.st_size, st.st_mtime_ns) == (known.size,
                                                                            known.mtime_ns)
-            digest = known.sha256 if same else file_sha256(path)
+            # capped: a file too big to be an image is skipped unread, not hashed for minutes
+            digest = known.sha256 if same else file_sha256(path, MAX_IMAGE_BYTES)
             return _record(path, st, digest, dict(self.metadata_fn(path)))
         except TalError as err:  # first: a UserFileError is an OSError too, with its reason
             self._skip_or_raise(path, getattr(err, "problem", str(err)))

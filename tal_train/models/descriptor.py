@@ -56,7 +56,9 @@ class DescriptorHead(nn.Module):
         parts = []
         for name, shape in self.inputs.items():
             x = maps[name].float().flatten(-2).transpose(-1, -2)  # [N, (K,) HW, C]
-            x = self.reduce[_scale(name)](x)
+            # as a 2-D product: torch 2.6's ONNX exporter cannot decompose a 4-D matmul with
+            # a dynamic batch
+            x = self.reduce[_scale(name)](x.reshape(-1, x.shape[-1])).reshape(*x.shape[:-1], -1)
             parts.append((x.mean(dim=1) if len(shape) == 4 else x).flatten(1))  # experts: mean
         return F.normalize(self.project(torch.cat(parts, dim=1)), dim=1)
 

@@ -210,4 +210,8 @@ def folded_extractor(model: TALModel, head: DescriptorHead | None = None,
     there is a head. The export traces it to ONNX and saves its weights; the runtime's torch
     backend rebuilds it from the bundle's config and loads those weights."""
     folded = fold_model(model, precision)
-    return folded if head is None else WithDescriptor(folded, head)
+    extractor = folded if head is None else WithDescriptor(folded, head)
+    for module in extractor.modules():
+        if getattr(module, "inplace", False):  # ReLU(inplace=True): the ONNX exporter of
+            module.inplace = False             # torch 2.6 cannot decompose in-place ops
+    return extractor

@@ -29,8 +29,9 @@ from torch import Tensor, nn
 
 from tal_infer.errors import TalError
 from tal_infer.hashing import file_sha256
+from tal_infer.user_files import UserFileError, open_regular
 
-from ..checkpoint import weights_only_refusal
+from ..checkpoint import MAX_CHECKPOINT_BYTES, weights_only_refusal
 from .backbones import KeyFilter, PretrainedWeights
 
 log = logging.getLogger(__name__)
@@ -136,10 +137,13 @@ def _read(source: str | PretrainedWeights, cache_dir: str | None) -> Any:
         path = _download(source.url, source.file_name, source.sha256, cache_dir)
     else:
         path = Path(source)
-        if not path.is_file():
-            raise TalError(f"{path}: pretrained weights file not found")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with open_regular(path, MAX_CHECKPOINT_BYTES) as f:  # regular files only, size-capped
+            return torch.load(f, map_location="cpu", weights_only=True)
+    except UserFileError as err:
+        problem = ("pretrained weights file not found" if err.problem == "file not found"
+                   else err.problem)
+        raise TalError(f"{path}: {problem}") from None
     except pickle.UnpicklingError as err:  # weights_only=True refused the file
         raise TalError(f"{path}: {weights_only_refusal(err, 'weights file')}") from None
     except Exception as err:  # noqa: BLE001 - torch raises many types for bad files

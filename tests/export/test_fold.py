@@ -6,10 +6,10 @@ import pytest
 import torch
 from torch import nn
 
-from tal_train.models.folded import FoldedNorm, fold_model, output_names
+from tal_train.models.folded import FoldedNorm, fold_model, folded_extractor, output_names
 from tal_export.parity import reference_input
 
-from tiny_models import randomized_model
+from tiny_models import random_descriptor_head, randomized_model
 
 ABLATIONS = {
     "full": {},
@@ -52,3 +52,13 @@ def test_every_domain_norm_is_folded_and_the_model_is_untouched():
         isinstance(m, nn.Conv2d) for m in model.modules())
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]), k
+
+
+@pytest.mark.parametrize("backbone", ["resnet18_ibn_b_x0_25", "osnet_x0_25"])
+def test_the_exported_extractor_has_no_in_place_modules(backbone):
+    """torch 2.6's ONNX exporter cannot decompose in-place ops (the export fails there): what
+    the export traces has none, whatever the backbone uses in training (ReLU(inplace=True))."""
+    model = randomized_model(backbone=backbone, di_norm="bn")
+    assert any(getattr(m, "inplace", False) for m in model.modules())  # the case that matters
+    extractor = folded_extractor(model, random_descriptor_head(model))
+    assert not [m for m in extractor.modules() if getattr(m, "inplace", False)]

@@ -184,6 +184,27 @@ def test_bad_image_names_the_file_and_skip_continues(fake_bundle, crop_folders, 
     assert str(bad) not in list(saved["queries"]) + list(saved["gallery"])
 
 
+@pytest.mark.parametrize("index", [False, True])
+def test_a_bad_name_fails_before_any_extraction_and_skip_leaves_it_out(
+        fake_bundle, crop_folders, tmp_path, monkeypatch, index):
+    huge = "9" * 20                      # a camera number no integer column holds
+    bad = crop_folders[1] / f"0002_c{huge}s1_000777_00.jpg"
+    cv2.imwrite(str(bad), np.full((40, 20, 3), 99, np.uint8))
+    calls = []
+    embed_files = ReIDEngine.embed_files
+    monkeypatch.setattr(ReIDEngine, "embed_files",
+                        lambda self, *a, **k: calls.append(a) or embed_files(self, *a, **k))
+    extra = ("--index", tmp_path / "idx") if index else ()
+    line = one_error_line(run(*base(fake_bundle, crop_folders, *extra)))
+    assert f"{bad}: bad file name: camera number {huge} is out of range" in line
+    assert calls == []                   # refused before a single crop was extracted
+    res = run(*base(fake_bundle, crop_folders, *extra, "--on-error", "skip",
+                    "--exclude-same-camera", "--scores", tmp_path / "s.npz"))
+    assert res.exit_code == 0, res.stderr
+    assert "skipped 1 unreadable file(s)" in res.stderr and f"{bad}: bad file name" in res.stderr
+    assert str(bad) not in list(np.load(tmp_path / "s.npz")["gallery"])
+
+
 def test_failed_index_run_leaves_a_consistent_index(fake_bundle, crop_folders, tmp_path):
     _bad("corrupt", crop_folders[1] / "0003_c3s1_000999_00.jpg")
     index = tmp_path / "idx"

@@ -22,6 +22,7 @@ from tal_infer.errors import DataError
 from tal_infer.images import ImageError
 from tal_infer.index import (GalleryIndex, GalleryIndexError, IndexMismatchError,
                              market_metadata)
+from tal_infer.images import MAX_IMAGE_BYTES
 from tal_infer.naming import BadNameError, parse_market_name
 
 from runtime_fixtures import GALLERY_NAMES, QUERY_NAMES, write_crops
@@ -224,6 +225,19 @@ def test_a_huge_number_in_a_name_is_a_bad_name_not_a_crash(tmp_path):
     assert_consistent(tmp_path / "idx")
 
 
+def test_a_file_over_the_image_size_cap_is_skipped_unread(tmp_path):
+    files = make_gallery(tmp_path / "g", 2)
+    big = tmp_path / "g" / "0009_c1s1_000099_00.jpg"
+    with open(big, "wb") as f:
+        f.truncate(MAX_IMAGE_BYTES + 1)           # sparse: no disk used
+    index = GalleryIndex(tmp_path / "idx", "model-a", SHAPES)
+    report = index.sync(files + [big], extract_features, on_error="skip")
+    assert dict(report.skipped)[str(big)] == (f"is {MAX_IMAGE_BYTES + 1:,} bytes, over the "
+                                              f"{MAX_IMAGE_BYTES:,}-byte limit for this kind "
+                                              "of file")  # refused by its size
+    assert index.load().paths == sorted(map(str, files))
+
+
 @pytest.mark.parametrize("meta, words", [
     ({"camera": 2**70}, f"bad metadata: camera {2**70} does not fit a 64-bit integer"),
     ({"label": -2**64}, f"bad metadata: label {-2**64} does not fit a 64-bit integer"),
@@ -295,12 +309,12 @@ def test_tal_infer_refuses_or_skips_a_name_with_a_huge_number(fake_bundle, tmp_p
     assert skipped.exit_code == 0, skipped.output
     assert f"  {bad}: bad file name: identity number" in skipped.stderr
     assert GalleryIndex.open(tmp_path / "idx").load().paths == sorted(map(str, gallery))
-    bad.rename(bad.with_name(f"0001_c{HUGE}s1_000001_00.jpg"))  # camera exclusion, no index
+    bad = bad.rename(bad.with_name(f"0001_c{HUGE}s1_000001_00.jpg"))  # camera, no index
     res = CliRunner().invoke(tal_infer, [str(a) for a in (*args[:-2], "--exclude-same-camera")])
     assert res.exit_code == 2 and "Traceback" not in res.output
     errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
-    assert errors == [f"error: 0001_c{HUGE}s1_000001_00.jpg: bad file name: camera number "
-                      f"{HUGE} is out of range (at most 2,147,483,647)"]
+    assert errors == [f"error: {bad}: bad file name: camera number {HUGE} is out of range "
+                      "(at most 2,147,483,647)"]
 
 
 def test_load_maps_features_without_copy(tmp_path):

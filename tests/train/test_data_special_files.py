@@ -7,14 +7,16 @@ from __future__ import annotations
 import contextlib
 
 import pytest
+import torch
 
-from tal_infer.errors import DataError
+from tal_infer.errors import DataError, TalError
 from tal_train.checkpoint import MAX_CHECKPOINT_BYTES, CheckpointError, load_checkpoint
 from tal_train.data.msmt17 import MAX_LIST_BYTES
 from tal_train.data.protocols import TrainRecord
 from tal_train.data.records import ImageRecord
 from tal_train.data.registry import build_dataset
 from tal_train.data.transforms import EvalImages, TrainImages
+from tal_train.models.pretrained import load_pretrained
 
 from special_files import SPECIAL_KINDS, deadline, special_file
 
@@ -57,18 +59,27 @@ def test_msmt17_list_files(tmp_path, layouts, kind):
     assert str(info.value) == f"{path}: {problems[kind]}"
 
 
+LOADERS = {  # torch.load's inputs: what the loader raises and how it names a missing file
+    "checkpoint": (load_checkpoint, CheckpointError, "checkpoint not found"),
+    "pretrained": (lambda path: load_pretrained(torch.nn.Linear(2, 2), str(path)), TalError,
+                   "pretrained weights file not found"),
+}
+
+
+@pytest.mark.parametrize("loader", LOADERS)
 @pytest.mark.parametrize("kind", ["fifo", "dev-zero", "folder", "oversized", "missing"])
-def test_checkpoints_that_are_not_regular_files(tmp_path, kind):
-    path = tmp_path / "ckpt.pth"
+def test_weight_files_that_are_not_regular_files(tmp_path, kind, loader):
+    load, error, missing = LOADERS[loader]
+    path = tmp_path / "weights.pth"
     problems = {"fifo": "is a named pipe (FIFO); only regular files are read",
                 "dev-zero": "is a device; only regular files are read",
                 "folder": "is a folder; only regular files are read",
                 "oversized": f"is {MAX_CHECKPOINT_BYTES + 1:,} bytes, over the "
                              f"{MAX_CHECKPOINT_BYTES:,}-byte limit for this kind of file",
-                "missing": "checkpoint not found"}
+                "missing": missing}
     if kind == "oversized":
         _sparse(path, MAX_CHECKPOINT_BYTES + 1)
     with special_file(kind, path) if kind in SPECIAL_KINDS else contextlib.nullcontext(), deadline(5):
-        with pytest.raises(CheckpointError) as info:
-            load_checkpoint(path)
+        with pytest.raises(error) as info:
+            load(path)
     assert str(info.value) == f"{path}: {problems[kind]}"
