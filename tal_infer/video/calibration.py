@@ -7,7 +7,10 @@ are scored as `tracklet_scores` scores real ones. Pairs of the same identity in 
 cameras are the positives, pairs of different identities the negatives (identities of
 different folders are different people). The threshold is the **equal error rate** point:
 the score at which the share of positives below it equals the share of negatives at or above
-it, a rule that does not depend on how many people a network has.
+it, a rule that does not depend on how many people a network has. Every pair is scored, so
+the cost grows with the square of the pseudo-tracklets: at most ``max_tracklets`` (default
+400, at most 3,200 crops) are used, whole identities drawn at random (seeded) so each keeps
+all its cameras.
 
 The result is written as a small JSON file beside the bundle (``<bundle>.track-calibration.json``,
 never inside it: the bundle's files are hashed in its manifest), tied to the bundle by its
@@ -35,6 +38,7 @@ from .tracklets import (DEFAULT_AGGREGATE, DEFAULT_SAMPLE, TrackletFeatures, des
 
 FORMAT = "tal-reid-track-calibration"
 SUFFIX = ".track-calibration.json"
+MAX_TRACKLETS = 400
 
 
 @dataclass
@@ -74,25 +78,37 @@ def equal_error_threshold(positive: np.ndarray, negative: np.ndarray) -> tuple[f
     return float(candidates[best]), float((miss[best] + false_accept[best]) / 2)
 
 
-def pseudo_tracklets(folders: Sequence[str | os.PathLike], sample_size: int
+def pseudo_tracklets(folders: Sequence[str | os.PathLike], sample_size: int,
+                     max_tracklets: int = MAX_TRACKLETS, seed: int = 0
                      ) -> tuple[list[list[Path]], list[tuple[int, int]]]:
-    """(image paths per pseudo-tracklet, (person, camera) of each)."""
+    """(image paths per pseudo-tracklet, (person, camera) of each): at most ``max_tracklets``,
+    from whole identities drawn at random."""
     groups: dict[tuple[int, int, int], list[Path]] = {}
     for f, folder in enumerate(folders):
         for path in list_images(folder):
             name = parse_market_name(path.name)
             if name is not None and name.pid > 0:
                 groups.setdefault((f, name.pid, name.camid), []).append(path)
+    cameras: dict[tuple[int, int], int] = {}
+    for key in groups:
+        cameras[key[:2]] = cameras.get(key[:2], 0) + 1
+    identities, chosen, count = sorted(cameras), set(), 0
+    for i in np.random.default_rng(seed).permutation(len(identities)):
+        identity = identities[i]
+        if count + cameras[identity] <= max_tracklets:
+            chosen.add(identity)
+            count += cameras[identity]
+    groups = {k: v for k, v in groups.items() if k[:2] in chosen}
     people = {key[:2]: i for i, key in enumerate(sorted({k[:2] for k in groups}))}
     keys = sorted(groups)
     return [groups[k][:sample_size] for k in keys], [(people[k[:2]], k[2]) for k in keys]
 
 
 def calibrate(engine: Any, folders: Sequence[str | os.PathLike],
-              sample_size: int = DEFAULT_SAMPLE, aggregate: str = DEFAULT_AGGREGATE
-              ) -> Calibration:
+              sample_size: int = DEFAULT_SAMPLE, aggregate: str = DEFAULT_AGGREGATE,
+              max_tracklets: int = MAX_TRACKLETS) -> Calibration:
     """Thresholds for ``engine``'s bundle from Market-layout image folders (module doc)."""
-    groups, owners = pseudo_tracklets(folders, sample_size)
+    groups, owners = pseudo_tracklets(folders, sample_size, max_tracklets)
     embedded = engine.embed_files([p for g in groups for p in g], desc="calibrating")
     tracklets, start = [], 0
     for (person, camera), paths in zip(owners, groups):

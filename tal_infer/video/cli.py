@@ -21,7 +21,8 @@ from ..cli_common import device_option, friendly_errors, verbosity_options
 from ..errors import TalError
 from ..output_paths import check_output_folder, writing
 from .association import TransitionWindows
-from .calibration import calibrate, default_path, load_calibration, save_calibration
+from .calibration import (MAX_TRACKLETS, calibrate, default_path, load_calibration,
+                          save_calibration)
 from .mot import write_tracks
 from .network import open_network
 from .pipeline import (STAGES, Timings, TrackOptions, associate, camera_tracks, score_function,
@@ -220,17 +221,22 @@ Examples:
 @batch_option
 @aggregate_option
 @sample_option
+@click.option("--max-tracklets", type=click.IntRange(min=2), default=MAX_TRACKLETS,
+              show_default=True,
+              help="Pseudo-tracklets (identity x camera) scored all against all, from whole "
+                   "identities drawn at random: the cost grows with its square.")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Calibration file (default: <bundle>.track-calibration.json beside it).")
 @verbosity_options
 @friendly_errors
 def calibrate_cmd(folders: tuple[Path, ...], model: Path | None, backend: str, device: str,
-                  batch: int, aggregate: str, sample: int, out: Path | None) -> None:
+                  batch: int, aggregate: str, sample: int, max_tracklets: int,
+                  out: Path | None) -> None:
     """Calibrate the open-set ("new person") threshold on training images."""
     engine = _engine(model, backend, device, batch)
     out = out or default_path(engine.bundle.path)
     check_output_folder(out.parent, "--out")
-    cal = calibrate(engine, folders, sample, aggregate)  # progress bar: embed_files
+    cal = calibrate(engine, folders, sample, aggregate, max_tracklets)  # bar: embed_files
     with writing(out, "--out"):
         save_calibration(cal, out)
     for name, value in cal.thresholds.items():

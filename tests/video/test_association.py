@@ -14,7 +14,7 @@ from tal_infer.features import DESCRIPTOR
 from tal_infer.video.association import (OnlineAssociator, TransitionWindows, associate_offline,
                                          chain_allowed)
 from tal_infer.video.calibration import (calibrate, default_path, equal_error_threshold,
-                                         load_calibration, save_calibration)
+                                         load_calibration, pseudo_tracklets, save_calibration)
 from tal_infer.video.tracklets import TrackletFeatures, descriptor_scores, tracklet_scores
 
 # (person, camera, start s, end s)
@@ -107,3 +107,18 @@ def test_calibration_is_written_beside_the_bundle_and_tied_to_it(engine, tmp_pat
         load_calibration(tmp_path / "cal.json", "0" * 64)
     with pytest.raises(TalError, match="tal-track calibrate"):
         load_calibration(tmp_path / "missing.json", engine.bundle.fingerprint)
+
+
+def test_calibration_uses_a_bounded_number_of_whole_identities(tmp_path):
+    # identity i has i % 3 + 1 cameras: 10 identities, 20 pseudo-tracklets
+    names = [f"{pid:04d}_c{cam}s1_{pid * 10 + cam:06d}_00.jpg"
+             for pid in range(1, 11) for cam in range(1, pid % 3 + 2)]
+    for name in names:
+        (tmp_path / name).write_bytes(b"")
+    groups, owners = pseudo_tracklets([tmp_path], sample_size=8, max_tracklets=7)
+    assert 5 <= len(groups) <= 7                    # bounded, and filled up to the bound
+    chosen = [int(paths[0].name[:4]) for paths in groups]    # identity of each group
+    for pid in set(chosen):                                  # whole identities only
+        assert chosen.count(pid) == pid % 3 + 1
+    assert pseudo_tracklets([tmp_path], 8, 7) == (groups, owners)   # seeded
+    assert len(pseudo_tracklets([tmp_path], 8)[0]) == 20            # all under the default
