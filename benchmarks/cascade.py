@@ -1,6 +1,5 @@
 """Two-stage retrieval at scale: the cascade (FAISS candidates by the global descriptor, then the
-TAL score on them) against exhaustive matching, on generated galleries (DESIGN.md section 7
-"Scale"; docs/scale.md).
+TAL score on them) against exhaustive matching, on generated galleries (docs/scale.md).
 
 For each gallery size, each M and each DI pre-rank width N (0: the descriptor's top M get the
 TAL score; auto: its top 10 x M (at most 5% of the gallery), narrowed to M by the DI stream's

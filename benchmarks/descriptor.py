@@ -1,7 +1,7 @@
 """What the global descriptor costs at extraction: time (ONNX Runtime, the extractor with and
 without the descriptor output) and FLOPs (counted), per preset; and its bytes per crop.
 
-DESIGN.md / issue target: <= 2% extra extraction time, <= 4 KiB per crop. Weights are random
+Target: <= 2% extra extraction time, <= 4 KiB per crop. Weights are random
 (speed does not depend on them). The two graphs run alternately, many times, and the median
 time per batch is compared, so drifts of a shared machine's load hit both alike.
 

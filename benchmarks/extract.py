@@ -1,7 +1,7 @@
 """Extraction speed: PyTorch eager (`TALModel.extract`) vs the exported extractor, in images/s.
 
 CPU (default): the exported graph in ONNX Runtime (CPU, fp32 and fp16) vs PyTorch eager fp32,
-for the tiny and paper presets at a few batch sizes; DESIGN.md section 7 target on CPU: ONNX
+for the tiny and paper presets at a few batch sizes; target on CPU: ONNX
 Runtime >= 1.2x PyTorch eager.
 
 ``--runtime``: the runtime's own backends (`tal_infer.backends.open_extractor`: onnxruntime,

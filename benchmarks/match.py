@@ -24,7 +24,7 @@ Two more modes:
 
   --first-call  only the first qaconv_match call of a new process (8 x 8 pairs, P = 1 then 65,
                 fp16 on CUDA): with an empty TRITON_CACHE_DIR it includes the compile, run again
-                with the same folder it shows a warm cache (DESIGN.md section 7 targets: <= 5 s
+                with the same folder it shows a warm cache (targets: <= 5 s
                 cold, <= 1 s warm).
   --training    what training runs: `qaconv_responses` forward + backward at a training batch
                 (B x B pairs of one phase): the torch path (GEMM + max) in fp32 and under fp16

@@ -1,4 +1,4 @@
-"""The fused QAConvMatch Triton kernel (DESIGN.md section 2 "Key fact for speed", section 4).
+"""The fused QAConvMatch Triton kernel.
 
 One program owns one query p and a run of GALLERIES (16) consecutive galleries. For each gallery
 g it walks the similarity map S = Q_p G_g^T in gallery-location blocks of BLOCK_J columns; each

@@ -1,4 +1,4 @@
-"""PyTorch custom ops `tal::qaconv_match` and `tal::qaconv_responses` (DESIGN.md section 4).
+"""PyTorch custom ops `tal::qaconv_match` and `tal::qaconv_responses`.
 
 Registered through torch.library.custom_op, so torch.compile and torch.export see one opaque
 node each (the fake implementations give output shape and dtype), with autograd from

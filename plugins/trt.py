@@ -1,4 +1,4 @@
-"""TensorRT plugin `tal::QAConvMatch` (DESIGN.md section 4), backed by the Triton kernel.
+"""TensorRT plugin `tal::QAConvMatch`, backed by the Triton kernel.
 
 Written against TensorRT's Python "quickly deployable plugin" API (`tensorrt.plugin`, 10.9+:
 the release that added `aot_impl`): `register` gives the output descriptor (shape [Nq, Ng, P],

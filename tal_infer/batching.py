@@ -1,7 +1,7 @@
 """Micro-batching: many callers' small requests become full batches for one model call.
 
 Video-analytics pipelines embed a few crops per frame from many threads (one per camera);
-the extractor is fastest on full batches (DESIGN.md Sec. 5, Python API). `MicroBatcher`
+the extractor is fastest on full batches. `MicroBatcher`
 collects items until ``max_batch`` are waiting or the oldest has waited ``max_latency_s``,
 runs ``fn(items) -> results`` on one worker thread, and hands each caller its own result.
 A batch is taken as soon as it is full, so under load every batch is full and latency is

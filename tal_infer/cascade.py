@@ -1,5 +1,5 @@
 """Two-stage retrieval: FAISS candidates by the global descriptor, then the full TAL score on
-each query's candidates only (DESIGN.md section 6; docs/scale.md).
+each query's candidates only (docs/scale.md).
 
 Stage 1 (`tal_infer.candidates`) gives every query its top-M gallery columns by descriptor inner
 product. Stage 2 gathers the feature maps of exactly those columns (from an index: the rows of

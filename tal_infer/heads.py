@@ -1,5 +1,5 @@
 """The matching heads' score formulas in projection form: their one home (docs/bundle.md,
-"Matching in projection form"; DESIGN.md "Key fact for speed").
+"Matching in projection form").
 
 After the two max-reductions every head is linear up to the MSDA attention, so a head needs per
 pair only ``r = project(Q, G, wq, wg)`` (`tal_plugins.qaconv_match`: column 0 the score

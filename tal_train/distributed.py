@@ -1,4 +1,4 @@
-"""Multi-process training under ``torchrun`` (DESIGN.md section 6).
+"""Multi-process training under ``torchrun``.
 
 `torchrun --nproc_per_node N -m tal_train ...` sets RANK / WORLD_SIZE / LOCAL_RANK; `setup`
 then joins the process group (NCCL on GPU, gloo on CPU) and picks this rank's device. Rank 0

@@ -1,4 +1,4 @@
-"""One TAL training iteration: the three phases of DESIGN.md section 2, one small function each.
+"""One TAL training iteration: the three phases of paper Sec. 3, one small function each.
 
 1. `per_domain_phase`: a batch of domain i through expert i and MS-QAConv(DS) (``ds_head``);
 2. `hybrid_ds_phase`: the hybrid batch through all experts, backbone frozen, MSDA-QAConv learns;

@@ -1,6 +1,6 @@
 """The global descriptor head: one compact vector per crop for stage-1 retrieval (docs/scale.md).
 
-Two-stage retrieval (DESIGN.md section 6) shortlists gallery crops by the inner product of a
+Two-stage retrieval shortlists gallery crops by the inner product of a
 global descriptor and re-scores the shortlist with the full TAL score, so the descriptor's job
 is to rank like the TAL score. It reads the same L2-normalized stream maps the QAConv heads
 match (every expert and the DI stream, every scale, in the extractor's output layout): per

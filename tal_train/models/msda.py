@@ -1,5 +1,5 @@
 """MSDA-QAConv: the domain-adaptive multi-scale head of the DS stream (paper Sec. 3.1 eq. 2,
-Sec. 3.3 "MSDA-QAConv"; DESIGN.md).
+Sec. 3.3 "MSDA-QAConv").
 
 An image without a domain label goes through all K experts; per scale l and expert i the pair
 gets a QAConv response vector v_{i,l} (2 HW_l). Domain attention per scale, as eq. 6 but on the

@@ -14,7 +14,7 @@ norm. A stream is an expert index ``i`` or ``"di"``. A tuple of streams runs the
 pass: the batch is the input tiled ``len(streams)`` times and chunk j is normalized by stream j
 (the export folds the network the same way).
 
-**DABN readings** (DESIGN.md, ``dabn_stats``). Eq. 5 mixes K branches
+**DABN readings** (``dabn_stats``). Eq. 5 mixes K branches
 ``sum_i a_i(x) (g_i x_hat + b_i)``; the paper leaves open whose statistics x_hat uses:
 
 * ``experts`` (the first implementation): branch i normalizes with DSBN_i's *running* mean and

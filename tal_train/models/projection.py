@@ -1,4 +1,4 @@
-"""Matching heads in projection form (DESIGN.md "Key fact for speed"; docs/bundle.md
+"""Matching heads in projection form (docs/bundle.md
 "Matching in projection form").
 
 After the two max-reductions every head is linear up to the MSDA attention nonlinearity: BN1d(1)

@@ -1,4 +1,4 @@
-"""TALModel: the two-stream adaptive learning network (paper Sec. 3, Fig. 2; DESIGN.md section 2).
+"""TALModel: the two-stream adaptive learning network (paper Sec. 3, Fig. 2).
 
 One registered backbone (``config.backbone``, `tal_train.models.backbones`; the paper's IBN-Net50)
 whose convolutions are shared by every stream and whose BatchNorms are `DomainNorm`s (injected
@@ -14,7 +14,7 @@ Heads: ``ds_head`` (MS-QAConv shared by the K experts: phase 1, and the Table 5 
 ``msda_head`` (MSDA-QAConv on all experts: phase 2; None for ``ds_head="vote"``), ``di_head``
 (MS-QAConv of the DI stream: phase 3). Inference score = score_DS + score_DI ("Model Inference").
 
-Training phases (DESIGN.md, our reading of Sec. 3.1-3.3), one method each:
+Training phases (our reading of paper Sec. 3.1-3.3), one method each:
 
 1. ``per_domain_scores(x_i, i)``: a batch of domain i through expert i -> ``ds_head``. Updates the
    shared convolutions, expert i's norms (and its running statistics), ``ds_head``.

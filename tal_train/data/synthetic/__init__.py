@@ -1,5 +1,5 @@
 """Procedural person re-id data: a multi-domain camera network (Market-1501 folders) and
-multi-camera MOTChallenge video, drawn with OpenCV/numpy only (DESIGN.md sec. 2, "synthetic")."""
+multi-camera MOTChallenge video, drawn with OpenCV/numpy only."""
 from .network import SyntheticConfig, domain_names, synthesize
 from .video import VideoConfig, synthesize_video
 

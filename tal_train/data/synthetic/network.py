@@ -1,4 +1,4 @@
-"""The synthetic camera network: one Market-1501-format folder per domain (DESIGN.md sec. 2).
+"""The synthetic camera network: one Market-1501-format folder per domain.
 
 Per domain (``domain-a``, ``domain-b``, ...): N identities, disjoint from every other domain's
 (own appearance draws and own pid range: domain d uses pids d*N+1 .. d*N+N), split like
