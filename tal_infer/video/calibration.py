@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -89,9 +90,7 @@ def pseudo_tracklets(folders: Sequence[str | os.PathLike], sample_size: int,
             name = parse_market_name(path.name)
             if name is not None and name.pid > 0:
                 groups.setdefault((f, name.pid, name.camid), []).append(path)
-    cameras: dict[tuple[int, int], int] = {}
-    for key in groups:
-        cameras[key[:2]] = cameras.get(key[:2], 0) + 1
+    cameras = Counter(key[:2] for key in groups)  # pseudo-tracklets per identity
     identities, chosen, count = sorted(cameras), set(), 0
     for i in np.random.default_rng(seed).permutation(len(identities)):
         identity = identities[i]
