@@ -41,10 +41,13 @@ if [ "${1:-}" = "--dry-run" ]; then
 fi
 
 # The watchdog: the script runs again under `timeout`, which ends it at the cap (steps are in
-# process groups of their own and end by their own timeouts, which never pass the cap).
+# process groups of their own and end by their own timeouts, which never pass the cap). The
+# signal goes to the script alone (--foreground), whose TERM trap ends the running step: sent
+# to its whole process group, it would also kill whatever short command the script was
+# running at that moment, and bash would print "Terminated" for it.
 if [ "${GPU_CHECK_INNER:-0}" != 1 ]; then
     GPU_CHECK_INNER=1 GPU_CHECK_START=$(date +%s) DRY_RUN=$DRY_RUN \
-        timeout -k "$KILL_AFTER_S" "$CAP_S" bash "$0" "$@"
+        timeout --foreground -k "$KILL_AFTER_S" "$CAP_S" bash "$0" "$@"
     rc=$?
     if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
         echo "error: gpu_check.sh reached its ${CAP_S}-second cap; the watchdog ended it" >&2

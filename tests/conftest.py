@@ -40,9 +40,9 @@ SHARED_FIXTURES = {
     "fp32_bundle": "tiny-bundles",  # tests/export/conftest.py
     "fp16_bundle": "tiny-bundles",  # tests/export/conftest.py
     "exported": "exported-bundle",  # tests/infer/conftest.py
-    "interpreter_results": "triton-interpreter",
-    "distill_setup": "distillation",
-    "ray_cluster": "ray-cluster",  # tests/scale/conftest.py: one local Ray per test session  # tests/train/test_distill.py  # tests/plugins/test_kernel_interpreter.py
+    "interpreter_results": "triton-interpreter",  # tests/plugins/test_kernel_interpreter.py
+    "distill_setup": "distillation",  # tests/train/test_distill.py
+    "ray_cluster": "ray-cluster",  # tests/scale/conftest.py: one local Ray per test session
 }
 
 

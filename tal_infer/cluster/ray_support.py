@@ -14,6 +14,11 @@ from ..errors import TalError
 
 INSTALL_HINT = "pip install 'tal-reid[cluster]'"
 NAMESPACE = "tal-reid"  # the Ray namespace of the toolkit's actors and Serve application
+# Ray Serve kills an HTTP proxy that is not ready 5 s after it was scheduled, and `serve.start`
+# then fails; on a busy machine starting the proxy's worker process takes longer than that. A
+# local Ray started here inherits these settings (unless the environment sets them already);
+# a cluster joined by address keeps its own.
+LOCAL_RAY_ENV = {"RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "60"}
 
 
 def require_ray(part: str = "") -> ModuleType:
@@ -39,6 +44,8 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> ModuleTy
         if address:
             ray.init(address=address, namespace=NAMESPACE, log_to_driver=False)
         else:
+            for name, value in LOCAL_RAY_ENV.items():
+                os.environ.setdefault(name, value)
             ray.init(num_cpus=num_cpus, include_dashboard=False, namespace=NAMESPACE,
                      log_to_driver=False)
     except (ConnectionError, RuntimeError, ValueError) as err:

@@ -36,7 +36,9 @@ def test_bundle_of_the_experts_reading_matches_the_model(tiny_model, fp32_bundle
 
 
 def test_bundle_of_the_own_reading_matches_the_model(tmp_path):
-    model = randomized_model(seed=11, dabn_stats="own")
+    """The reading is the DI stream's; a DI-only model exports in 2/3 of the time (23 s
+    instead of 33 s on 2 cores) and checks the same folding."""
+    model = randomized_model(seed=11, dabn_stats="own", streams=("di",))
     ckpt = write_checkpoint(tmp_path / "ckpt.pth", model, run_name="dabn-own")
     _check_bundle_matches(model, export_bundle(ckpt, tmp_path / "bundle", progress=False), "own")
 

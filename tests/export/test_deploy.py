@@ -15,6 +15,7 @@ from tal_export import export_bundle, tensorrt_build
 from tal_export.tensorrt_build import build_engine, extractor_profile, matcher_profile
 from tal_export.triton_repo import write_triton_repo
 from tal_infer.errors import TalError
+from tal_infer.precision import FLOAT16
 from tal_plugins import trt as plugin
 
 from triton_config import check_model_folder, parse_config
@@ -216,10 +217,16 @@ def test_triton_repository(tmp_path, fp32_bundle):
 
 
 def test_trt_without_fp16_gives_an_fp16_bundle(tmp_path, tiny_checkpoint, monkeypatch):
-    """--trt implies --fp16 (its help says so): the graphs, the manifest and the engines'
+    """--trt implies --fp16 (its help says so): the graph writer, the manifest and the engines'
     build all get float16, with the TensorRT build itself stood in (TensorRT cannot be
-    installed here)."""
-    built = []
+    installed here) and so is the graph export (what fp16 makes of the graphs is
+    test_bundle.py's fp16 bundle)."""
+    built, graphs = [], []
+
+    def fake_graphs(model, folder, precision, *args, **kwargs):
+        graphs.append(precision)
+        (folder / "extractor.onnx").write_bytes(b"graph")
+        return model.projection_form()
 
     def fake_build(folder, extractor_onnx, matcher_onnx, manifest, max_batch, max_gallery,
                    ptx_isa=None):
@@ -228,16 +235,12 @@ def test_trt_without_fp16_gives_an_fp16_bundle(tmp_path, tiny_checkpoint, monkey
             (folder / plan).write_bytes(b"stand-in plan")
         return {"version": "stand-in", "precision": manifest["dtype"]}
 
+    monkeypatch.setattr("tal_export.bundle._write_graphs", fake_graphs)
     monkeypatch.setattr(tensorrt_build, "check_trt_options", lambda ptx_isa: None)
     monkeypatch.setattr(tensorrt_build, "build_engines", fake_build)
     out = export_bundle(tiny_checkpoint, tmp_path / "out", trt=True, verify=False,
                         progress=False)
     manifest = json.loads((out / "manifest.json").read_text())
-    assert built == ["float16"] and manifest["dtype"] == "float16"
+    assert graphs == [FLOAT16] and built == ["float16"] and manifest["dtype"] == "float16"
     assert manifest["precision"]["weights"] == "float16"
     assert manifest["tensorrt"] == {"version": "stand-in", "precision": "float16"}
-    import onnx
-
-    graph = onnx.load(str(out / "extractor.onnx"))
-    assert {o.type.tensor_type.elem_type for o in graph.graph.output} == \
-        {onnx.TensorProto.FLOAT16}

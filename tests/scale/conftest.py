@@ -3,6 +3,7 @@ dashboard; every test using it runs on one pytest-xdist worker, see tests/confte
 fake bundle with a global descriptor, and Market-named crop files."""
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -17,11 +18,10 @@ from cluster_fixtures import gallery_names  # noqa: E402
 @pytest.fixture(scope="session")
 def ray_cluster():
     """The session's local Ray (started here, shut down at the end)."""
-    import ray  # the test extra installs it: no skip
+    from tal_infer.cluster.ray_support import connect
 
-    if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, namespace="tal-reid",
-                 log_to_driver=False)
+    os.environ.pop("RAY_ADDRESS", None)  # the suite kills shard processes: never a real cluster
+    ray = connect(num_cpus=2)  # the test extra installs Ray: no skip
     yield ray
     ray.shutdown()
 
