@@ -1,16 +1,17 @@
 """The same gallery as one index and as 2 and 4 shards on a local Ray (tal_infer.cluster):
 exhaustive rankings compared list by list (keys and scores), two-stage recall@10 against
 exhaustive, queries/s and p50/p99 latency per configuration (queries one at a time; two-stage
-after one untimed pass over the queries, see `timed`), Ray's
-overhead per query, and bulk indexing crops/s with 1 and 2 Ray Data workers.
+after one untimed pass over the queries, see `timed`), Ray's overhead per query, and bulk
+indexing crops/s with 1 and 2 Ray Data workers.
 
-The model, crops and single index come from benchmarks/cascade.py's ``--workdir`` (the
-tal-demo model with a distilled descriptor; galleries of generated unseen domains), made
-there when missing. The shards hold the single index's feature rows (copied: the same values,
-in the dtype a shard takes from the bundle; the bulk-indexing rows extract crops themselves). Both sides compute pair-stable
-scores (`RetrievalOptions.stable_scores`, which sharded search always uses); "differing lists"
-counts queries whose top-k keys or scores differ in any bit (summed over the shard counts). "Ray overhead" is the median
-latency of a two-stage search through one shard actor minus the same search in this process.
+The model, crops and single index come from benchmarks/cascade.py's ``--workdir`` (the tal-demo
+model with a distilled descriptor; galleries of generated unseen domains), made there when
+missing. The shards hold the single index's feature rows (copied: the same values, in the dtype
+a shard takes from the bundle; the bulk-indexing rows extract crops themselves). Both sides
+compute pair-stable scores (`RetrievalOptions.stable_scores`, which sharded search always
+uses); "differing lists" counts queries whose top-k keys or scores differ in any bit (summed
+over the shard counts). "Ray overhead" is the median latency of a two-stage search through one
+shard actor minus the same search in this process.
 
     python benchmarks/sharded.py --workdir .cache/cascade --size 100000
 Last line: ``sharded: crops=N shards=1,2,4 differing_lists=D recall@10=R qps=Q1,Q2,Q4
