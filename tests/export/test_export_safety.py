@@ -19,18 +19,12 @@ from tal_infer.errors import TalError
 from tal_train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from tal_train.data.cli import main as data_main
 
-from tiny_models import randomized_model, write_checkpoint
+from tiny_models import randomized_model, stand_in_graphs, write_checkpoint
 
 
 @pytest.fixture(scope="module")
 def model():
     return randomized_model(seed=2)
-
-
-def _fake_graphs(model, folder, *args):
-    """Stands in for the slow graph export where only folders and names are under test."""
-    (folder / "extractor.onnx").write_bytes(b"graph")
-    return model.projection_form()
 
 
 @contextlib.contextmanager
@@ -64,7 +58,7 @@ def test_run_names_become_one_folder_under_the_export_root(tmp_path, monkeypatch
     work = tmp_path / "home" / "work" / "here"
     work.mkdir(parents=True)
     monkeypatch.chdir(work)
-    monkeypatch.setattr(bundle, "_write_graphs", _fake_graphs)
+    monkeypatch.setattr(bundle, "_write_graphs", stand_in_graphs)
     ckpt = write_checkpoint(tmp_path / "ckpt.pth", model, run_name=run_name)
     out = export_bundle(ckpt, verify=False, progress=False)
     assert out == Path("export") / folder and (work / out / "manifest.json").is_file()
@@ -75,7 +69,7 @@ def test_run_names_become_one_folder_under_the_export_root(tmp_path, monkeypatch
 
 
 def test_out_folders_that_are_not_bundles_are_refused(tmp_path, model, monkeypatch):
-    monkeypatch.setattr(bundle, "_write_graphs", _fake_graphs)
+    monkeypatch.setattr(bundle, "_write_graphs", stand_in_graphs)
     ckpt = write_checkpoint(tmp_path / "ckpt.pth", model)
     notes = tmp_path / "notes"
     notes.mkdir()
@@ -100,7 +94,7 @@ def test_out_folders_that_are_not_bundles_are_refused(tmp_path, model, monkeypat
 
 def test_an_earlier_bundle_is_swapped_out_and_an_empty_folder_taken(tmp_path, model,
                                                                     monkeypatch):
-    monkeypatch.setattr(bundle, "_write_graphs", _fake_graphs)
+    monkeypatch.setattr(bundle, "_write_graphs", stand_in_graphs)
     ckpt = write_checkpoint(tmp_path / "ckpt.pth", model)
     empty = tmp_path / "empty"
     empty.mkdir()

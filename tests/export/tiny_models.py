@@ -50,3 +50,10 @@ def random_descriptor_head(model: TALModel, dim: int = 32, seed: int = 0):
 
     torch.manual_seed(seed)
     return DescriptorHead(_item_shapes(model), dim=dim, reduced=4, hidden=64).eval()
+
+
+def stand_in_graphs(model: TALModel, folder: Path, *args, **kwargs) -> dict:
+    """Stands in for `tal_export.bundle._write_graphs` (the slow graph export) where only
+    folders, names and options are under test."""
+    (folder / "extractor.onnx").write_bytes(b"graph")
+    return model.projection_form()
